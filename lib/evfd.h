@@ -1,0 +1,234 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * libevfd: io_uring rings bound to libev loops, movable between loops at run time.
+ *
+ * A loop (struct evfd_loop) is one libev loop run by one thread. It owns one non-blocking eventfd,
+ * registered on every ring it owns and watched by an ev_io, and an inbox other threads post to.
+ *
+ * A ring (struct evfd_ring) is one io_uring. It is owned by exactly one loop at a time; only the owner's
+ * thread submits to it and reaps it, and every completion callback runs on the owner's thread. A ring is
+ * therefore a serialisation domain: state that only a ring's callbacks touch needs no locks, even as the
+ * ring moves. The current owner is published in an RCU slot (urcu-qsbr); old bindings are reclaimed after
+ * a grace period.
+ *
+ * evfd_ring_move() hands a ring to another loop without waiting for in-flight I/O: the owner flushes
+ * pending submissions, swaps the registered eventfd, publishes the new owner and posts the ring to the
+ * target, which drains the CQ at once (completions posted during the swap signal no eventfd). The new owner
+ * then re-arms long-lived requests that the previous thread submitted (cancel, then resubmit the same
+ * request from the new thread) so that their completion work really moves, and so that the previous thread
+ * can end without the kernel cancelling them. Callers never see -ECANCELED, a lost completion or a duplicate
+ * because of a move or a loop retirement.
+ *
+ * Conventions: functions return 0 (or a count) on success and a negative errno on failure, as liburing does.
+ * The library never prints and never exits. "Owner thread" below means the thread running the loop that
+ * currently owns the ring: in practice, code running inside a completion callback or an evfd_loop_call()
+ * function on that loop.
+ */
+#ifndef EVFD_H
+#define EVFD_H
+
+#include <stdint.h>
+#include <liburing.h>
+#include <ev.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct evfd_loop;
+struct evfd_ring;
+struct evfd_op;
+
+/* Called on the owner thread for every CQE of an operation; for a multishot request once per CQE, the last
+ * one without IORING_CQE_F_MORE. The operation handle is invalid after the last call. */
+typedef void (*evfd_op_cb)(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg);
+
+/* Called on the target loop's thread once it owns the ring and has drained its CQ (err == 0), or on the
+ * thread that found the move impossible (err < 0: -ENODEV when the ring was freed). */
+typedef void (*evfd_move_cb)(struct evfd_ring *ring, int err, void *arg);
+
+/* A function run on a loop's thread. */
+typedef void (*evfd_loop_fn)(struct evfd_loop *loop, void *arg);
+
+/* ---- loops ---------------------------------------------------------------------------------------- */
+
+/*
+ * evfd_loop_new - attach to a libev loop that the calling thread runs
+ * @out: receives the loop
+ * @ev: the libev loop; NULL creates a new one, owned and destroyed by the evfd_loop
+ *
+ * Call on the thread that will run @ev (with ev_run). Registers that thread with urcu-qsbr (do not register
+ * it yourself) and takes over @ev's release/acquire callbacks (ev_set_loop_release_cb) to keep the thread
+ * offline while it blocks. Returns 0, -ENOMEM, -EMFILE/-ENFILE (eventfd), or -EEXIST if the calling thread
+ * already runs an evfd loop.
+ */
+int evfd_loop_new(struct evfd_loop **out, struct ev_loop *ev);
+
+/*
+ * evfd_loop_spawn - start a loop on a new thread
+ * @out: receives the loop, running when this returns
+ * @name: thread name (at most 15 bytes are used), or NULL
+ *
+ * Safe from any thread. The thread runs until the loop is retired (evfd_loop_retire) and freed.
+ * Returns 0, -ENOMEM, -EAGAIN (no thread), -EMFILE/-ENFILE.
+ */
+int evfd_loop_spawn(struct evfd_loop **out, const char *name);
+
+/* The libev loop; use it only on the loop's thread. */
+struct ev_loop *evfd_loop_ev(struct evfd_loop *loop);
+
+/* A small number, unique among live loops, for logs and statistics. */
+unsigned evfd_loop_id(const struct evfd_loop *loop);
+
+/* The loop run by the calling thread, or NULL. */
+struct evfd_loop *evfd_loop_current(void);
+
+/*
+ * evfd_loop_call - run @fn(@loop, @arg) on @loop's thread, soon and in posting order
+ *
+ * Safe from any thread; @loop must not have finished retiring. Returns 0 or -ENOMEM.
+ */
+int evfd_loop_call(struct evfd_loop *loop, evfd_loop_fn fn, void *arg);
+
+/*
+ * evfd_loop_retire - stop using @loop: move its rings to @to, then end
+ * @to: the loop that takes over every ring @loop owns or receives from now on; not @loop
+ * @done: called on @loop's thread once nothing that thread submitted is still in flight, or NULL
+ *
+ * Nothing waits: rings leave at once with their pending requests, which @to re-arms. For a spawned loop the
+ * thread returns from ev_run after @done; for an attached loop the caller may stop running it after @done.
+ * Either way call evfd_loop_free() afterwards. Safe from any thread. Returns 0, -EINVAL (@to is @loop or
+ * NULL), -EALREADY (already retiring) or -ENOMEM.
+ */
+int evfd_loop_retire(struct evfd_loop *loop, struct evfd_loop *to, evfd_loop_fn done, void *arg);
+
+/*
+ * evfd_loop_free - release a loop
+ *
+ * A spawned loop must have finished retiring (or never have owned a ring); its thread is joined. An attached
+ * loop must be freed on its own thread, after retiring or when it owns no ring and has nothing in flight.
+ * Must not be called from a loop thread other than @loop's own. Returns 0, or -EBUSY (rings or requests
+ * left; nothing was freed).
+ */
+int evfd_loop_free(struct evfd_loop *loop);
+
+struct evfd_loop_stats {
+	unsigned id;
+	unsigned rings;         /* rings owned now */
+	uint64_t wakeups;       /* eventfd wakeups handled */
+	uint64_t completions;   /* CQEs delivered to callbacks */
+	uint64_t inflight;      /* requests this loop's thread submitted, not yet complete */
+	uint64_t adopted;       /* rings taken over by moves */
+};
+
+/* A snapshot of @loop's counters; safe from any thread (relaxed reads). */
+void evfd_loop_stats(const struct evfd_loop *loop, struct evfd_loop_stats *st);
+
+/* ---- rings ---------------------------------------------------------------------------------------- */
+
+struct evfd_ring_params {
+	unsigned entries;      /* SQ size; 0 means 256 */
+	unsigned cq_entries;   /* CQ size; 0 means 4 * entries */
+	/* Optional: allow only these SQE opcodes and register operations (IORING_REGISTER_RESTRICTIONS). The
+	 * ring is created disabled, restricted, then enabled. The library adds what it needs itself
+	 * (IORING_OP_ASYNC_CANCEL, eventfd register/unregister). NULL/0: unrestricted. */
+	const struct io_uring_restriction *restrictions;
+	unsigned nr_restrictions;
+};
+
+/*
+ * evfd_ring_new - create a ring owned by @owner
+ * @p: parameters, or NULL for the defaults
+ *
+ * Safe from any thread; on @owner's thread the ring is usable at once, from elsewhere as soon as @owner
+ * has taken it (use evfd_loop_call to submit from there). The ring uses none of SINGLE_ISSUER,
+ * DEFER_TASKRUN, COOP_TASKRUN or a registered ring fd, since it must work from any thread.
+ * Returns 0, or: -ENOSYS (the kernel has no io_uring, or a seccomp filter blocks it), -EPERM (sysctl
+ * kernel.io_uring_disabled), -ENOMEM (memory, or RLIMIT_MEMLOCK too low for the ring), -EMFILE/-ENFILE,
+ * -EINVAL (bad parameters), or another error from io_uring_setup or io_uring_register.
+ */
+int evfd_ring_new(struct evfd_ring **out, struct evfd_loop *owner, const struct evfd_ring_params *p);
+
+/*
+ * evfd_ring_free - destroy a ring
+ *
+ * Owner thread only, with nothing in flight. Returns 0, -EBUSY (requests in flight), -EXDEV (not called on
+ * the owner thread). The memory is reclaimed after an RCU grace period.
+ */
+int evfd_ring_free(struct evfd_ring *ring);
+
+/* evfd_ring_submit flags */
+#define EVFD_OP_PINNED 0x1u   /* never cancel and re-arm this request on a move (see below) */
+
+/*
+ * evfd_ring_submit - queue one request
+ * @sqe: a filled SQE (io_uring_prep_*), usually on the caller's stack; user_data is the library's
+ * @cb, @arg: completion callback and its argument (cb may not be NULL)
+ * @flags: 0 or EVFD_OP_PINNED
+ * @opp: receives the operation handle (for evfd_op_cancel), or NULL
+ *
+ * Owner thread only. The request reaches the kernel at the latest before the loop next blocks.
+ * Re-arm on move: these requests are cancelled and resubmitted unchanged by a new owner: ACCEPT, RECV,
+ * RECVMSG, SEND, SENDMSG, READ, READV, WRITE, WRITEV, POLL_ADD, and TIMEOUT without a completion count
+ * (a relative timeout is converted to an absolute CLOCK_MONOTONIC one at submission, so re-arming keeps its
+ * deadline). Not re-armed, and so completing on the submitting thread (which delays that thread's
+ * retirement until they finish): linked requests, MSG_WAITALL sends and receives, other opcodes, and
+ * requests with EVFD_OP_PINNED. A request cancelled by a move reports nothing to @cb.
+ * Returns 0, -EXDEV (not the owner thread), -EINVAL, -ENOMEM, or an io_uring_enter error when the SQ was
+ * full and could not be flushed.
+ */
+int evfd_ring_submit(struct evfd_ring *ring, const struct io_uring_sqe *sqe, evfd_op_cb cb, void *arg,
+		     unsigned flags, struct evfd_op **opp);
+
+/*
+ * evfd_op_cancel - ask the kernel to cancel a request
+ *
+ * Owner thread only; @op must still be in flight. Its callback then gets -ECANCELED, or the normal result if
+ * the request completed first. Returns 0, -EXDEV, -ENOMEM.
+ */
+int evfd_op_cancel(struct evfd_ring *ring, struct evfd_op *op);
+
+/*
+ * evfd_ring_move - move @ring to @to
+ * @done: called on @to's thread once it owns the ring and has drained it, or NULL
+ *
+ * Safe from any thread; @to must be a live loop that is not retiring (a move to a retiring loop goes on to
+ * that loop's successor). Nothing waits for in-flight I/O. Moves of one ring are applied in an order
+ * consistent with their posting; a move to the current owner just calls @done. Returns 0 (the move is
+ * queued) or -ENOMEM.
+ */
+int evfd_ring_move(struct evfd_ring *ring, struct evfd_loop *to, evfd_move_cb done, void *arg);
+
+/*
+ * evfd_ring_owner - the loop that owns @ring now
+ *
+ * An RCU read: call it from a loop thread (the result stays valid until that thread returns to its loop)
+ * or from a thread registered with urcu-qsbr inside a read-side section. The answer can be stale by the
+ * time it is used; only the owner thread can rely on it being itself.
+ */
+struct evfd_loop *evfd_ring_owner(struct evfd_ring *ring);
+
+/* The io_uring, for registrations (buffers, files, buffer rings); owner thread only. Do not submit to it or
+ * reap it directly, and do not register an eventfd on it. */
+struct io_uring *evfd_ring_uring(struct evfd_ring *ring);
+
+/* A pointer for the caller; the library never touches it. */
+void evfd_ring_set_data(struct evfd_ring *ring, void *data);
+void *evfd_ring_data(const struct evfd_ring *ring);
+
+struct evfd_ring_stats {
+	unsigned owner_id;      /* evfd_loop_id of the owner, or of the loop it is moving to */
+	uint64_t inflight;      /* requests submitted and not yet complete */
+	uint64_t moves;         /* completed moves */
+	uint64_t submitted;     /* requests submitted by callers */
+	uint64_t completed;     /* requests completed (last CQE delivered) */
+	uint64_t rearmed;       /* requests cancelled and resubmitted because of moves */
+};
+
+/* A snapshot of @ring's counters; safe from any thread (relaxed reads). */
+void evfd_ring_stats(const struct evfd_ring *ring, struct evfd_ring_stats *st);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EVFD_H */
