@@ -82,7 +82,7 @@ struct evfd_loop {
 
 	/* Loop thread only. */
 	struct evfd_ring *rings;       /* owned rings, doubly linked through ring->lnext/lprev */
-	bool in_process;               /* inside loop_process: ring destruction is deferred */
+	struct evfd_ring *iter_next;   /* the next ring loop_process visits; kept valid by unlinking */
 	struct evfd_loop *successor;
 	evfd_loop_fn retire_done;
 	void *retire_arg;
@@ -138,7 +138,7 @@ struct evfd_ring {
 	bool link_open;                        /* the last SQE asked for a link */
 	bool migrate_scan;                     /* look again for requests to re-arm */
 	bool in_drain;
-	bool closing;                          /* freed while draining: destroy afterwards */
+	bool closing;                          /* freed by a callback while draining: destroy afterwards */
 
 	atomic_uint owner_id;
 	atomic_uint_fast64_t n_inflight, moves, submitted, completed, rearmed;
@@ -154,7 +154,7 @@ void evfd__loop_put_move_ref(struct evfd_loop *l);
 void evfd__loop_retire_step(struct evfd_loop *l);
 
 /* ring.c */
-unsigned evfd__ring_drain(struct evfd_ring *r);
+bool evfd__ring_drain(struct evfd_ring *r);
 int evfd__ring_flush(struct evfd_ring *r);
 void evfd__ring_migrate(struct evfd_ring *r);
 void evfd__ring_destroy(struct evfd_ring *r);

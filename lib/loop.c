@@ -65,6 +65,8 @@ void evfd__loop_link_ring(struct evfd_loop *l, struct evfd_ring *r)
 
 void evfd__loop_unlink_ring(struct evfd_loop *l, struct evfd_ring *r)
 {
+	if (l->iter_next == r)
+		l->iter_next = r->lnext;
 	if (r->lprev)
 		r->lprev->lnext = r->lnext;
 	else
@@ -125,20 +127,16 @@ static void loop_run_inbox(struct evfd_loop *l)
  * cannot say which ring fired), then submissions made by callbacks, then retirement. */
 static void loop_process(struct evfd_loop *l)
 {
-	struct evfd_ring *r, *next;
+	struct evfd_ring *r;
 
-	l->in_process = true;
 	loop_run_inbox(l);
-	for (r = l->rings; r; r = r->lnext)
-		evfd__ring_drain(r);
-	for (r = l->rings; r; r = next) {
-		next = r->lnext;
-		if (r->closing)
-			evfd__ring_destroy(r);
-		else
+	/* A callback may free any ring of this loop, so the walk keeps its next step where unlinking can fix
+	 * it up. */
+	for (r = l->rings; r; r = l->iter_next) {
+		l->iter_next = r->lnext;
+		if (evfd__ring_drain(r))
 			(void)evfd__ring_flush(r);
 	}
-	l->in_process = false;
 	if (atomic_load_explicit(&l->retiring, memory_order_relaxed))
 		evfd__loop_retire_step(l);
 }

@@ -5,9 +5,10 @@
  *  1. The owner enters the SQ (it becomes the submitter of what was queued), unregisters its eventfd and
  *     registers the target's. CQEs posted between the two signal nobody; CQEs posted before may still ring
  *     the old eventfd, which is harmless (that loop no longer has the ring).
- *  2. It queues the ring in the target's inbox (the inbox mutex is the release/acquire pair that hands over
- *     the SQ/CQ heads and the request lists), and only then publishes the new binding. Anyone who reads the
- *     new binding and posts to the target therefore posts behind the adoption.
+ *  2. It publishes the new binding, then queues the ring in the target's inbox (the inbox mutex is the
+ *     release/acquire pair that hands over the SQ/CQ heads and the request lists). So the new owner always
+ *     finds itself in the slot. A MOVE that reaches the target before the adoption (its sender read the new
+ *     binding early) sees the ring in transit to itself and queues itself behind the adoption.
  *  3. The target adopts the ring and drains its CQ at once: that picks up what was posted in the swap
  *     window. It then re-arms requests the old thread submitted (ring.c), so their work moves too.
  * The old binding is freed after a grace period: a loop forwarding a MOVE may be reading it. */
@@ -105,11 +106,17 @@ int evfd__move_handoff(struct evfd_loop *from, struct evfd_ring *r, struct evfd_
 	}
 	evfd__loop_unlink_ring(from, r);
 	atomic_store_explicit(&r->owner, NULL, memory_order_relaxed);
+	old = atomic_exchange_explicit(&r->slot, b, memory_order_acq_rel);
+	STAT_ADD(r->moves, 1);   /* before the post: from then on the ring is the target's */
 	m->kind = EVFD_MSG_ADOPT;
 	err = evfd__loop_post(to, m);
 	if (err < 0) {
 		/* The target stopped taking messages: only a caller that moved a ring to a freed loop gets
 		 * here. Keep the ring. */
+		atomic_store_explicit(&r->slot, old, memory_order_release);
+		call_rcu(&b->rcu, binding_free);   /* a reader may have seen it */
+		b = NULL;
+		STAT_ADD(r->moves, -1);
 		(void)io_uring_unregister_eventfd(&r->uring);
 		(void)io_uring_register_eventfd(&r->uring, from->efd);
 		atomic_store_explicit(&r->owner, from, memory_order_relaxed);
@@ -117,10 +124,8 @@ int evfd__move_handoff(struct evfd_loop *from, struct evfd_ring *r, struct evfd_
 		m->kind = EVFD_MSG_MOVE;
 		goto undo;
 	}
-	old = atomic_exchange_explicit(&r->slot, b, memory_order_acq_rel);
 	if (old)
 		call_rcu(&old->rcu, binding_free);
-	STAT_ADD(r->moves, 1);
 	return 0;
 undo:
 	free(b);
@@ -135,14 +140,14 @@ void evfd__move_handle(struct evfd_loop *l, struct evfd_msg *m)
 	struct evfd_loop *owner, *dest;
 	int err;
 
-	if (atomic_load(&r->dead) || (atomic_load_explicit(&r->owner, memory_order_relaxed) == l && r->closing)) {
+	if (atomic_load(&r->dead)) {
 		move_finish(m, -ENODEV);
 		return;
 	}
 	owner = atomic_load_explicit(&r->owner, memory_order_relaxed);
 	if (owner != l) {
 		/* Not ours. The binding names the owner, or the loop the ring is travelling to; in our own case
-		 * the adoption is already queued ahead of us, so go to the back of the queue. */
+		 * the adoption is on its way, so go to the back of our queue and look again then. */
 		dest = evfd_ring_owner(r);
 		if (!dest) {
 			move_finish(m, -ENODEV);
@@ -171,9 +176,10 @@ void evfd__move_adopt(struct evfd_loop *l, struct evfd_msg *m)
 	atomic_store_explicit(&r->owner_id, l->id, memory_order_relaxed);
 	evfd__loop_link_ring(l, r);
 	STAT_ADD(l->adopted, 1);
-	evfd__ring_drain(r);
-	evfd__ring_migrate(r);
-	(void)evfd__ring_flush(r);
+	if (evfd__ring_drain(r)) {
+		evfd__ring_migrate(r);
+		(void)evfd__ring_flush(r);
+	}
 	move_finish(m, 0);
 }
 

@@ -257,8 +257,8 @@ static void ring_complete(struct evfd_ring *r, const struct io_uring_cqe *cqe)
 	bool more = cqe->flags & IORING_CQE_F_MORE;
 
 	if (!more) {
-		op_end_submission(op);
 		if (op->internal) {
+			op_end_submission(op);
 			inflight_del(r, op);
 			ring_cancel_done(r, op, cqe);
 			op_free(r, op);
@@ -268,9 +268,11 @@ static void ring_complete(struct evfd_ring *r, const struct io_uring_cqe *cqe)
 			/* Cancelled by a move before it did anything: submit it again from this thread. */
 			op->state = EVFD_OP_ARMED;
 			STAT_ADD(r->rearmed, 1);
+			op_end_submission(op);
 			ring_push_or_backlog(r, op);
 			return;
 		}
+		op_end_submission(op);
 		inflight_del(r, op);
 		STAT_ADD(r->completed, 1);
 	}
@@ -280,12 +282,11 @@ static void ring_complete(struct evfd_ring *r, const struct io_uring_cqe *cqe)
 		op_release(r, op);
 }
 
-/* Reap everything the CQ holds, overflowed completions included. Owner thread only. Returns the number of
- * CQEs handled. */
-unsigned evfd__ring_drain(struct evfd_ring *r)
+/* Reap everything the CQ holds, overflowed completions included. Owner thread only. Returns false when a
+ * callback freed the ring (it is gone now). */
+bool evfd__ring_drain(struct evfd_ring *r)
 {
 	struct io_uring_cqe *cqe, copy;
-	unsigned n = 0;
 
 	r->in_drain = true;
 	for (;;) {
@@ -294,7 +295,6 @@ unsigned evfd__ring_drain(struct evfd_ring *r)
 			copy = *cqe;
 			io_uring_cqe_seen(&r->uring, cqe);
 			ring_complete(r, &copy);
-			n++;
 		}
 		/* Overflowed CQEs raise no eventfd signal: flush them into the CQ and go round again. */
 		if (!io_uring_cq_has_overflow(&r->uring))
@@ -302,9 +302,13 @@ unsigned evfd__ring_drain(struct evfd_ring *r)
 		(void)io_uring_get_events(&r->uring);
 	}
 	r->in_drain = false;
+	if (r->closing) {
+		evfd__ring_destroy(r);
+		return false;
+	}
 	if (r->migrate_scan)
 		evfd__ring_migrate(r);
-	return n;
+	return true;
 }
 
 /* ---- moving work ---------------------------------------------------------------------------------- */
@@ -563,8 +567,8 @@ int evfd_ring_free(struct evfd_ring *r)
 		return -EBUSY;
 	if (r->closing)
 		return 0;
-	/* Inside the loop's own processing the ring list is being walked: destroy afterwards. */
-	if (evfd__tls_loop->in_process || r->in_drain)
+	/* From a callback of this ring: its drain destroys it when the callback returns. */
+	if (r->in_drain)
 		r->closing = true;
 	else
 		evfd__ring_destroy(r);

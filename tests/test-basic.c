@@ -1,0 +1,343 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* The API's contract, one promise at a time: callbacks on the owner thread, -errno for misuse, timeouts that
+ * keep their deadline, caller cancellation, restricted rings, attached loops, retirement arguments, and how
+ * an unavailable io_uring is reported. */
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "testutil.h"
+
+struct result {
+	atomic_uint_fast64_t calls;
+	int res;
+	unsigned flags;
+	struct evfd_loop *thread_loop;   /* the loop of the thread the callback ran on */
+	struct evfd_loop *owner;         /* the ring's owner as the callback saw it */
+	uint64_t at_ns;
+};
+
+static void record_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
+{
+	struct result *res = arg;
+
+	res->res = cqe->res;
+	res->flags = cqe->flags;
+	res->thread_loop = evfd_loop_current();
+	res->owner = evfd_ring_owner(ring);
+	res->at_ns = tu_now_ns();
+	atomic_fetch_add(&res->calls, 1);
+}
+
+struct ctx {
+	struct evfd_ring *ring;
+	struct result res[4];
+	int fds[2];
+	int err, err2;
+	struct evfd_op *op;
+	uint64_t t0;
+	char buf[16];
+};
+
+static void do_nop(struct evfd_loop *loop, void *arg)
+{
+	struct ctx *c = arg;
+	struct io_uring_sqe sqe = { 0 };
+
+	io_uring_prep_nop(&sqe);
+	c->err = evfd_ring_submit(c->ring, &sqe, record_cb, &c->res[0], 0, NULL);
+	c->err2 = evfd_ring_submit(c->ring, &sqe, NULL, NULL, 0, NULL);
+}
+
+static void do_free(struct evfd_loop *loop, void *arg)
+{
+	struct ctx *c = arg;
+
+	c->err = evfd_ring_free(c->ring);
+}
+
+static struct evfd_ring *new_ring(struct evfd_loop *owner, const struct evfd_ring_params *p)
+{
+	struct evfd_ring *r;
+	int err = evfd_ring_new(&r, owner, p);
+
+	TU_CHECK(err == 0, "evfd_ring_new: %s", strerror(-err));
+	return r;
+}
+
+static void free_ring(struct evfd_loop *owner, struct ctx *c)
+{
+	tu_run_on(owner, do_free, c);
+	TU_CHECK(c->err == 0, "evfd_ring_free: %s", strerror(-c->err));
+}
+
+/* A ring created from another thread is usable on its owner; callbacks run on the owner's thread. */
+static void test_nop_on_owner(struct evfd_loop *a)
+{
+	struct ctx c = { .ring = new_ring(a, NULL) };
+	struct io_uring_sqe sqe = { 0 };
+	struct evfd_ring_stats st;
+	int err;
+
+	tu_run_on(a, do_nop, &c);
+	TU_CHECK(c.err == 0, "submit: %s", strerror(-c.err));
+	TU_CHECK(c.err2 == -EINVAL, "submit without a callback: %d", c.err2);
+	TU_CHECK(tu_wait_u64(&c.res[0].calls, 1, 5000), "NOP never completed");
+	TU_CHECK(c.res[0].res == 0, "NOP res %d", c.res[0].res);
+	TU_CHECK(c.res[0].thread_loop == a, "callback ran off the owner thread");
+	TU_CHECK(c.res[0].owner == a, "owner slot does not name the owner");
+
+	io_uring_prep_nop(&sqe);
+	err = evfd_ring_submit(c.ring, &sqe, record_cb, &c.res[1], 0, NULL);
+	TU_CHECK(err == -EXDEV, "submit off the owner thread: %d", err);
+	TU_CHECK(evfd_ring_free(c.ring) == -EXDEV, "free off the owner thread");
+
+	evfd_ring_stats(c.ring, &st);
+	TU_CHECK(st.submitted == 1 && st.completed == 1 && st.inflight == 0, "stats %lu/%lu/%lu",
+		 (unsigned long)st.submitted, (unsigned long)st.completed, (unsigned long)st.inflight);
+	TU_CHECK(st.owner_id == evfd_loop_id(a), "owner_id %u", st.owner_id);
+	free_ring(a, &c);
+	TU_CHECK(atomic_load(&c.res[0].calls) == 1, "NOP completed %lu times",
+		 (unsigned long)atomic_load(&c.res[0].calls));
+}
+
+static void do_recv(struct evfd_loop *loop, void *arg)
+{
+	struct ctx *c = arg;
+	struct io_uring_sqe sqe = { 0 };
+
+	io_uring_prep_recv(&sqe, c->fds[0], c->buf, sizeof(c->buf), 0);
+	c->err = evfd_ring_submit(c->ring, &sqe, record_cb, &c->res[0], 0, &c->op);
+	c->err2 = evfd_ring_free(c->ring);   /* must refuse: a request is in flight */
+}
+
+static void do_cancel(struct evfd_loop *loop, void *arg)
+{
+	struct ctx *c = arg;
+
+	c->err = evfd_op_cancel(c->ring, c->op);
+}
+
+/* The caller's own cancellation reaches the callback as -ECANCELED, and a ring with work in flight cannot be
+ * freed. */
+static void test_cancel_and_busy(struct evfd_loop *a)
+{
+	struct ctx c = { .ring = new_ring(a, NULL) };
+
+	TU_CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, c.fds) == 0, "socketpair");
+	tu_run_on(a, do_recv, &c);
+	TU_CHECK(c.err == 0, "submit recv: %s", strerror(-c.err));
+	TU_CHECK(c.err2 == -EBUSY, "free with a pending recv: %d", c.err2);
+	usleep(20000);
+	TU_CHECK(atomic_load(&c.res[0].calls) == 0, "recv on an idle socket completed");
+	tu_run_on(a, do_cancel, &c);
+	TU_CHECK(c.err == 0, "evfd_op_cancel: %s", strerror(-c.err));
+	TU_CHECK(tu_wait_u64(&c.res[0].calls, 1, 5000), "cancelled recv never completed");
+	TU_CHECK(c.res[0].res == -ECANCELED, "cancelled recv res %d", c.res[0].res);
+	free_ring(a, &c);
+	close(c.fds[0]);
+	close(c.fds[1]);
+}
+
+static void do_timeout(struct evfd_loop *loop, void *arg)
+{
+	struct ctx *c = arg;
+	struct __kernel_timespec ts = { .tv_nsec = 50 * 1000000 };
+	struct io_uring_sqe sqe = { 0 };
+
+	io_uring_prep_timeout(&sqe, &ts, 0, 0);
+	c->t0 = tu_now_ns();
+	/* @ts goes out of scope before the SQ is entered: the library must have copied it. */
+	c->err = evfd_ring_submit(c->ring, &sqe, record_cb, &c->res[0], 0, NULL);
+}
+
+static void moved_cb(struct evfd_ring *ring, int err, void *arg)
+{
+	struct result *res = arg;
+
+	res->res = err;
+	res->thread_loop = evfd_loop_current();
+	res->owner = evfd_ring_owner(ring);
+	atomic_fetch_add(&res->calls, 1);
+}
+
+/* A relative timeout keeps its deadline across a move (it is re-armed as an absolute one). */
+static void test_timeout_moves(struct evfd_loop *a, struct evfd_loop *b)
+{
+	struct ctx c = { .ring = new_ring(a, NULL) };
+	struct evfd_ring_stats st;
+	uint64_t took;
+	int err;
+
+	tu_run_on(a, do_timeout, &c);
+	TU_CHECK(c.err == 0, "submit timeout: %s", strerror(-c.err));
+	err = evfd_ring_move(c.ring, b, moved_cb, &c.res[1]);
+	TU_CHECK(err == 0, "evfd_ring_move: %s", strerror(-err));
+	TU_CHECK(tu_wait_u64(&c.res[1].calls, 1, 5000), "move never finished");
+	TU_CHECK(c.res[1].res == 0 && c.res[1].thread_loop == b && c.res[1].owner == b,
+		 "move done: err %d on loop %p owner %p (a %p b %p)", c.res[1].res, (void *)c.res[1].thread_loop, (void *)c.res[1].owner, (void *)a, (void *)b);
+	TU_CHECK(tu_wait_u64(&c.res[0].calls, 1, 5000), "timeout never fired");
+	took = c.res[0].at_ns - c.t0;
+	TU_CHECK(c.res[0].res == -ETIME, "timeout res %d", c.res[0].res);
+	TU_CHECK(c.res[0].thread_loop == b, "timeout completed off the new owner");
+	TU_CHECK(took >= 50 * 1000000u, "timeout fired after %lu ns, before its deadline", (unsigned long)took);
+	evfd_ring_stats(c.ring, &st);
+	TU_CHECK(st.moves == 1 && st.owner_id == evfd_loop_id(b), "moves %lu owner %u",
+		 (unsigned long)st.moves, st.owner_id);
+
+	/* A move to the current owner is a no-op that still reports. */
+	err = evfd_ring_move(c.ring, b, moved_cb, &c.res[2]);
+	TU_CHECK(err == 0, "evfd_ring_move: %s", strerror(-err));
+	TU_CHECK(tu_wait_u64(&c.res[2].calls, 1, 5000), "no-op move never finished");
+	TU_CHECK(c.res[2].res == 0, "no-op move err %d", c.res[2].res);
+	free_ring(b, &c);
+}
+
+static void do_restricted(struct evfd_loop *loop, void *arg)
+{
+	struct ctx *c = arg;
+	struct io_uring_sqe sqe = { 0 };
+	static char buf[8];
+
+	io_uring_prep_nop(&sqe);
+	c->err = evfd_ring_submit(c->ring, &sqe, record_cb, &c->res[0], 0, NULL);
+	memset(&sqe, 0, sizeof(sqe));
+	io_uring_prep_read(&sqe, c->fds[0], buf, sizeof(buf), 0);
+	c->err2 = evfd_ring_submit(c->ring, &sqe, record_cb, &c->res[1], 0, NULL);
+}
+
+/* A restricted ring refuses what it was not allowed and still moves (the library allows its own register
+ * operations). */
+static void test_restrictions(struct evfd_loop *a, struct evfd_loop *b)
+{
+	static const struct io_uring_restriction only_nop[] = {
+		{ .opcode = IORING_RESTRICTION_SQE_OP, .sqe_op = IORING_OP_NOP },
+	};
+	struct evfd_ring_params p = { .restrictions = only_nop, .nr_restrictions = 1 };
+	struct ctx c = { .ring = new_ring(a, &p) };
+
+	TU_CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, c.fds) == 0, "socketpair");
+	TU_CHECK(evfd_ring_move(c.ring, b, moved_cb, &c.res[2]) == 0, "move");
+	TU_CHECK(tu_wait_u64(&c.res[2].calls, 1, 5000) && c.res[2].res == 0, "restricted ring did not move");
+	tu_run_on(b, do_restricted, &c);
+	TU_CHECK(c.err == 0 && c.err2 == 0, "submit on restricted ring: %d %d", c.err, c.err2);
+	TU_CHECK(tu_wait_u64(&c.res[0].calls, 1, 5000) && c.res[0].res == 0, "allowed NOP: %d", c.res[0].res);
+	TU_CHECK(tu_wait_u64(&c.res[1].calls, 1, 5000), "disallowed READ never completed");
+	TU_CHECK(c.res[1].res == -EACCES, "disallowed READ res %d, want -EACCES", c.res[1].res);
+	free_ring(b, &c);
+	close(c.fds[0]);
+	close(c.fds[1]);
+}
+
+/* A loop attached to a libev loop the caller runs on its own thread. */
+static void test_attached(struct evfd_loop *spawned)
+{
+	struct evfd_loop *l, *again;
+	struct ctx c = { 0 };
+	struct io_uring_sqe sqe = { 0 };
+	int err;
+
+	err = evfd_loop_new(&l, NULL);
+	TU_CHECK(err == 0, "evfd_loop_new: %s", strerror(-err));
+	TU_CHECK(evfd_loop_current() == l, "current loop");
+	TU_CHECK(evfd_loop_new(&again, NULL) == -EEXIST, "second loop on one thread");
+	c.ring = new_ring(l, NULL);
+	io_uring_prep_nop(&sqe);
+	err = evfd_ring_submit(c.ring, &sqe, record_cb, &c.res[0], 0, NULL);
+	TU_CHECK(err == 0, "submit: %s", strerror(-err));
+	while (atomic_load(&c.res[0].calls) == 0)
+		ev_run(evfd_loop_ev(l), EVRUN_ONCE);
+	TU_CHECK(c.res[0].thread_loop == l && c.res[0].res == 0, "attached NOP");
+
+	/* Hand the ring to a spawned loop and back: the attached loop serves while it runs. */
+	TU_CHECK(evfd_ring_move(c.ring, spawned, moved_cb, &c.res[1]) == 0, "move out");
+	while (atomic_load(&c.res[1].calls) == 0)
+		ev_run(evfd_loop_ev(l), EVRUN_NOWAIT);
+	TU_CHECK(evfd_ring_move(c.ring, l, moved_cb, &c.res[2]) == 0, "move back");
+	while (atomic_load(&c.res[2].calls) == 0)
+		ev_run(evfd_loop_ev(l), EVRUN_ONCE);
+	TU_CHECK(c.res[2].thread_loop == l, "move back finished off the attached loop");
+	TU_CHECK(evfd_ring_free(c.ring) == 0, "free on the attached loop");
+	TU_CHECK(evfd_loop_free(l) == 0, "evfd_loop_free attached");
+	TU_CHECK(evfd_loop_current() == NULL, "current loop after free");
+}
+
+static void test_retire_args(struct evfd_loop *a, struct evfd_loop *b)
+{
+	TU_CHECK(evfd_loop_retire(a, a, NULL, NULL) == -EINVAL, "retire to itself");
+	TU_CHECK(evfd_loop_retire(a, NULL, NULL, NULL) == -EINVAL, "retire to nobody");
+	TU_CHECK(evfd_loop_call(a, NULL, NULL) == -EINVAL, "call without a function");
+}
+
+/* With io_uring_setup blocked (as a seccomp filter or a kernel without io_uring would), evfd_ring_new says
+ * -ENOSYS so that a daemon can explain it. Runs in a child: the filter cannot be removed. */
+static void test_enosys(struct evfd_loop *unused)
+{
+	struct sock_filter filter[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = sizeof(filter) / sizeof(filter[0]), .filter = filter };
+	struct evfd_loop *l;
+	struct evfd_ring *r;
+	int status, err;
+	pid_t pid = fork();
+
+	TU_CHECK(pid >= 0, "fork");
+	if (pid == 0) {
+		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
+			_exit(3);
+		err = evfd_loop_new(&l, NULL);
+		if (err)
+			_exit(4);
+		err = evfd_ring_new(&r, l, NULL);
+		_exit(err == -ENOSYS ? 0 : 5);
+	}
+	TU_CHECK(waitpid(pid, &status, 0) == pid, "waitpid");
+	TU_CHECK(WIFEXITED(status), "child died");
+	TU_CHECK(WEXITSTATUS(status) != 3, "cannot install a seccomp filter here");
+	TU_CHECK(WEXITSTATUS(status) == 0, "evfd_ring_new under a seccomp filter: child status %d",
+		 WEXITSTATUS(status));
+}
+
+int main(void)
+{
+	struct evfd_loop *a, *b;
+	int err;
+
+	tu_require_io_uring();
+	err = evfd_loop_spawn(&a, "test-a");
+	TU_CHECK(err == 0, "spawn: %s", strerror(-err));
+	err = evfd_loop_spawn(&b, "test-b");
+	TU_CHECK(err == 0, "spawn: %s", strerror(-err));
+	TU_CHECK(evfd_loop_id(a) != evfd_loop_id(b), "loop ids");
+	TU_CHECK(evfd_loop_current() == NULL, "main thread has no loop");
+
+	test_nop_on_owner(a);
+	printf("ok nop on owner\n");
+	test_cancel_and_busy(a);
+	printf("ok cancel, busy\n");
+	test_timeout_moves(a, b);
+	printf("ok timeout keeps its deadline across a move\n");
+	test_restrictions(a, b);
+	printf("ok restrictions\n");
+	test_attached(a);
+	printf("ok attached loop\n");
+	test_retire_args(a, b);
+	printf("ok retire arguments\n");
+	test_enosys(a);
+	printf("ok ENOSYS reported\n");
+
+	TU_CHECK(evfd_loop_free(a) == 0, "free a");
+	TU_CHECK(evfd_loop_free(b) == 0, "free b");
+	return 0;
+}
