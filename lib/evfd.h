@@ -86,7 +86,8 @@ struct evfd_loop *evfd_loop_current(void);
 /*
  * evfd_loop_call - run @fn(@loop, @arg) on @loop's thread, soon and in posting order
  *
- * Safe from any thread; @loop must not have finished retiring. Returns 0 or -ENOMEM.
+ * Safe from any thread; @loop must not have finished retiring. Returns 0, -EINVAL (@fn is NULL), -ENOMEM,
+ * or -ENXIO (the loop has stopped).
  */
 int evfd_loop_call(struct evfd_loop *loop, evfd_loop_fn fn, void *arg);
 
@@ -105,10 +106,13 @@ int evfd_loop_retire(struct evfd_loop *loop, struct evfd_loop *to, evfd_loop_fn 
 /*
  * evfd_loop_free - release a loop
  *
- * A spawned loop must have finished retiring (or never have owned a ring); its thread is joined. An attached
- * loop must be freed on its own thread, after retiring or when it owns no ring and has nothing in flight.
- * Must not be called from a loop thread other than @loop's own. Returns 0, or -EBUSY (rings or requests
- * left; nothing was freed).
+ * A spawned loop must have finished retiring (its done callback ran), or never have been retired and own
+ * no ring with nothing in flight; its thread is stopped and joined. Call it from any thread but the loop's
+ * own. An attached loop must be freed on its own thread, owning no ring and with nothing in flight (retired,
+ * or never used); the thread is then unregistered from urcu-qsbr and the libev loop is left to its owner
+ * (destroyed if evfd_loop_new created it). Waits for an RCU grace period. Returns 0, -EBUSY (rings, requests
+ * or moves still headed here, or retirement not finished; nothing was freed), -EDEADLK (a spawned loop
+ * freeing itself), -EXDEV (an attached loop freed off its thread).
  */
 int evfd_loop_free(struct evfd_loop *loop);
 
@@ -170,10 +174,12 @@ int evfd_ring_free(struct evfd_ring *ring);
  * Owner thread only. The request reaches the kernel at the latest before the loop next blocks.
  * Re-arm on move: these requests are cancelled and resubmitted unchanged by a new owner: ACCEPT, RECV,
  * RECVMSG, SEND, SENDMSG, READ, READV, WRITE, WRITEV, POLL_ADD, and TIMEOUT without a completion count
- * (a relative timeout is converted to an absolute CLOCK_MONOTONIC one at submission, so re-arming keeps its
+ * (a timeout's timespec is copied, and a relative one made absolute at submission, so re-arming keeps its
  * deadline). Not re-armed, and so completing on the submitting thread (which delays that thread's
  * retirement until they finish): linked requests, MSG_WAITALL sends and receives, other opcodes, and
- * requests with EVFD_OP_PINNED. A request cancelled by a move reports nothing to @cb.
+ * requests with EVFD_OP_PINNED. A request cancelled by a move reports nothing to @cb. Re-arming READ and
+ * WRITE assumes a socket, pipe or regular file; pin requests on a device whose blocking read a signal would
+ * interrupt (-EINTR).
  * Returns 0, -EXDEV (not the owner thread), -EINVAL, -ENOMEM, or an io_uring_enter error when the SQ was
  * full and could not be flushed.
  */
@@ -192,10 +198,10 @@ int evfd_op_cancel(struct evfd_ring *ring, struct evfd_op *op);
  * evfd_ring_move - move @ring to @to
  * @done: called on @to's thread once it owns the ring and has drained it, or NULL
  *
- * Safe from any thread; @to must be a live loop that is not retiring (a move to a retiring loop goes on to
- * that loop's successor). Nothing waits for in-flight I/O. Moves of one ring are applied in an order
- * consistent with their posting; a move to the current owner just calls @done. Returns 0 (the move is
- * queued) or -ENOMEM.
+ * Safe from any thread; @ring must not be freed before @done runs, and @to must be a loop that has not
+ * finished retiring (a move to a retiring loop goes on to that loop's successor). Nothing waits for
+ * in-flight I/O. A move to the current owner just calls @done. Returns 0 (the move is queued), -EINVAL,
+ * -ENOMEM, or -ENXIO (@to has stopped).
  */
 int evfd_ring_move(struct evfd_ring *ring, struct evfd_loop *to, evfd_move_cb done, void *arg);
 

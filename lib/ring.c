@@ -149,20 +149,14 @@ static int op_own_timeout(struct evfd_op *op)
 
 /* ---- the submission queue ------------------------------------------------------------------------- */
 
-/* Put @op's SQE into the SQ; it joins the unflushed list and is attributed to a thread when entered. */
-static int ring_push(struct evfd_ring *r, struct evfd_op *op)
+/* Put @op's SQE into the SQ if there is room; it joins the unflushed list and is attributed to a thread when
+ * entered. */
+static int ring_push_nowait(struct evfd_ring *r, struct evfd_op *op)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&r->uring);
-	int err;
 
-	if (!sqe) {
-		err = evfd__ring_flush(r);
-		if (err < 0)
-			return err;
-		sqe = io_uring_get_sqe(&r->uring);
-		if (!sqe)
-			return -EBUSY;
-	}
+	if (!sqe)
+		return -EBUSY;
 	*sqe = op->sqe;
 	io_uring_sqe_set_data(sqe, op);
 	op->pnext = NULL;
@@ -172,7 +166,21 @@ static int ring_push(struct evfd_ring *r, struct evfd_op *op)
 	return 0;
 }
 
-/* A re-arm that found no SQ space waits here; it is not lost. */
+/* The same, entering a full SQ first. */
+static int ring_push(struct evfd_ring *r, struct evfd_op *op)
+{
+	int err = ring_push_nowait(r, op);
+
+	if (err < 0) {
+		err = evfd__ring_flush(r);
+		if (err < 0)
+			return err;
+		err = ring_push_nowait(r, op);
+	}
+	return err;
+}
+
+/* A re-arm that found no SQ space waits here; it is not lost. evfd__ring_flush enters it later. */
 static void ring_push_or_backlog(struct evfd_ring *r, struct evfd_op *op)
 {
 	if (!r->backlog && ring_push(r, op) == 0)
@@ -186,44 +194,47 @@ static void ring_push_backlog(struct evfd_ring *r)
 {
 	struct evfd_op *op;
 
-	while ((op = r->backlog)) {
-		struct evfd_op *next = op->pnext;
-
-		if (ring_push(r, op) < 0)
-			return;
-		r->backlog = next;
-		if (!next)
+	while ((op = r->backlog) && ring_push_nowait(r, op) == 0) {
+		r->backlog = op->pnext;
+		if (!r->backlog)
 			r->backlog_tail = &r->backlog;
 	}
 }
 
-/* Enter the SQ into the kernel from the owner thread, which becomes the submitter of what it enters.
- * Returns 0 or a negative errno (-EBUSY/-EAGAIN: the kernel wants the CQ drained first). */
+/* Enter the SQ into the kernel from the owner thread, which becomes the submitter of what it enters, then
+ * whatever the backlog holds. Returns 0 or a negative errno (-EBUSY/-EAGAIN: the kernel wants the CQ drained
+ * first; the rest stays queued). */
 int evfd__ring_flush(struct evfd_ring *r)
 {
 	struct evfd_loop *l = evfd__tls_loop;
 	struct evfd_op *op;
 	int n, i;
 
-	if (r->backlog)
+	for (;;) {
+		if (r->npending) {
+			do
+				n = io_uring_submit(&r->uring);
+			while (n == -EINTR);
+			if (n < 0)
+				return n;
+			for (i = 0; i < n && r->pending; i++) {
+				op = r->pending;
+				r->pending = op->pnext;
+				op->submitter = l;
+			}
+			if (!r->pending)
+				r->pending_tail = &r->pending;
+			r->npending -= i;
+			atomic_fetch_add(&l->inflight, i);
+			if (r->npending)
+				return -EBUSY;   /* the kernel took only part: try again after draining */
+		}
+		if (!r->backlog)
+			return 0;
 		ring_push_backlog(r);
-	if (!r->npending)
-		return 0;
-	do
-		n = io_uring_submit(&r->uring);
-	while (n == -EINTR);
-	if (n < 0)
-		return n;
-	for (i = 0; i < n && r->pending; i++) {
-		op = r->pending;
-		r->pending = op->pnext;
-		op->submitter = l;
+		if (!r->npending)
+			return -EBUSY;
 	}
-	if (!r->pending)
-		r->pending_tail = &r->pending;
-	r->npending -= i;
-	atomic_fetch_add(&l->inflight, i);
-	return r->backlog ? -EBUSY : 0;
 }
 
 /* ---- completions ---------------------------------------------------------------------------------- */

@@ -236,6 +236,87 @@ static void test_restrictions(struct evfd_loop *a, struct evfd_loop *b)
 	close(c.fds[1]);
 }
 
+/* A tiny ring (SQ 2, CQ 4) carrying far more requests than it has slots: a full SQ is entered and refilled,
+ * an overflowing CQ is flushed (overflowed CQEs ring no eventfd), and a move's re-arms queue up rather than
+ * get lost. */
+#define TINY_N 64
+
+struct tiny {
+	struct evfd_ring *ring;
+	int fds[TINY_N][2];
+	char buf[TINY_N][4];
+	struct result nops[TINY_N], recvs[TINY_N];
+};
+
+static void do_tiny(struct evfd_loop *loop, void *arg)
+{
+	struct tiny *t = arg;
+	struct io_uring_sqe sqe;
+	int i, err;
+
+	for (i = 0; i < TINY_N; i++) {
+		memset(&sqe, 0, sizeof(sqe));
+		io_uring_prep_recv(&sqe, t->fds[i][0], t->buf[i], sizeof(t->buf[i]), 0);
+		err = evfd_ring_submit(t->ring, &sqe, record_cb, &t->recvs[i], 0, NULL);
+		TU_CHECK(err == 0, "recv %d: %s", i, strerror(-err));
+	}
+	for (i = 0; i < TINY_N; i++) {
+		memset(&sqe, 0, sizeof(sqe));
+		io_uring_prep_nop(&sqe);
+		err = evfd_ring_submit(t->ring, &sqe, record_cb, &t->nops[i], 0, NULL);
+		TU_CHECK(err == 0, "nop %d: %s", i, strerror(-err));
+	}
+}
+
+static void do_tiny_free(struct evfd_loop *loop, void *arg)
+{
+	struct tiny *t = arg;
+	int err = evfd_ring_free(t->ring);
+
+	TU_CHECK(err == 0, "free tiny ring: %s", strerror(-err));
+}
+
+static void test_tiny_ring(struct evfd_loop *a, struct evfd_loop *b)
+{
+	struct evfd_ring_params p = { .entries = 2, .cq_entries = 4 };
+	static struct tiny t;
+	struct result moved = { 0 };
+	struct evfd_ring_stats st;
+	int i;
+
+	memset(&t, 0, sizeof(t));
+	t.ring = new_ring(a, &p);
+	for (i = 0; i < TINY_N; i++)
+		TU_CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, t.fds[i]) == 0, "socketpair");
+	tu_run_on(a, do_tiny, &t);
+	for (i = 0; i < TINY_N; i++) {
+		TU_CHECK(tu_wait_u64(&t.nops[i].calls, 1, 5000), "tiny ring: NOP %d never completed", i);
+		TU_CHECK(t.nops[i].res == 0, "NOP %d res %d", i, t.nops[i].res);
+	}
+	TU_CHECK(evfd_ring_move(t.ring, b, moved_cb, &moved) == 0, "move tiny ring");
+	TU_CHECK(tu_wait_u64(&moved.calls, 1, 5000), "tiny ring never moved");
+	for (i = 0; i < 5000; i++) {
+		evfd_ring_stats(t.ring, &st);
+		if (st.rearmed == TINY_N)
+			break;
+		usleep(1000);
+	}
+	TU_CHECK(st.rearmed == TINY_N, "tiny ring re-armed %lu of %d", (unsigned long)st.rearmed, TINY_N);
+	for (i = 0; i < TINY_N; i++)
+		TU_CHECK(atomic_load(&t.recvs[i].calls) == 0, "recv %d completed during the move", i);
+	for (i = 0; i < TINY_N; i++)
+		TU_CHECK(write(t.fds[i][1], "abc", 3) == 3, "write");
+	for (i = 0; i < TINY_N; i++) {
+		TU_CHECK(tu_wait_u64(&t.recvs[i].calls, 1, 5000), "tiny ring: recv %d never completed", i);
+		TU_CHECK(t.recvs[i].res == 3 && t.recvs[i].thread_loop == b, "recv %d res %d", i, t.recvs[i].res);
+	}
+	tu_run_on(b, do_tiny_free, &t);
+	for (i = 0; i < TINY_N; i++) {
+		close(t.fds[i][0]);
+		close(t.fds[i][1]);
+	}
+}
+
 /* A loop attached to a libev loop the caller runs on its own thread. */
 static void test_attached(struct evfd_loop *spawned)
 {
@@ -330,6 +411,8 @@ int main(void)
 	printf("ok timeout keeps its deadline across a move\n");
 	test_restrictions(a, b);
 	printf("ok restrictions\n");
+	test_tiny_ring(a, b);
+	printf("ok tiny ring: full SQ, overflowing CQ, re-arms queued\n");
 	test_attached(a);
 	printf("ok attached loop\n");
 	test_retire_args(a, b);
