@@ -44,7 +44,8 @@ struct evfd_op;
 typedef void (*evfd_op_cb)(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg);
 
 /* Called on the target loop's thread once it owns the ring and has drained its CQ (err == 0), or on the
- * thread that found the move impossible (err < 0: -ENODEV when the ring was freed). */
+ * thread that found the move impossible (err < 0: -ENODEV when the ring was freed). Also the type of the
+ * function evfd_ring_call runs on the owner. */
 typedef void (*evfd_move_cb)(struct evfd_ring *ring, int err, void *arg);
 
 /* A function run on a loop's thread. */
@@ -204,6 +205,16 @@ int evfd_op_cancel(struct evfd_ring *ring, struct evfd_op *op);
  * -ENOMEM, or -ENXIO (@to has stopped).
  */
 int evfd_ring_move(struct evfd_ring *ring, struct evfd_loop *to, evfd_move_cb done, void *arg);
+
+/*
+ * evfd_ring_call - run @fn(@ring, 0, @arg) on the thread of whichever loop owns @ring when it runs
+ *
+ * Call it from a loop thread (any loop's). The request follows the ring through moves in flight, so @fn
+ * may submit to the ring and touch state only the ring's callbacks touch. If the ring is freed first, @fn
+ * runs with err -ENODEV on some loop thread instead. Returns 0, -EINVAL, -ENOMEM, -ENODEV (the ring has been
+ * freed) or -EPERM (not called from a loop thread).
+ */
+int evfd_ring_call(struct evfd_ring *ring, evfd_move_cb fn, void *arg);
 
 /*
  * evfd_ring_owner - the loop that owns @ring now

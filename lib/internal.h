@@ -35,6 +35,7 @@ enum evfd_msg_kind {
 	EVFD_MSG_MOVE,    /* move a ring: sent to the target first, then forwarded to the owner */
 	EVFD_MSG_ADOPT,   /* take a ring over: sent by the previous owner (the MOVE message, reused) */
 	EVFD_MSG_RETIRE,  /* hand every ring to a successor and end once nothing is in flight */
+	EVFD_MSG_RING_CALL, /* run a function on a ring's owner: forwarded like a MOVE */
 };
 
 struct evfd_msg {
@@ -47,7 +48,7 @@ struct evfd_msg {
 		} call;
 		struct {
 			struct evfd_ring *ring;   /* holds a ring reference */
-			struct evfd_loop *to;     /* holds a move reference on @to */
+			struct evfd_loop *to;     /* holds a move reference on @to; NULL for a ring call */
 			evfd_move_cb done;
 			void *arg;
 		} move;

@@ -94,6 +94,7 @@ static void loop_run_msg(struct evfd_loop *l, struct evfd_msg *m)
 		free(m);
 		break;
 	case EVFD_MSG_MOVE:
+	case EVFD_MSG_RING_CALL:
 		evfd__move_handle(l, m);
 		break;
 	case EVFD_MSG_ADOPT:

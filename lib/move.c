@@ -72,7 +72,8 @@ static void move_finish(struct evfd_msg *m, int err)
 
 	if (m->move.done)
 		m->move.done(r, err, m->move.arg);
-	evfd__loop_put_move_ref(m->move.to);
+	if (m->move.to)
+		evfd__loop_put_move_ref(m->move.to);
 	evfd__ring_unref(r);
 	free(m);
 }
@@ -133,7 +134,7 @@ undo:
 }
 
 /* A MOVE arrives: first at the target (the only loop the caller surely knows is alive), then forwarded to
- * whoever owns the ring. */
+ * whoever owns the ring. A RING_CALL starts at the owner the caller saw and is forwarded the same way. */
 void evfd__move_handle(struct evfd_loop *l, struct evfd_msg *m)
 {
 	struct evfd_ring *r = m->move.ring;
@@ -157,7 +158,7 @@ void evfd__move_handle(struct evfd_loop *l, struct evfd_msg *m)
 			move_finish(m, -ENXIO);
 		return;
 	}
-	if (m->move.to == l) {
+	if (m->kind == EVFD_MSG_RING_CALL || m->move.to == l) {
 		move_finish(m, 0);
 		return;
 	}
@@ -226,6 +227,33 @@ int evfd_ring_move(struct evfd_ring *r, struct evfd_loop *to, evfd_move_cb done,
 	err = evfd__loop_post(to, m);
 	if (err < 0) {
 		atomic_fetch_sub(&to->move_refs, 1);
+		evfd__ring_unref(r);
+		free(m);
+	}
+	return err;
+}
+
+int evfd_ring_call(struct evfd_ring *r, evfd_move_cb fn, void *arg)
+{
+	struct evfd_loop *dest;
+	struct evfd_msg *m;
+	int err;
+
+	if (!r || !fn)
+		return -EINVAL;
+	if (!evfd__tls_loop)
+		return -EPERM;   /* the owner lookup below is an RCU read: loop threads only */
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->kind = EVFD_MSG_RING_CALL;
+	m->move.ring = r;
+	m->move.done = fn;
+	m->move.arg = arg;
+	atomic_fetch_add(&r->refs, 1);
+	dest = evfd_ring_owner(r);
+	err = dest ? evfd__loop_post(dest, m) : -ENODEV;
+	if (err < 0) {
 		evfd__ring_unref(r);
 		free(m);
 	}

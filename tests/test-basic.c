@@ -350,6 +350,49 @@ static void test_attached(struct evfd_loop *spawned)
 	TU_CHECK(evfd_loop_current() == NULL, "current loop after free");
 }
 
+static void ring_call_cb(struct evfd_ring *ring, int err, void *arg)
+{
+	struct result *res = arg;
+
+	res->res = err;
+	res->thread_loop = evfd_loop_current();
+	res->owner = evfd_ring_owner(ring);
+	atomic_fetch_add(&res->calls, 1);
+}
+
+struct call_ctx {
+	struct evfd_ring *ring;
+	struct evfd_loop *to;
+	struct result moved, called;
+	int err;
+};
+
+/* On loop b: start a move to b and at once ask for a call on the owner. Either way the call runs on the
+ * thread that owns the ring at that moment. */
+static void do_ring_call(struct evfd_loop *loop, void *arg)
+{
+	struct call_ctx *cc = arg;
+
+	cc->err = evfd_ring_move(cc->ring, cc->to, moved_cb, &cc->moved);
+	if (!cc->err)
+		cc->err = evfd_ring_call(cc->ring, ring_call_cb, &cc->called);
+}
+
+static void test_ring_call(struct evfd_loop *a, struct evfd_loop *b)
+{
+	struct call_ctx cc = { .ring = new_ring(a, NULL), .to = b };
+	struct ctx c = { .ring = cc.ring };
+	struct result direct = { 0 };
+
+	TU_CHECK(evfd_ring_call(cc.ring, ring_call_cb, &direct) == -EPERM, "ring call off any loop thread");
+	tu_run_on(b, do_ring_call, &cc);
+	TU_CHECK(cc.err == 0, "move/ring call: %s", strerror(-cc.err));
+	TU_CHECK(tu_wait_u64(&cc.called.calls, 1, 5000), "ring call never ran");
+	TU_CHECK(cc.called.res == 0 && cc.called.thread_loop == cc.called.owner, "ring call ran off the owner");
+	TU_CHECK(tu_wait_u64(&cc.moved.calls, 1, 5000), "move never finished");
+	free_ring(b, &c);
+}
+
 static void test_retire_args(struct evfd_loop *a, struct evfd_loop *b)
 {
 	TU_CHECK(evfd_loop_retire(a, a, NULL, NULL) == -EINVAL, "retire to itself");
@@ -415,6 +458,8 @@ int main(void)
 	printf("ok tiny ring: full SQ, overflowing CQ, re-arms queued\n");
 	test_attached(a);
 	printf("ok attached loop\n");
+	test_ring_call(a, b);
+	printf("ok ring call follows the owner\n");
 	test_retire_args(a, b);
 	printf("ok retire arguments\n");
 	test_enosys(a);

@@ -284,6 +284,31 @@ static void *clients(void *arg)
 	return NULL;
 }
 
+/* evfd_ring_call under constant moves: it must always run on the owner, serialised with the ring's
+ * callbacks. */
+static atomic_uint_fast64_t ring_calls_sent, ring_calls_run;
+
+static void ring_call_fn(struct evfd_ring *ring, int err, void *arg)
+{
+	struct ring_state *rs = arg;
+	int busy = atomic_exchange(&rs->in_callback, 1);
+
+	TU_CHECK(err == 0, "ring call: %s", strerror(-err));
+	TU_CHECK(busy == 0, "ring %u: ring call concurrent with a callback", rs->idx);
+	TU_CHECK(evfd_loop_current() == evfd_ring_owner(ring), "ring %u: ring call off the owner", rs->idx);
+	rs->callbacks++;
+	atomic_store(&rs->in_callback, 0);
+	atomic_fetch_add(&ring_calls_run, 1);
+}
+
+static void send_ring_call(struct evfd_loop *loop, void *arg)
+{
+	struct ring_state *rs = arg;
+	int err = evfd_ring_call(rs->ring, ring_call_fn, rs);
+
+	TU_CHECK(err == 0, "evfd_ring_call: %s", strerror(-err));
+}
+
 static void moved_cb(struct evfd_ring *ring, int err, void *arg)
 {
 	TU_CHECK(err == 0, "move: %s", strerror(-err));
@@ -339,7 +364,7 @@ int main(void)
 		TU_CHECK(tu_now_ns() < deadline, "work not done after 120 s (%lu of %d rings done)",
 			 (unsigned long)atomic_load(&rings_done), NRINGS);
 		/* Keep a bounded number of moves queued: a slow (sanitized) build must not pile up thousands. */
-		if (moves - atomic_load(&moves_done) >= 2 * NRINGS) {
+		if (moves - atomic_load(&moves_done) >= 64) {
 			usleep(50);
 			next_ns = tu_now_ns();
 			continue;
@@ -350,6 +375,12 @@ int main(void)
 		err = evfd_ring_move(rings[rng % NRINGS].ring, loops[(rng >> 8) % NLOOPS], moved_cb, NULL);
 		TU_CHECK(err == 0, "evfd_ring_move: %s", strerror(-err));
 		moves++;
+		if (moves % 4 == 0) {
+			/* From some loop thread, ask whoever owns some ring to run a function. */
+			atomic_fetch_add(&ring_calls_sent, 1);
+			err = evfd_loop_call(loops[(rng >> 16) % NLOOPS], send_ring_call, &rings[(rng >> 24) % NRINGS]);
+			TU_CHECK(err == 0, "evfd_loop_call: %s", strerror(-err));
+		}
 		/* A schedule, not a fixed sleep: when a sleep overshoots, the next moves follow at once. */
 		next_ns += 100000;
 		if (next_ns > tu_now_ns()) {
@@ -362,6 +393,8 @@ int main(void)
 	TU_CHECK(tu_wait_u64(&moves_done, moves, 10000), "%lu of %lu moves finished",
 		 (unsigned long)atomic_load(&moves_done), (unsigned long)moves);
 	pthread_join(client, NULL);
+	TU_CHECK(tu_wait_u64(&ring_calls_run, atomic_load(&ring_calls_sent), 10000), "%lu of %lu ring calls ran",
+		 (unsigned long)atomic_load(&ring_calls_run), (unsigned long)atomic_load(&ring_calls_sent));
 
 	for (i = 0; i < NRINGS; i++) {
 		struct ring_state *rs = &rings[i];
@@ -395,8 +428,9 @@ int main(void)
 	}
 	TU_CHECK(early == 0, "%lu timeouts fired before their deadline", early);
 	printf("ok %lu moves in %.2f s; %lu callbacks, every request exactly once on its owner; %lu re-armed; "
-	       "%lu bytes per stream in order\n", (unsigned long)moves, (double)(tu_now_ns() - t0) / 1e9, callbacks,
-	       rearmed, stream_bytes);
+	       "%lu bytes per stream in order; %lu ring calls on the owner\n", (unsigned long)moves,
+	       (double)(tu_now_ns() - t0) / 1e9, callbacks, rearmed, stream_bytes,
+	       (unsigned long)atomic_load(&ring_calls_run));
 
 	for (i = 0; i < NRINGS; i++) {
 		for (p = 0; p < NPAIRS; p++) {
