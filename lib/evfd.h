@@ -44,7 +44,9 @@ struct evfd_op;
 typedef void (*evfd_op_cb)(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg);
 
 /* Called on the target loop's thread once it owns the ring and has drained its CQ (err == 0), or on the
- * thread that found the move impossible (err < 0: -ENODEV when the ring was freed). Also the type of the
+ * thread that found the move impossible (err < 0): -ENODEV when the ring had been freed (possible only with
+ * several messages for one ring in flight, see evfd_ring_free), -ENXIO when the target had stopped, -ENOMEM,
+ * or an io_uring_register error from the eventfd swap (the ring stays where it was). Also the type of the
  * function evfd_ring_call runs on the owner. */
 typedef void (*evfd_move_cb)(struct evfd_ring *ring, int err, void *arg);
 
@@ -99,8 +101,9 @@ int evfd_loop_call(struct evfd_loop *loop, evfd_loop_fn fn, void *arg);
  *
  * Nothing waits: rings leave at once with their pending requests, which @to re-arms. For a spawned loop the
  * thread returns from ev_run after @done; for an attached loop the caller may stop running it after @done.
- * Either way call evfd_loop_free() afterwards. Safe from any thread. Returns 0, -EINVAL (@to is @loop or
- * NULL), -EALREADY (already retiring) or -ENOMEM.
+ * Either way call evfd_loop_free() afterwards; an attached loop's watcher keeps ev_run going, so its caller
+ * ends ev_run itself (ev_break in @done). Safe from any thread. Returns 0, -EINVAL (@to is @loop or NULL),
+ * -EALREADY (already retiring), -ENOMEM or -ENXIO (@loop has stopped).
  */
 int evfd_loop_retire(struct evfd_loop *loop, struct evfd_loop *to, evfd_loop_fn done, void *arg);
 
@@ -113,7 +116,7 @@ int evfd_loop_retire(struct evfd_loop *loop, struct evfd_loop *to, evfd_loop_fn 
  * or never used); the thread is then unregistered from urcu-qsbr and the libev loop is left to its owner
  * (destroyed if evfd_loop_new created it). Waits for an RCU grace period. Returns 0, -EBUSY (rings, requests
  * or moves still headed here, or retirement not finished; nothing was freed), -EDEADLK (a spawned loop
- * freeing itself), -EXDEV (an attached loop freed off its thread).
+ * freeing itself), -EXDEV (an attached loop freed off its thread), -ENOMEM (the stop request).
  */
 int evfd_loop_free(struct evfd_loop *loop);
 
@@ -149,8 +152,10 @@ struct evfd_ring_params {
  * has taken it (use evfd_loop_call to submit from there). The ring uses none of SINGLE_ISSUER,
  * DEFER_TASKRUN, COOP_TASKRUN or a registered ring fd, since it must work from any thread.
  * Returns 0, or: -ENOSYS (the kernel has no io_uring, or a seccomp filter blocks it), -EPERM (sysctl
- * kernel.io_uring_disabled), -ENOMEM (memory, or RLIMIT_MEMLOCK too low for the ring), -EMFILE/-ENFILE,
- * -EINVAL (bad parameters), or another error from io_uring_setup or io_uring_register.
+ * kernel.io_uring_disabled), -ENOMEM (memory: the memory cgroup, or RLIMIT_MEMLOCK before Linux 5.12),
+ * -EOPNOTSUPP (kernel older than 5.18, where registering an eventfd quiesces the ring), -EMFILE/-ENFILE,
+ * -EINVAL (bad parameters), -ENXIO (@owner has stopped), or another error from io_uring_setup or
+ * io_uring_register.
  */
 int evfd_ring_new(struct evfd_ring **out, struct evfd_loop *owner, const struct evfd_ring_params *p);
 
@@ -158,7 +163,9 @@ int evfd_ring_new(struct evfd_ring **out, struct evfd_loop *owner, const struct 
  * evfd_ring_free - destroy a ring
  *
  * Owner thread only, with nothing in flight. Returns 0, -EBUSY (requests in flight), -EXDEV (not called on
- * the owner thread). The memory is reclaimed after an RCU grace period.
+ * the owner thread). The ring pointer is invalid afterwards, unless a move or ring call naming it is still
+ * queued (those keep the memory alive and then report -ENODEV). Called from one of the ring's own
+ * callbacks, the ring goes when that callback returns.
  */
 int evfd_ring_free(struct evfd_ring *ring);
 
@@ -181,8 +188,8 @@ int evfd_ring_free(struct evfd_ring *ring);
  * requests with EVFD_OP_PINNED. A request cancelled by a move reports nothing to @cb. Re-arming READ and
  * WRITE assumes a socket, pipe or regular file; pin requests on a device whose blocking read a signal would
  * interrupt (-EINTR).
- * Returns 0, -EXDEV (not the owner thread), -EINVAL, -ENOMEM, or an io_uring_enter error when the SQ was
- * full and could not be flushed.
+ * Returns 0, -EXDEV (not the owner thread), -EINVAL, -ENOMEM, or -EBUSY/-EAGAIN (the SQ was full and the
+ * kernel would not take it until completions are reaped; try again from a later callback).
  */
 int evfd_ring_submit(struct evfd_ring *ring, const struct io_uring_sqe *sqe, evfd_op_cb cb, void *arg,
 		     unsigned flags, struct evfd_op **opp);
@@ -190,8 +197,9 @@ int evfd_ring_submit(struct evfd_ring *ring, const struct io_uring_sqe *sqe, evf
 /*
  * evfd_op_cancel - ask the kernel to cancel a request
  *
- * Owner thread only; @op must still be in flight. Its callback then gets -ECANCELED, or the normal result if
- * the request completed first. Returns 0, -EXDEV, -ENOMEM.
+ * Owner thread only; @op must still be in flight (a handle is recycled after its last callback). Its
+ * callback then gets -ECANCELED, or the normal result if the request completed first. Returns 0, -EXDEV,
+ * -EINVAL, -ENOMEM, or an io_uring_enter error when the SQ was full and could not be entered.
  */
 int evfd_op_cancel(struct evfd_ring *ring, struct evfd_op *op);
 
@@ -211,8 +219,9 @@ int evfd_ring_move(struct evfd_ring *ring, struct evfd_loop *to, evfd_move_cb do
  *
  * Call it from a loop thread (any loop's). The request follows the ring through moves in flight, so @fn
  * may submit to the ring and touch state only the ring's callbacks touch. If the ring is freed first, @fn
- * runs with err -ENODEV on some loop thread instead. Returns 0, -EINVAL, -ENOMEM, -ENODEV (the ring has been
- * freed) or -EPERM (not called from a loop thread).
+ * runs with err -ENODEV on some loop thread instead. Returns 0, -EINVAL, -ENOMEM, -ENODEV (the ring has
+ * been freed; only seen while another queued message still keeps its memory) or -EPERM (not called from a
+ * loop thread).
  */
 int evfd_ring_call(struct evfd_ring *ring, evfd_move_cb fn, void *arg);
 

@@ -70,10 +70,12 @@ static void move_finish(struct evfd_msg *m, int err)
 {
 	struct evfd_ring *r = m->move.ring;
 
-	if (m->move.done)
-		m->move.done(r, err, m->move.arg);
+	/* Drop the reference first: the callback may free the loop it ran on (from another thread) at once.
+	 * The callback never needs @to, and this thread is an RCU reader, so @to stays valid here. */
 	if (m->move.to)
 		evfd__loop_put_move_ref(m->move.to);
+	if (m->move.done)
+		m->move.done(r, err, m->move.arg);
 	evfd__ring_unref(r);
 	free(m);
 }

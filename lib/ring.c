@@ -467,13 +467,14 @@ static int ring_setup(struct evfd_ring *r, const struct evfd_ring_params *p)
 	if (restricted)
 		ip.flags |= IORING_SETUP_R_DISABLED;
 	err = io_uring_queue_init_params(entries, &r->uring, &ip);
-	if (err == -EINVAL) {
-		/* Kernels before 5.18 lack SUBMIT_ALL. */
-		ip.flags &= ~IORING_SETUP_SUBMIT_ALL;
-		err = io_uring_queue_init_params(entries, &r->uring, &ip);
-	}
 	if (err < 0)
 		return err;
+	/* Before 5.18 registering an eventfd waits for every request in flight: a move could block forever on
+	 * a pending recv. LINKED_FILE arrived in the same release. */
+	if (!(ip.features & IORING_FEAT_LINKED_FILE)) {
+		io_uring_queue_exit(&r->uring);
+		return -EOPNOTSUPP;
+	}
 	if (restricted) {
 		err = ring_restrict(r, p);
 		if (err < 0)
