@@ -1,0 +1,160 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * evfdd's configuration: parsing and validation only. Loading has no side effects (it reads the file,
+ * sysconf for the CPU count, and resolves backend names); the daemon applies a loaded configuration
+ * itself, so `evfdd -n` and a rejected reload never disturb a running instance.
+ *
+ * The file is INI (inih): a [evfdd] section for the daemon and one section per service, named by the
+ * section. evfdd.conf(5) documents every key; conf/evfdd.conf is a commented example.
+ *
+ * Every error found is collected, not only the first, each as one line:
+ *	FILE:LINE: [section] key: what is wrong; what to do
+ * (the section, key or line are left out when the error has none, e.g. "FILE: cannot open: ...").
+ */
+#ifndef EVFDD_CONFIG_H
+#define EVFDD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/un.h>
+#include <netinet/in.h>
+
+#define EVFDD_CONFIG_PATH "/etc/evfdd/evfdd.conf"
+/* The file name errors in the embedded default would carry (there are none: a test loads it). */
+#define EVFDD_CONFIG_DEFAULT_NAME "<embedded default>"
+
+#define EVFDD_CONFIG_MAX_FILE (1024 * 1024)	/* bytes */
+#define EVFDD_CONFIG_MAX_SERVICES 1024
+#define EVFDD_CONFIG_NAME_MAX 64		/* service name: [A-Za-z0-9_.-]{1,64} */
+#define EVFDD_CONFIG_MAX_ERRORS 100		/* recorded; more are only counted */
+#define EVFDD_CONFIG_MAX_WORKERS 256
+#define EVFDD_CONFIG_MAX_RINGS 4096
+
+/* Defaults of the keys a file leaves out (evfdd.conf(5) says why each was chosen). workers defaults to the
+ * online CPUs, rings to twice the workers. */
+#define EVFDD_DEFAULT_LOG_LEVEL_NAME "info"
+#define EVFDD_DEFAULT_SHUTDOWN_TIMEOUT_MS 10000u
+#define EVFDD_DEFAULT_MAX_CONNECTIONS 10000u
+#define EVFDD_DEFAULT_CONNECT_TIMEOUT_MS 5000u
+#define EVFDD_DEFAULT_IDLE_TIMEOUT_MS 3600000u	/* 1h */
+#define EVFDD_DEFAULT_BACKLOG 511
+#define EVFDD_DEFAULT_TCP_NODELAY true
+#define EVFDD_DEFAULT_SOCKET_MODE 0666
+
+/* The embedded default configuration, parsed by the same parser as a file. */
+extern const char evfdd_config_default_text[];
+
+/* What a listen or forward value names. */
+enum evfdd_endpoint_kind {
+	EVFDD_ENDPOINT_NONE = 0,	/* listen only: not given (the service needs an activated socket) */
+	EVFDD_ENDPOINT_INET,		/* TCP over IPv4 or IPv6 */
+	EVFDD_ENDPOINT_UNIX,		/* Unix stream socket at an absolute path */
+	EVFDD_ENDPOINT_ECHO,		/* forward only: the built-in echo */
+};
+
+/* A socket address ready for bind(2) or connect(2). */
+struct evfdd_sockaddr {
+	socklen_t len;
+	union {
+		struct sockaddr sa;
+		struct sockaddr_in in;
+		struct sockaddr_in6 in6;
+		struct sockaddr_un un;
+		struct sockaddr_storage storage;
+	} u;
+};
+
+struct evfdd_endpoint {
+	enum evfdd_endpoint_kind kind;
+	char *text;			/* the value as written, for logs; NULL for NONE */
+	/*
+	 * INET: every address of the host, in getaddrinfo's order (RFC 6724 preference). For forward, the
+	 * data plane tries them in turn until one connects. For listen, exactly one: a numeric address, or
+	 * [::] for "*".
+	 * UNIX: exactly one, the path (len covers the terminating NUL).
+	 * NONE, ECHO: none.
+	 */
+	size_t naddrs;
+	struct evfdd_sockaddr *addrs;
+	/* listen on an IPv6 address only: IPV6_V6ONLY to set. false for "*" (one socket takes IPv4 too),
+	 * true for "[::]" and every other IPv6 address. */
+	bool v6only;
+};
+
+struct evfdd_service {
+	char *name;			/* the section name, matched against FileDescriptorName= */
+	unsigned line;			/* line of its [name] header, for messages at apply time */
+	struct evfdd_endpoint listen;	/* kind NONE when not given */
+	struct evfdd_endpoint forward;	/* never NONE */
+	uint32_t max_connections;	/* open client connections; accepting pauses at the limit */
+	uint32_t connect_timeout_ms;	/* backend connect, per address tried */
+	uint32_t idle_timeout_ms;	/* no byte either way for this long closes both sides; 0 = never */
+	int backlog;			/* listen(2) backlog for self-bound listeners */
+	bool tcp_nodelay;		/* TCP_NODELAY on both TCP sides */
+	mode_t socket_mode;		/* file mode of a self-bound Unix listener */
+};
+
+struct evfdd_config {
+	char *source;			/* file name, or EVFDD_CONFIG_DEFAULT_NAME */
+	unsigned workers;		/* libev loops, one thread each */
+	unsigned rings;			/* io_uring rings shared out among the loops */
+	char *control;			/* control socket path; NULL = decided at run time */
+	int log_level;			/* LOG_ERR ... LOG_DEBUG (syslog.h) */
+	uint32_t shutdown_timeout_ms;	/* how long stopping waits for connections to finish */
+	size_t nservices;		/* >= 1 */
+	struct evfdd_service *services;	/* in file order; names unique */
+};
+
+struct evfdd_config_error {
+	char *file;
+	unsigned line;			/* 0 when the error concerns the whole file */
+	char *section;			/* NULL when none */
+	char *key;			/* NULL when none */
+	char *message;			/* "FILE:LINE: [section] key: what", no newline */
+};
+
+struct evfdd_config_errors {
+	size_t count;
+	struct evfdd_config_error *list;
+	size_t omitted;			/* past EVFDD_CONFIG_MAX_ERRORS: counted, not recorded */
+};
+
+/* Flags for evfdd_config_load_buffer. */
+enum {
+	/* Do not resolve backend names: a forward host that is not a numeric address is an error. For
+	 * fuzzing, where DNS lookups would be slow and leave the machine. */
+	EVFDD_CONFIG_NO_RESOLVE = 1 << 0,
+};
+
+/*
+ * evfdd_config_load - read, parse and validate a configuration file
+ * @path: the file; NULL for the embedded default
+ * @out: receives the configuration on success (free with evfdd_config_free), NULL on failure
+ * @errs: receives every error found (free with evfdd_config_errors_free, also after success); may be NULL
+ *
+ * Returns 0, or -1 when at least one error was found.
+ */
+int evfdd_config_load(const char *path, struct evfdd_config **out, struct evfdd_config_errors *errs);
+
+/* The same for text in memory; @name stands for the file name in messages. */
+int evfdd_config_load_string(const char *text, const char *name, struct evfdd_config **out,
+			     struct evfdd_config_errors *errs);
+
+/* The same for @len bytes that may hold anything, NUL bytes included; see the flags above. */
+int evfdd_config_load_buffer(const char *data, size_t len, const char *name, unsigned flags,
+			     struct evfdd_config **out, struct evfdd_config_errors *errs);
+
+void evfdd_config_free(struct evfdd_config *cfg);
+
+/* The service named @name, or NULL. */
+const struct evfdd_service *evfdd_config_service(const struct evfdd_config *cfg, const char *name);
+
+/* One line per error, then a count of omitted ones. */
+void evfdd_config_errors_print(FILE *f, const struct evfdd_config_errors *errs);
+void evfdd_config_errors_free(struct evfdd_config_errors *errs);
+
+#endif

@@ -1,0 +1,189 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Fuzz target for evfdd's configuration parser: arbitrary bytes (NUL bytes, overlong lines, broken UTF-8
+ * included) must give either a configuration or error messages, never a crash, a leak or a hang, and
+ * the result must be consistent (checked below; a violation aborts, which the fuzzer reports).
+ *
+ * The bytes go to evfdd_config_load_buffer, the code under evfdd_config_load_string and evfdd_config_load,
+ * with EVFDD_CONFIG_NO_RESOLVE: the same parse, except that a backend name is reported instead of
+ * looked up, so no input can make the fuzzer send DNS queries.
+ *
+ * Under libFuzzer (clang), from the top of a configured tree:
+ *	clang -g -O1 -fsanitize=fuzzer,address,undefined -DEVFDD_FUZZING -include config.h \
+ *		tests/fuzz-config.c daemon/config.c daemon/log.c -linih -o /tmp/fuzz-config
+ *	mkdir -p /tmp/fuzz-work
+ *	/tmp/fuzz-config -max_total_time=60 -max_len=8192 /tmp/fuzz-work tests/fuzz-corpus/config
+ * (new inputs go to /tmp/fuzz-work; copy the interesting ones into tests/fuzz-corpus/config).
+ *
+ * Without EVFDD_FUZZING this file has its own main, which runs the target once over every file in
+ * tests/fuzz-corpus/config (or the files and directories given as arguments): `make check` does that.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include "../daemon/config.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define FUZZ_ASSERT(cond)                                                                                \
+	do {                                                                                             \
+		if (!(cond)) {                                                                           \
+			fprintf(stderr, "fuzz-config: %s:%d: invariant broken: %s\n", __FILE__, __LINE__, \
+				#cond);                                                                  \
+			abort();                                                                         \
+		}                                                                                        \
+	} while (0)
+
+static void check_config(const struct evfdd_config *cfg)
+{
+	FUZZ_ASSERT(cfg->workers >= 1 && cfg->workers <= EVFDD_CONFIG_MAX_WORKERS);
+	FUZZ_ASSERT(cfg->rings >= 1 && cfg->rings <= EVFDD_CONFIG_MAX_RINGS);
+	FUZZ_ASSERT(cfg->nservices >= 1 && cfg->nservices <= EVFDD_CONFIG_MAX_SERVICES);
+	for (size_t i = 0; i < cfg->nservices; i++) {
+		const struct evfdd_service *s = &cfg->services[i];
+		size_t n = strlen(s->name);
+
+		FUZZ_ASSERT(n >= 1 && n <= EVFDD_CONFIG_NAME_MAX && strcmp(s->name, "control") != 0);
+		FUZZ_ASSERT(evfdd_config_service(cfg, s->name) == s);	/* names are unique */
+		FUZZ_ASSERT(s->forward.kind != EVFDD_ENDPOINT_NONE && s->forward.text);
+		FUZZ_ASSERT(s->forward.kind == EVFDD_ENDPOINT_ECHO ? s->forward.naddrs == 0
+								   : s->forward.naddrs >= 1);
+		FUZZ_ASSERT(s->listen.kind != EVFDD_ENDPOINT_ECHO);
+		FUZZ_ASSERT(s->listen.kind == EVFDD_ENDPOINT_NONE ? s->listen.naddrs == 0
+								 : s->listen.naddrs == 1);
+		FUZZ_ASSERT(s->max_connections >= 1 && s->backlog >= 1 && s->connect_timeout_ms >= 1);
+		FUZZ_ASSERT(s->socket_mode <= 0777);
+	}
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	static FILE *devnull;
+	struct evfdd_config_errors errs;
+	struct evfdd_config *cfg;
+	int rc;
+
+	if (!devnull)
+		devnull = fopen("/dev/null", "w");
+	rc = evfdd_config_load_buffer((const char *)data, size, "fuzz.conf", EVFDD_CONFIG_NO_RESOLVE, &cfg,
+				      &errs);
+	FUZZ_ASSERT(rc == 0 || rc == -1);
+	if (rc == 0) {
+		FUZZ_ASSERT(cfg && errs.count == 0 && errs.omitted == 0);
+		check_config(cfg);
+	} else {
+		FUZZ_ASSERT(!cfg && errs.count >= 1 && errs.count <= EVFDD_CONFIG_MAX_ERRORS);
+	}
+	for (size_t i = 0; i < errs.count; i++) {
+		const char *m = errs.list[i].message;
+
+		/* one line of printable text, starting with the file name */
+		FUZZ_ASSERT(strncmp(m, "fuzz.conf", 9) == 0 && strcmp(errs.list[i].file, "fuzz.conf") == 0);
+		for (; *m; m++)
+			FUZZ_ASSERT((unsigned char)*m >= 0x20 && (unsigned char)*m < 0x7f);
+		FUZZ_ASSERT(i == 0 || errs.list[i - 1].line <= errs.list[i].line || errs.list[i].line == 0);
+	}
+	if (devnull)
+		evfdd_config_errors_print(devnull, &errs);
+	evfdd_config_free(cfg);
+	evfdd_config_errors_free(&errs);
+	return 0;
+}
+
+#ifndef EVFDD_FUZZING
+/* Run the target over one file; returns 0, or -1 when it cannot be read. */
+static int run_file(const char *path)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf = NULL;
+	size_t len = 0, cap = 0, n;
+	int rc = -1;
+
+	if (!f) {
+		fprintf(stderr, "fuzz-config: %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	do {
+		if (len == cap) {
+			char *nbuf = realloc(buf, cap = cap ? 2 * cap : 65536);
+
+			if (!nbuf)
+				goto out;
+			buf = nbuf;
+		}
+		n = fread(buf + len, 1, cap - len, f);
+		len += n;
+	} while (n > 0);
+	if (ferror(f))
+		goto out;
+	LLVMFuzzerTestOneInput((const uint8_t *)buf, len);
+	rc = 0;
+out:
+	if (rc)
+		fprintf(stderr, "fuzz-config: %s: cannot read\n", path);
+	free(buf);
+	fclose(f);
+	return rc;
+}
+
+/* Every regular file in @dir, or @dir itself when it is a file; returns the number run, -1 on error. */
+static int run_path(const char *dir)
+{
+	struct dirent *de;
+	struct stat st;
+	char p[4096];
+	int n = 0;
+	DIR *d;
+
+	if (stat(dir, &st) == 0 && S_ISREG(st.st_mode))
+		return run_file(dir) == 0 ? 1 : -1;
+	d = opendir(dir);
+	if (!d) {
+		fprintf(stderr, "fuzz-config: %s: %s\n", dir, strerror(errno));
+		return -1;
+	}
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
+		if (stat(p, &st) != 0 || !S_ISREG(st.st_mode))
+			continue;
+		if (run_file(p) != 0) {
+			n = -1;
+			break;
+		}
+		n++;
+	}
+	closedir(d);
+	return n;
+}
+
+int main(int argc, char **argv)
+{
+	const char *top = getenv("top_srcdir");
+	char def[4096];
+	int total = 0, n;
+
+	snprintf(def, sizeof(def), "%s/tests/fuzz-corpus/config", top ? top : ".");
+	if (argc < 2) {
+		n = run_path(def);
+		if (n <= 0) {
+			fprintf(stderr, "fuzz-config: no corpus in %s\n", def);
+			return 1;
+		}
+		total = n;
+	}
+	for (int i = 1; i < argc; i++) {
+		n = run_path(argv[i]);
+		if (n < 0)
+			return 1;
+		total += n;
+	}
+	printf("fuzz-config: %d inputs, no crash\n", total);
+	return 0;
+}
+#endif
