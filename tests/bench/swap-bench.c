@@ -16,8 +16,14 @@
  *  quiesce   same rate, but the owner first stops submitting on the ring and waits until nothing is in
  *            flight (what IORING_REGISTER_EVENTFD imposed before Linux 5.18), then moves it, and the new
  *            owner resumes. Requests held back meanwhile keep their intended submit time.
- * Meanwhile two plain threads measure a bare cross-thread eventfd + epoll wakeup, idle before the phases
- * and under load during them, for comparison.
+ * Meanwhile two plain threads, pinned to two different CPUs as loop threads handing a ring over usually
+ * are, measure a bare cross-thread eventfd + epoll wakeup, idle before the phases and under load during
+ * them, for comparison.
+ *
+ * The quiesce emulation is kind to quiescing: only the ring being moved stops, while its owner thread goes
+ * on serving other rings; a kernel before 5.18 blocked the whole thread inside io_uring_register and also
+ * waited for an RCU grace period (percpu_ref kill) even with nothing in flight. Its stall is a lower bound,
+ * set mostly by how long the longest request in flight still has to live (here, the peer's think time).
  *
  * Latency of an operation is reap time minus submit time, less what the operation waits for by design: a
  * timeout's duration, and for a recv the time until the peer wrote the message. A move window runs from
@@ -36,6 +42,7 @@
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -60,6 +67,7 @@
 #define MOVE_US_DEFAULT 1000
 #define PHASE_S_DEFAULT 2.0
 #define WARMUP_S 0.3
+#define GAP_S 0.05              /* between phases, unattributed: what one phase left in flight lands here */
 #define IDLE_PROBE_S 0.5
 #define PROBE_MIN_US 200        /* the probe's writer sleeps this long or more, so its reader is asleep */
 #define PROBE_MAX_US 400
@@ -85,10 +93,11 @@ struct msg {
 struct oprec {
 	uint64_t t_sub;         /* submit time, or intended submit time if held back by a quiesce */
 	uint64_t t_done;
-	void *ctx;              /* struct opctx while in flight */
+	struct opctx *ctx;      /* while in flight */
 	uint32_t adj;           /* ns the request waits by design (timeout length, recv until data) */
 	uint8_t type, chan, ncompl;
 	bool held, failed;
+	bool gave_up;           /* still in flight when the final drain timed out: lost, even if cancelled */
 };
 
 /* Buffers a request needs while in flight. The callback argument is the id, not this: a duplicate
@@ -115,7 +124,7 @@ struct bring;
 struct mwin {
 	struct bring *b;
 	int phase;
-	unsigned from, to;      /* loop indices */
+	unsigned to;            /* loop index */
 	uint64_t t_req;
 	uint64_t t_quiesced;    /* quiesce: when nothing was left in flight */
 	uint64_t t_done;        /* written on the new owner, published by b->busy */
@@ -168,7 +177,7 @@ static struct {
 	struct evfd_loop *loops[MAX_LOOPS];
 	struct bring rings[NRINGS];
 	uint64_t ph_start[NPHASES], ph_end[NPHASES];
-	unsigned long ticks[NPHASES], skipped[NPHASES], late[NPHASES];
+	unsigned long skipped[NPHASES], late[NPHASES];
 	bool hung;
 
 	/* Completion signals from loops to main. */
@@ -187,7 +196,8 @@ static struct {
 	atomic_bool probe_stop;
 	atomic_int probe_phase;         /* where samples go; -1 drops them */
 	_Atomic uint64_t probe_ts;
-	atomic_ulong probe_sent, probe_acked;
+	atomic_ulong probe_acked;
+	int probe_cpu[2];               /* writer, reader; -1: not pinned */
 	struct dvec probe[NPROBE];
 } g;
 
@@ -387,11 +397,13 @@ static void submit_op(struct bring *b, unsigned type, unsigned chan, uint64_t t_
 /* Submit now, or hold back during a quiesce, or drop while stopping. */
 static void want(struct bring *b, unsigned type, unsigned chan, uint64_t t, const struct msg *echo)
 {
-	uint32_t dur = type == OP_TMO ? (uint32_t)rnd_range(&b->rng, TMO_MIN_US * 1000, TMO_MAX_US * 1000) : 0;
+	uint32_t dur = 0;
 	struct intent *in;
 
 	if (b->stopping)
 		return;
+	if (type == OP_TMO)
+		dur = (uint32_t)rnd_range(&b->rng, TMO_MIN_US * 1000, TMO_MAX_US * 1000);
 	if (!b->holding) {
 		submit_op(b, type, chan, t, dur, echo, false);
 		return;
@@ -452,9 +464,11 @@ static void settle(struct bring *b)
 	}
 }
 
+/* @r points into b->rec, which the next submission may reallocate: read it before submitting. */
 static void on_recv(struct bring *b, struct oprec *r, struct opctx *c, int res)
 {
 	unsigned ch = r->chan;
+	uint64_t t = r->t_done;
 	struct msg m;
 
 	if (res != (int)sizeof(m)) {
@@ -462,7 +476,7 @@ static void on_recv(struct bring *b, struct oprec *r, struct opctx *c, int res)
 			b->cancelled++;   /* the library promises callers never see this for a move */
 		else
 			b->bad_res++;
-		/* The message, if any, is still in the socket: post another recv unless the socket is broken. */
+		/* Any message is still in the socket: receive again, unless the socket is broken. */
 		if (res == -ECANCELED || res == -EINTR || res == -EAGAIN)
 			want(b, OP_RECV, ch, now_ns(), NULL);
 		return;
@@ -482,8 +496,8 @@ static void on_recv(struct bring *b, struct oprec *r, struct opctx *c, int res)
 	/* A recv cannot complete before the peer wrote: that part of the wait is the client's, not ours. */
 	if (m.send_ns > r->t_sub)
 		r->adj = (uint32_t)(m.send_ns - r->t_sub < UINT32_MAX ? m.send_ns - r->t_sub : UINT32_MAX);
-	want(b, OP_RECV, ch, r->t_done, NULL);
-	want(b, OP_SEND, ch, r->t_done, &m);
+	want(b, OP_RECV, ch, t, NULL);
+	want(b, OP_SEND, ch, t, &m);
 }
 
 static void op_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
@@ -600,7 +614,8 @@ static void stop_fn(struct evfd_loop *loop, void *arg)
 	settle(b);
 }
 
-/* Only after a failed drain: cancel what is left so the ring can perhaps still be freed. */
+/* Only after a failed drain: what is still in flight is lost (counted before the cancel can complete it);
+ * cancel it so that the report can be made without loop threads writing the records. */
 static void cancel_fn(struct evfd_loop *loop, void *arg)
 {
 	struct bring *b = arg;
@@ -610,10 +625,11 @@ static void cancel_fn(struct evfd_loop *loop, void *arg)
 	for (i = 0; i < b->nrec; i++) {
 		struct opctx *c = b->rec[i].ctx;
 
-		if (c && !b->rec[i].ncompl)
+		if (c && !b->rec[i].ncompl) {
+			b->rec[i].gave_up = true;
 			(void)evfd_op_cancel(b->ring, c->op);
+		}
 	}
-	sig_post();
 }
 
 static void free_fn(struct evfd_loop *loop, void *arg)
@@ -622,7 +638,6 @@ static void free_fn(struct evfd_loop *loop, void *arg)
 	int err;
 
 	(void)loop;
-	evfd_ring_stats(b->ring, &b->st);
 	err = evfd_ring_free(b->ring);
 	if (err < 0) {
 		b->free_err++;
@@ -714,6 +729,33 @@ static void *peer_thread(void *arg)
 
 /* ---- the probe: a bare cross-thread eventfd wakeup ------------------------------------------------ */
 
+/* Loop threads that hand a ring over usually run on different CPUs, so the probe's two threads do too. */
+static void probe_pin(int cpu)
+{
+	cpu_set_t set;
+
+	if (cpu < 0)
+		return;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	(void)pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+static void probe_pick_cpus(void)
+{
+	cpu_set_t set;
+	int cpu, n = 0;
+
+	g.probe_cpu[0] = g.probe_cpu[1] = -1;
+	if (sched_getaffinity(0, sizeof(set), &set) < 0)
+		return;
+	for (cpu = 0; cpu < CPU_SETSIZE && n < 2; cpu++)
+		if (CPU_ISSET(cpu, &set))
+			g.probe_cpu[n++] = cpu;
+	if (n < 2)
+		g.probe_cpu[0] = g.probe_cpu[1] = -1;
+}
+
 static void *probe_reader(void *arg)
 {
 	struct epoll_event ev = { .events = EPOLLIN };
@@ -722,6 +764,7 @@ static void *probe_reader(void *arg)
 	int ep, ph;
 
 	(void)arg;
+	probe_pin(g.probe_cpu[1]);
 	ep = epoll_create1(EPOLL_CLOEXEC);
 	if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, g.probe_efd, &ev) < 0)
 		die("probe epoll", errno);
@@ -747,6 +790,7 @@ static void *probe_writer(void *arg)
 	unsigned long sent = 0;
 
 	(void)arg;
+	probe_pin(g.probe_cpu[0]);
 	while (!atomic_load(&g.probe_stop)) {
 		/* Long enough for the reader to be blocked again; wait for its ack so samples never merge. */
 		t = now_ns() + rnd_range(&rng, PROBE_MIN_US * 1000, PROBE_MAX_US * 1000);
@@ -785,7 +829,6 @@ static void move_tick(int ph, unsigned *rr)
 	unsigned from;
 	int err;
 
-	g.ticks[ph]++;
 	if (!b || b->nwin == b->capwin) {
 		g.skipped[ph]++;   /* every ring is still in its previous move */
 		return;
@@ -795,7 +838,6 @@ static void move_tick(int ph, unsigned *rr)
 	memset(w, 0, sizeof(*w));
 	w->b = b;
 	w->phase = ph;
-	w->from = from;
 	w->to = (from + 1) % g.nloops;
 	atomic_store_explicit(&b->busy, true, memory_order_relaxed);
 	w->t_req = now_ns();
@@ -890,7 +932,7 @@ static int phase_of(uint64_t t)
 }
 
 struct phase_stats {
-	struct dvec lat, lat_type[NTYPES], stall, calm_extra, move, qwait;
+	struct dvec lat, lat_type[NTYPES], stall, stall_type[NTYPES], calm_extra, move, qwait;
 	unsigned long ops, inmove, held;
 };
 
@@ -929,7 +971,7 @@ static void analyse(struct phase_stats *ps, double *base_med)
 	for (ty = 0; ty < NTYPES; ty++)
 		base_med[ty] = pct(&ps[PH_BASE].lat_type[ty], 50);
 
-	/* Pass 2: extra latency of operations in flight during a move, and, for scale, of those that were not. */
+	/* Pass 2: extra latency of operations in flight during a move; for scale, of the others too. */
 	for (i = 0; i < NRINGS; i++) {
 		const struct bring *b = &g.rings[i];
 
@@ -946,6 +988,7 @@ static void analyse(struct phase_stats *ps, double *base_med)
 				ps[ph].inmove++;
 				ps[ph].held += r->held;
 				dvec_push(&ps[ph].stall, extra);
+				dvec_push(&ps[ph].stall_type[r->type], extra);
 			} else {
 				dvec_push(&ps[ph].calm_extra, extra);
 			}
@@ -962,6 +1005,8 @@ static void analyse(struct phase_stats *ps, double *base_med)
 	}
 	for (ph = 0; ph < NPHASES; ph++) {
 		dvec_sort(&ps[ph].stall);
+		for (ty = 0; ty < NTYPES; ty++)
+			dvec_sort(&ps[ph].stall_type[ty]);
 		dvec_sort(&ps[ph].calm_extra);
 		dvec_sort(&ps[ph].move);
 		dvec_sort(&ps[ph].qwait);
@@ -982,7 +1027,7 @@ static void account(uint64_t *lost, uint64_t *dup, uint64_t *ids_lost, uint64_t 
 		for (k = 0; k < b->nrec; k++) {
 			if (b->rec[k].failed)
 				continue;
-			if (!b->rec[k].ncompl)
+			if (!b->rec[k].ncompl || b->rec[k].gave_up)
 				(*ids_lost)++;
 			else if (b->rec[k].ncompl > 1)
 				(*ids_dup)++;
@@ -1025,16 +1070,16 @@ static void account(uint64_t *lost, uint64_t *dup, uint64_t *ids_lost, uint64_t 
 	*lost = *ids_lost + msg_lost + echo_lost;
 	*dup = *ids_dup + msg_dup + echo_dup;
 	printf("exactly-once: ids lost=%" PRIu64 " dup=%" PRIu64 "; messages lost=%" PRIu64 " dup=%" PRIu64
-	       "; echoes lost=%" PRIu64 " dup=%" PRIu64 "\n", *ids_lost, *ids_dup, msg_lost, msg_dup, echo_lost,
-	       echo_dup);
+	       "; echoes lost=%" PRIu64 " dup=%" PRIu64 "\n", *ids_lost, *ids_dup, msg_lost, msg_dup,
+	       echo_lost, echo_dup);
 }
 
 static void report(uint64_t lost, uint64_t dup)
 {
 	struct phase_stats ps[NPHASES];
-	double base_med[NTYPES], rcu_stall, q_stall;
-	uint64_t submitted = 0, rearmed = 0, lib_moves = 0, corrupt = 0, bad = 0, canc = 0, serr = 0, wrong = 0;
-	uint64_t eagain = 0, merr = 0;
+	double base_med[NTYPES], rcu_stall, q_stall, wake_idle, wake_rcu;
+	uint64_t submitted = 0, rearmed = 0, lib_moves = 0, corrupt = 0, bad = 0, canc = 0, serr = 0;
+	uint64_t wrong = 0, eagain = 0, merr = 0, ferr = 0;
 	unsigned i, ty;
 	int ph;
 
@@ -1052,9 +1097,12 @@ static void report(uint64_t lost, uint64_t dup)
 		serr += b->submit_err;
 		wrong += b->wrong_owner;
 		merr += b->move_err;
+		ferr += b->free_err;
 	}
-	for (i = 0; i < NRINGS * NCHAN; i++)
+	for (i = 0; i < NRINGS * NCHAN; i++) {
 		eagain += g.pch[i].eagain + g.pch[i].send_err;
+		corrupt += g.pch[i].echo_bad;
+	}
 
 	printf("\nper-operation latency (us: reap - submit, less timeout length / wait for the peer's write)\n");
 	printf("%-9s %9s %9s %8s %8s %9s | %-28s\n", "phase", "ops", "ops/s", "p50", "p99", "max",
@@ -1062,19 +1110,30 @@ static void report(uint64_t lost, uint64_t dup)
 	for (ph = 0; ph < NPHASES; ph++) {
 		double secs = (double)(g.ph_end[ph] - g.ph_start[ph]) / 1e9;
 
-		printf("%-9s %9lu %9.0f %8.1f %8.1f %9.1f | %.1f/%.1f/%.1f/%.1f\n", phase_name[ph], ps[ph].ops,
-		       (double)ps[ph].ops / secs, pct(&ps[ph].lat, 50), pct(&ps[ph].lat, 99), dmax(&ps[ph].lat),
-		       pct(&ps[ph].lat_type[OP_RECV], 50), pct(&ps[ph].lat_type[OP_SEND], 50),
-		       pct(&ps[ph].lat_type[OP_TMO], 50), pct(&ps[ph].lat_type[OP_NOP], 50));
+		printf("%-9s %9lu %9.0f %8.1f %8.1f %9.1f | %.1f/%.1f/%.1f/%.1f\n", phase_name[ph],
+		       ps[ph].ops, (double)ps[ph].ops / secs, pct(&ps[ph].lat, 50), pct(&ps[ph].lat, 99),
+		       dmax(&ps[ph].lat), pct(&ps[ph].lat_type[OP_RECV], 50),
+		       pct(&ps[ph].lat_type[OP_SEND], 50), pct(&ps[ph].lat_type[OP_TMO], 50),
+		       pct(&ps[ph].lat_type[OP_NOP], 50));
 	}
-	printf("\nmoves (us: request -> done callback on the new owner) and stalls (us over the baseline median)\n");
-	printf("%-9s %6s %5s %8s %8s %9s | %8s %7s %8s %8s %9s | %-15s\n", "phase", "moves", "skip", "p50", "p99",
-	       "max", "in-move", "held", "stl_p50", "stl_p99", "stl_max", "calm extra p99");
-	for (ph = 0; ph < NPHASES; ph++)
-		printf("%-9s %6zu %5lu %8.1f %8.1f %9.1f | %8lu %7lu %8.1f %8.1f %9.1f | %.1f\n", phase_name[ph],
-		       ps[ph].move.n, g.skipped[ph], pct(&ps[ph].move, 50), pct(&ps[ph].move, 99),
-		       dmax(&ps[ph].move), ps[ph].inmove, ps[ph].held, pct(&ps[ph].stall, 50),
-		       pct(&ps[ph].stall, 99), dmax(&ps[ph].stall), pct(&ps[ph].calm_extra, 99));
+	printf("\nmoves (us: request -> done callback on the new owner), stalls (us over the baseline median)\n");
+	printf("%-9s %6s %5s %8s %8s %9s | %8s %7s %8s %8s %9s | %-15s\n", "phase", "moves", "skip", "p50",
+	       "p99", "max", "in-move", "held", "stl_p50", "stl_p99", "stl_max", "calm extra p99");
+	for (ph = 0; ph < NPHASES; ph++) {
+		const struct phase_stats *p = &ps[ph];
+
+		printf("%-9s %6zu %5lu %8.1f %8.1f %9.1f | %8lu %7lu %8.1f %8.1f %9.1f | %.1f\n",
+		       phase_name[ph], p->move.n, g.skipped[ph], pct(&p->move, 50), pct(&p->move, 99),
+		       dmax(&p->move), p->inmove, p->held, pct(&p->stall, 50), pct(&p->stall, 99),
+		       dmax(&p->stall), pct(&p->calm_extra, 99));
+	}
+	for (ph = PH_RCU; ph < NPHASES; ph++) {
+		printf("%s stall p99 by type (n):", phase_name[ph]);
+		for (ty = 0; ty < NTYPES; ty++)
+			printf(" %s=%.1f (%zu)", type_name[ty], pct(&ps[ph].stall_type[ty], 99),
+			       ps[ph].stall_type[ty].n);
+		printf("\n");
+	}
 	printf("quiesce wait (request -> nothing in flight): p50=%.1f p99=%.1f max=%.1f us\n",
 	       pct(&ps[PH_QUIESCE].qwait, 50), pct(&ps[PH_QUIESCE].qwait, 99), dmax(&ps[PH_QUIESCE].qwait));
 	printf("baseline medians (us):");
@@ -1083,31 +1142,40 @@ static void report(uint64_t lost, uint64_t dup)
 	printf("\n");
 	printf("library: submitted=%" PRIu64 " moves=%" PRIu64 " rearmed=%" PRIu64 "\n", submitted, lib_moves,
 	       rearmed);
-	if (corrupt || bad || canc || serr || wrong || merr || g.hung)
-		printf("WARNING: corrupt=%" PRIu64 " bad_result=%" PRIu64 " ecanceled=%" PRIu64 " submit_err=%"
-		       PRIu64 " wrong_owner=%" PRIu64 " move_err=%" PRIu64 " hung=%d\n", corrupt, bad, canc, serr,
-		       wrong, merr, g.hung);
+	if (corrupt || bad || canc || serr || wrong || merr || ferr || g.hung)
+		printf("WARNING: corrupt=%" PRIu64 " bad_result=%" PRIu64 " ecanceled=%" PRIu64
+		       " submit_err=%" PRIu64 " wrong_owner=%" PRIu64 " move_err=%" PRIu64 " free_err=%" PRIu64
+		       " hung=%d\n", corrupt, bad, canc, serr, wrong, merr, ferr, g.hung);
 	if (eagain)
 		printf("note: peer send retries (socket full) or errors: %" PRIu64 "\n", eagain);
+	if (g.late[PH_RCU] || g.late[PH_QUIESCE])
+		printf("note: the mover fell behind its period %lu (rcu) and %lu (quiesce) times\n",
+		       g.late[PH_RCU], g.late[PH_QUIESCE]);
 
 	for (i = 0; i < NPROBE; i++)
 		dvec_sort(&g.probe[i]);
-	printf("\ncross-thread eventfd+epoll wakeup (two plain threads), us:\n");
+	if (g.probe_cpu[0] >= 0)
+		printf("\ncross-thread eventfd+epoll wakeup (two plain threads on CPUs %d and %d), us:\n",
+		       g.probe_cpu[0], g.probe_cpu[1]);
+	else
+		printf("\ncross-thread eventfd+epoll wakeup (two plain threads, one CPU), us:\n");
 	for (i = 0; i < NPROBE; i++)
 		printf("  %-9s n=%-6zu p50=%.1f p99=%.1f max=%.1f\n", phase_name[i], g.probe[i].n,
 		       pct(&g.probe[i], 50), pct(&g.probe[i], 99), dmax(&g.probe[i]));
 
 	rcu_stall = pct(&ps[PH_RCU].stall, 99);
 	q_stall = pct(&ps[PH_QUIESCE].stall, 99);
+	wake_idle = pct(&g.probe[PH_IDLE], 99);
+	wake_rcu = pct(&g.probe[PH_RCU], 99);
 	printf("\nquiesce_stall_p99 / rcu_stall_p99 = %.1f / %.1f = ", q_stall, rcu_stall);
 	if (rcu_stall > 0)
 		printf("%.1f (target >= 100)\n", q_stall / rcu_stall);
 	else
 		printf("inf (target >= 100)\n");
-	printf("rcu_stall_p99 = %.1f us vs one cross-thread wakeup p99 = %.1f us idle, %.1f us during the rcu "
-	       "phase (target: stall <= about one wakeup)\n", rcu_stall, pct(&g.probe[PH_IDLE], 99),
-	       pct(&g.probe[PH_RCU], 99));
-	printf("xthread_wakeup_us_p50=%.1f p99=%.1f\n", pct(&g.probe[PH_IDLE], 50), pct(&g.probe[PH_IDLE], 99));
+	printf("rcu_stall_p99 = %.1f us vs one cross-thread wakeup p99 = %.1f us idle (x%.1f), %.1f us during "
+	       "the rcu phase (x%.1f); target: stall <= about one wakeup\n", rcu_stall, wake_idle,
+	       wake_idle > 0 ? rcu_stall / wake_idle : 0, wake_rcu, wake_rcu > 0 ? rcu_stall / wake_rcu : 0);
+	printf("xthread_wakeup_us_p50=%.1f p99=%.1f\n", pct(&g.probe[PH_IDLE], 50), wake_idle);
 	printf("moves=%zu move_us_p50=%.1f move_us_p99=%.1f rcu_stall_us_p99=%.1f quiesce_stall_us_p99=%.1f "
 	       "lost=%" PRIu64 " duplicated=%" PRIu64 "\n", ps[PH_RCU].move.n, pct(&ps[PH_RCU].move, 50),
 	       pct(&ps[PH_RCU].move, 99), rcu_stall, q_stall, lost, dup);
@@ -1117,6 +1185,8 @@ static void report(uint64_t lost, uint64_t dup)
 		for (ty = 0; ty < NTYPES; ty++)
 			free(ps[ph].lat_type[ty].v);
 		free(ps[ph].stall.v);
+		for (ty = 0; ty < NTYPES; ty++)
+			free(ps[ph].stall_type[ty].v);
 		free(ps[ph].calm_extra.v);
 		free(ps[ph].move.v);
 		free(ps[ph].qwait.v);
@@ -1182,17 +1252,23 @@ static void setup_rings(void)
 	}
 }
 
+static void post_all(evfd_loop_fn fn)
+{
+	unsigned i;
+	int err;
+
+	for (i = 0; i < NRINGS; i++)
+		if ((err = evfd_loop_call(g.loops[atomic_load(&g.rings[i].owner)], fn, &g.rings[i])) < 0)
+			die("evfd_loop_call", err);
+}
+
+/* Stop submitting and wait until every ring has nothing in flight (each signals once, from settle). */
 static bool stop_traffic(void)
 {
 	unsigned long base = sig_count();
 	unsigned i;
 
-	for (i = 0; i < NRINGS; i++) {
-		struct bring *b = &g.rings[i];
-
-		if (evfd_loop_call(g.loops[atomic_load(&b->owner)], stop_fn, b) < 0)
-			die("evfd_loop_call", ENOMEM);
-	}
+	post_all(stop_fn);
 	/* The peer keeps writing, so every pending recv completes. */
 	if (sig_wait(base + NRINGS, WAIT_S))
 		return true;
@@ -1203,30 +1279,29 @@ static bool stop_traffic(void)
 		evfd_ring_stats(g.rings[i].ring, &st);
 		fprintf(stderr, " ring%u=%" PRIu64 " (owner loop %u)", i, st.inflight, st.owner_id);
 	}
-	fprintf(stderr, "\n");
-	return false;
+	fprintf(stderr, "; cancelling them\n");
+	post_all(cancel_fn);
+	return sig_wait(base + NRINGS, WAIT_S);
 }
 
 static void free_all(void)
 {
 	unsigned long base = sig_count();
 	unsigned i, ch;
+	int err;
 
-	for (i = 0; i < NRINGS; i++)
-		if (evfd_loop_call(g.loops[atomic_load(&g.rings[i].owner)], free_fn, &g.rings[i]) < 0)
-			die("evfd_loop_call", ENOMEM);
+	post_all(free_fn);
 	if (!sig_wait(base + NRINGS, WAIT_S))
 		die("freeing rings timed out", ETIMEDOUT);
 	/* Retire every loop into the last one (they own nothing now), then free them in that order. */
 	base = sig_count();
 	for (i = 0; i + 1 < g.nloops; i++)
-		if (evfd_loop_retire(g.loops[i], g.loops[g.nloops - 1], retired_fn, NULL) < 0)
-			die("evfd_loop_retire", ENOMEM);
+		if ((err = evfd_loop_retire(g.loops[i], g.loops[g.nloops - 1], retired_fn, NULL)) < 0)
+			die("evfd_loop_retire", err);
 	if (!sig_wait(base + g.nloops - 1, WAIT_S))
 		die("retiring loops timed out", ETIMEDOUT);
 	for (i = 0; i < g.nloops; i++) {
-		int err = evfd_loop_free(g.loops[i]);
-
+		err = evfd_loop_free(g.loops[i]);
 		if (err < 0)
 			fprintf(stderr, "swap-bench: evfd_loop_free(loop %u): %s\n", i, strerror(-err));
 	}
@@ -1271,6 +1346,7 @@ int main(int argc, char **argv)
 	g.probe_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (g.probe_efd < 0)
 		die("eventfd", errno);
+	probe_pick_cpus();
 	atomic_store(&g.probe_phase, PH_IDLE);
 	if ((err = pthread_create(&g.probe_r, NULL, probe_reader, NULL)) ||
 	    (err = pthread_create(&g.probe_w, NULL, probe_writer, NULL)))
@@ -1292,26 +1368,18 @@ int main(int argc, char **argv)
 	/* Queued behind each ring's adoption, so the owner submits. */
 	base = sig_count();
 	for (i = 0; i < NRINGS; i++)
-		if (evfd_loop_call(g.loops[i % g.nloops], start_fn, &g.rings[i]) < 0)
-			die("evfd_loop_call", ENOMEM);
+		if ((err = evfd_loop_call(g.loops[i % g.nloops], start_fn, &g.rings[i])) < 0)
+			die("evfd_loop_call", err);
 	if (!sig_wait(base + NRINGS, WAIT_S))
 		die("starting traffic timed out", ETIMEDOUT);
 	sleep_until(now_ns() + (uint64_t)(WARMUP_S * 1e9));
 
-	run_phase(PH_BASE);
-	if (!g.hung)
-		run_phase(PH_RCU);
-	if (!g.hung)
-		run_phase(PH_QUIESCE);
+	for (i = 0; i < NPHASES && !g.hung; i++) {
+		run_phase((int)i);
+		sleep_until(now_ns() + (uint64_t)(GAP_S * 1e9));
+	}
 
 	drained = !g.hung && stop_traffic();
-	if (!drained && !g.hung) {
-		/* Count what is missing now, then try to get the rest back by cancelling. */
-		base = sig_count();
-		for (i = 0; i < NRINGS; i++)
-			(void)evfd_loop_call(g.loops[atomic_load(&g.rings[i].owner)], cancel_fn, &g.rings[i]);
-		(void)sig_wait(base + NRINGS, WAIT_S);
-	}
 	atomic_store(&g.peer_stop, true);
 	pthread_join(g.peer, NULL);
 	atomic_store(&g.probe_stop, true);
@@ -1325,7 +1393,7 @@ int main(int argc, char **argv)
 	}
 	account(&lost, &dup, &ids_lost, &ids_dup);
 	if (!drained) {
-		/* Loop threads may still touch ring state: report without freeing (see stderr). */
+		/* Loop threads may still touch ring state: report (racily) without freeing (see stderr). */
 		fprintf(stderr, "swap-bench: not freeing rings or loops after a failed drain or a hung move\n");
 		report(lost, dup);
 		return 1;
