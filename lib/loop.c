@@ -430,7 +430,15 @@ int evfd_loop_free(struct evfd_loop *l)
 			if (evfd_loop_call(l, loop_stop_idle, NULL) < 0)
 				return -ENOMEM;
 		}
-		pthread_join(l->thread, NULL);
+		/* Blocking while online would hold up the grace period the exiting thread waits for. */
+		if (rcu_read_ongoing()) {
+			EVFD_QS_RELEASE();
+			rcu_thread_offline();
+			pthread_join(l->thread, NULL);
+			rcu_thread_online();
+		} else {
+			pthread_join(l->thread, NULL);
+		}
 	} else {
 		if (evfd__tls_loop != l)
 			return -EXDEV;

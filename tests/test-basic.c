@@ -346,6 +346,14 @@ static void test_attached(struct evfd_loop *spawned)
 		ev_run(evfd_loop_ev(l), EVRUN_ONCE);
 	TU_CHECK(c.res[2].thread_loop == l, "move back finished off the attached loop");
 	TU_CHECK(evfd_ring_free(c.ring) == 0, "free on the attached loop");
+	/* A loop thread (online for urcu) frees another loop: the join must not hold up the grace period the
+	 * exiting thread waits for. */
+	{
+		struct evfd_loop *x;
+
+		TU_CHECK(evfd_loop_spawn(&x, "x") == 0, "spawn");
+		TU_CHECK(evfd_loop_free(x) == 0, "free a spawned loop from an attached loop's thread");
+	}
 	TU_CHECK(evfd_loop_free(l) == 0, "evfd_loop_free attached");
 	TU_CHECK(evfd_loop_current() == NULL, "current loop after free");
 }

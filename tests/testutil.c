@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,26 @@ void tu_fail(const char *file, int line, const char *cond, const char *fmt, ...)
 	fputc('\n', stderr);
 	fflush(NULL);
 	_exit(1);
+}
+
+/* A deadlock must fail the test, not hang CI: every test process gets a deadline (EVFD_TEST_TIMEOUT
+ * seconds, default 300, generous for sanitizer builds on two cores). */
+static void watchdog_fired(int sig)
+{
+	static const char msg[] = "FAIL: test timed out (EVFD_TEST_TIMEOUT); a deadlock or a lost wakeup?\n";
+
+	(void)sig;
+	(void)write(2, msg, sizeof(msg) - 1);
+	_exit(1);
+}
+
+__attribute__((constructor)) static void watchdog_arm(void)
+{
+	const char *s = getenv("EVFD_TEST_TIMEOUT");
+	unsigned secs = s ? (unsigned)strtoul(s, NULL, 10) : 300;
+
+	signal(SIGALRM, watchdog_fired);
+	alarm(secs);
 }
 
 void tu_require_io_uring(void)
