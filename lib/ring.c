@@ -551,17 +551,13 @@ void evfd__ring_unref(struct evfd_ring *r)
 		free(r);
 }
 
+/* The kernel side and the memory: what must wait until the ring's own drain has returned. */
 void evfd__ring_destroy(struct evfd_ring *r)
 {
-	struct evfd_loop *l = evfd__tls_loop;
 	struct evfd_op *op;
 
-	evfd__loop_unlink_ring(l, r);
-	atomic_store(&r->dead, true);
-	atomic_store(&r->owner, NULL);
 	io_uring_unregister_eventfd(&r->uring);
 	io_uring_queue_exit(&r->uring);
-	evfd__binding_retract(r);
 	while ((op = r->free_ops)) {
 		r->free_ops = op->next;
 		free(op);
@@ -577,9 +573,12 @@ int evfd_ring_free(struct evfd_ring *r)
 		return -EXDEV;
 	if (r->inflight || r->npending || r->backlog)
 		return -EBUSY;
-	if (r->closing)
-		return 0;
-	/* From a callback of this ring: its drain destroys it when the callback returns. */
+	/* Gone for everyone at once: the loop no longer counts it, moves and calls find it dead. */
+	evfd__loop_unlink_ring(evfd__tls_loop, r);
+	atomic_store(&r->dead, true);
+	atomic_store(&r->owner, NULL);
+	evfd__binding_retract(r);
+	/* From a callback of this ring: its drain finishes the job when the callback returns. */
 	if (r->in_drain)
 		r->closing = true;
 	else

@@ -125,6 +125,42 @@ static void do_cancel(struct evfd_loop *loop, void *arg)
 	c->err = evfd_op_cancel(c->ring, c->op);
 }
 
+/* A ring freed from its own callback is gone for its loop at once: the loop can be freed right after. */
+static void free_self_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
+{
+	struct result *res = arg;
+	struct evfd_loop_stats ls;
+
+	res->res = evfd_ring_free(ring);
+	evfd_loop_stats(evfd_loop_current(), &ls);
+	res->flags = ls.rings;
+	atomic_fetch_add(&res->calls, 1);
+}
+
+static void do_nop_free_self(struct evfd_loop *loop, void *arg)
+{
+	struct ctx *c = arg;
+	struct io_uring_sqe sqe = { 0 };
+
+	io_uring_prep_nop(&sqe);
+	c->err = evfd_ring_submit(c->ring, &sqe, free_self_cb, &c->res[0], 0, NULL);
+}
+
+static void test_free_from_callback(void)
+{
+	struct evfd_loop *l;
+	struct ctx c = { 0 };
+
+	TU_CHECK(evfd_loop_spawn(&l, "free-self") == 0, "spawn");
+	c.ring = new_ring(l, NULL);
+	tu_run_on(l, do_nop_free_self, &c);
+	TU_CHECK(c.err == 0, "submit: %s", strerror(-c.err));
+	TU_CHECK(tu_wait_u64(&c.res[0].calls, 1, 5000), "NOP never completed");
+	TU_CHECK(c.res[0].res == 0, "free from the ring's own callback: %d", c.res[0].res);
+	TU_CHECK(c.res[0].flags == 0, "the loop still counted %u rings", c.res[0].flags);
+	TU_CHECK(evfd_loop_free(l) == 0, "free the loop right after");
+}
+
 /* The caller's own cancellation reaches the callback as -ECANCELED, and a ring with work in flight cannot be
  * freed. */
 static void test_cancel_and_busy(struct evfd_loop *a)
@@ -458,6 +494,8 @@ int main(void)
 	printf("ok nop on owner\n");
 	test_cancel_and_busy(a);
 	printf("ok cancel, busy\n");
+	test_free_from_callback();
+	printf("ok ring freed from its own callback\n");
 	test_timeout_moves(a, b);
 	printf("ok timeout keeps its deadline across a move\n");
 	test_restrictions(a, b);
