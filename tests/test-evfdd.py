@@ -1,0 +1,361 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""evfdd end to end: real processes, real sockets. Each case starts evfdd on its own configuration (ports
+picked free), drives it as clients would, and checks what comes back byte for byte."""
+import hashlib
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+TOP_BUILDDIR = os.environ.get("top_builddir", ".")
+EVFDD = os.path.join(TOP_BUILDDIR, "daemon", "evfdd")
+SCALE = max(1, int(os.environ.get("EVFD_TEST_SCALE", "1")))
+TMP = tempfile.mkdtemp(prefix="evfdd-test-")
+
+
+def fail(msg):
+    print("FAIL: " + msg, flush=True)
+    sys.exit(1)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """evfdd on a configuration file; its stderr is kept for the checks."""
+
+    def __init__(self, conf, wrap=None, preexec=None, wait_ready=True):
+        self.path = os.path.join(TMP, "evfdd-%d.conf" % random.randrange(1 << 30))
+        with open(self.path, "w") as f:
+            f.write(conf)
+        self.log = open(self.path + ".log", "w+")
+        cmd = (wrap or []) + [EVFDD, "-c", self.path]
+        self.proc = subprocess.Popen(cmd, stderr=self.log, stdout=self.log, preexec_fn=preexec)
+        if wait_ready:
+            self.wait_log("ready")
+
+    def text(self):
+        self.log.flush()
+        with open(self.path + ".log") as f:
+            return f.read()
+
+    def wait_log(self, what, timeout=10):
+        end = time.time() + timeout
+        while time.time() < end:
+            if what in self.text():
+                return
+            if self.proc.poll() is not None:
+                fail("evfdd exited with %d before '%s':\n%s" % (self.proc.returncode, what, self.text()))
+            time.sleep(0.02)
+        fail("evfdd never logged '%s':\n%s" % (what, self.text()))
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        """A graceful stop must end with exit status 0 and no sanitizer report."""
+        self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            fail("evfdd did not stop after %s:\n%s" % (sig, self.text()))
+        check_sanitizers(self.text())
+        if rc != 0:
+            fail("evfdd exited with %d after %s:\n%s" % (rc, sig, self.text()))
+        return rc
+
+    def rss_kib(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+
+SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "ThreadSanitizer", "runtime error:")
+
+
+def check_sanitizers(text):
+    for mark in SANITIZER_MARKS:
+        if mark in text:
+            fail("sanitizer report from evfdd:\n" + text)
+
+
+def connect(addr, timeout=10):
+    if isinstance(addr, str):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(addr)
+    return s
+
+
+def round_trip(addr, payload):
+    """Send everything, half-close, read the whole reply (the half-close round trip)."""
+    s = connect(addr)
+    err = []
+
+    def writer():
+        try:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            err.append(e)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    h = hashlib.sha256()
+    n = 0
+    while True:
+        d = s.recv(1 << 16)
+        if not d:
+            break
+        h.update(d)
+        n += len(d)
+    t.join()
+    s.close()
+    if err:
+        raise err[0]
+    return n, h.hexdigest()
+
+
+def check_echo_many(addr, conns, size, what):
+    results, errors = [], []
+
+    def one(i):
+        payload = random.randbytes(size + i)
+        try:
+            n, digest = round_trip(addr, payload)
+            if n != len(payload) or digest != hashlib.sha256(payload).hexdigest():
+                errors.append("connection %d: %d of %d bytes, hash %s" % (i, n, len(payload),
+                                                                         "ok" if n == len(payload) else "-"))
+            results.append(n)
+        except OSError as e:
+            errors.append("connection %d: %s" % (i, e))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        fail("%s: %d errors, first: %s" % (what, len(errors), errors[0]))
+    print("ok %s: %d connections, %d bytes each way, every byte back by hash" % (what, conns, sum(results)),
+          flush=True)
+
+
+def services_conf(workers=2, rings=4, extra=""):
+    echo, fwd = free_port(), free_port()
+    conf = ("[evfdd]\nworkers = %d\nrings = %d\nshutdown_timeout = 5s\n%s\n"
+            "[echo]\nlisten = 127.0.0.1:%d\nforward = echo\n\n"
+            "[fwd]\nlisten = 127.0.0.1:%d\nforward = 127.0.0.1:%d\n" % (workers, rings, extra, echo, fwd, echo))
+    return conf, ("127.0.0.1", echo), ("127.0.0.1", fwd)
+
+
+def case_check_option():
+    out = subprocess.run([EVFDD, "-n"], capture_output=True, text=True)
+    check_sanitizers(out.stderr)
+    if out.returncode != 0 or out.stdout.strip() != "configuration OK":
+        fail("evfdd -n on the embedded default: %d %r %r" % (out.returncode, out.stdout, out.stderr))
+    bad = os.path.join(TMP, "bad.conf")
+    with open(bad, "w") as f:
+        f.write("[evfdd]\nworkers = 0\n[web]\nlisten = 127.0.0.1:1\n")
+    out = subprocess.run([EVFDD, "-n", "-c", bad], capture_output=True, text=True)
+    if out.returncode != 1 or (bad + ":2: [evfdd] workers") not in out.stderr or "forward" not in out.stderr:
+        fail("evfdd -n on a bad file: %d %r" % (out.returncode, out.stderr))
+    out = subprocess.run([EVFDD, "-c", os.path.join(TMP, "missing.conf")], capture_output=True, text=True)
+    if out.returncode != 1 or "cannot open" not in out.stderr:
+        fail("evfdd on a missing file: %d %r" % (out.returncode, out.stderr))
+    print("ok -n, bad configuration, missing file", flush=True)
+
+
+def case_tcp_bulk():
+    conf, echo, fwd = services_conf()
+    d = Daemon(conf)
+    check_echo_many(echo, 8, (4 << 20) // SCALE, "built-in echo")
+    check_echo_many(fwd, 16, (4 << 20) // SCALE, "TCP forward to echo, half-close round trips")
+    d.stop()
+    if "all connections finished" not in d.text():
+        fail("no graceful-stop message:\n" + d.text())
+
+
+def case_unix():
+    echo, fwd_sock, echo_sock = free_port(), os.path.join(TMP, "fwd.sock"), os.path.join(TMP, "echo.sock")
+    conf = ("[evfdd]\nworkers = 2\n[echo]\nlisten = %s\nforward = echo\n"
+            "[fwd]\nlisten = %s\nforward = %s\n[tcp2unix]\nlisten = 127.0.0.1:%d\nforward = %s\n"
+            % (echo_sock, fwd_sock, echo_sock, echo, fwd_sock))
+    d = Daemon(conf)
+    check_echo_many(fwd_sock, 8, (1 << 20) // SCALE, "Unix listener forwarding to a Unix backend")
+    check_echo_many(("127.0.0.1", echo), 8, (1 << 20) // SCALE, "TCP -> Unix -> Unix echo")
+    d.stop()
+
+
+# systemd-socket-activate passes on only the environment it is told to: keep the sanitizers' settings.
+SA_ENV = [a for v in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS", "LD_LIBRARY_PATH") if v in os.environ
+          for a in ("-E", v)]
+
+
+def case_activation():
+    sa = shutil.which("systemd-socket-activate")
+    if not sa:
+        print("skip socket activation: systemd-socket-activate not installed", flush=True)
+        return
+    port, echo = free_port(), free_port()
+    conf = "[evfdd]\nworkers = 2\n[echo]\nlisten = 127.0.0.1:%d\nforward = echo\n[web]\nforward = 127.0.0.1:%d\n" \
+        % (echo, echo)
+    # systemd-socket-activate starts evfdd on the first connection, as systemd does.
+    d = Daemon(conf, wrap=[sa, "-l", "127.0.0.1:%d" % port, "--fdname=web"] + SA_ENV, wait_ready=False)
+    d.wait_log("Listening on")
+    check_echo_many(("127.0.0.1", port), 4, 1 << 16, "socket-activated listener named by FileDescriptorName")
+    if "using activated socket" not in d.text():
+        fail("activated socket not used:\n" + d.text())
+    d.stop()
+    # An activated socket that names no service is an error that says what to do.
+    conf2 = "[echo]\nlisten = 127.0.0.1:%d\nforward = echo\n" % free_port()
+    path = os.path.join(TMP, "act2.conf")
+    with open(path, "w") as f:
+        f.write(conf2)
+    port2 = free_port()
+    proc = subprocess.Popen([sa, "-l", "127.0.0.1:%d" % port2, "--fdname=nosuch"] + SA_ENV + [EVFDD, "-c", path],
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    try:
+        connect(("127.0.0.1", port2), timeout=2).close()
+    except OSError:
+        pass
+    try:
+        _, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        fail("evfdd kept running with an activated socket that names no service")
+    check_sanitizers(err)
+    if proc.returncode == 0 or "names no service" not in err:
+        fail("activated socket naming no service: %d %r" % (proc.returncode, err))
+    print("ok activated socket naming no service is refused", flush=True)
+
+
+def case_backend_down():
+    dead = free_port()
+    port = free_port()
+    d = Daemon("[evfdd]\nworkers = 1\n[down]\nlisten = 127.0.0.1:%d\nforward = 127.0.0.1:%d\n" % (port, dead))
+    t0 = time.time()
+    for _ in range(20):
+        s = connect(("127.0.0.1", port))
+        try:
+            data = s.recv(10)
+        except ConnectionResetError:
+            data = b""
+        if data:
+            fail("got data from a dead backend")
+        s.close()
+    took = time.time() - t0
+    if took > 10:
+        fail("clients of a dead backend were closed slowly (%.1f s for 20)" % took)
+    d.wait_log("backend connect failed")
+    print("ok backend down: 20 clients closed in %.2f s, logged" % took, flush=True)
+    d.stop()
+
+
+def case_many_connections():
+    n = 1000 if SCALE == 1 else 200
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 4 * n + 256)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    conf, echo, fwd = services_conf()
+    d = Daemon(conf)
+    socks = []
+    for i in range(n):
+        socks.append(connect(fwd))
+    for i, s in enumerate(socks):
+        s.sendall(b"%06d" % i)
+    for i, s in enumerate(socks):
+        got = b""
+        while len(got) < 6:
+            chunk = s.recv(6 - len(got))
+            if not chunk:
+                fail("connection %d closed early" % i)
+            got += chunk
+        if got != b"%06d" % i:
+            fail("connection %d got %r" % (i, got))
+    for s in socks:
+        s.close()
+    print("ok %d concurrent forwarded connections, each answered" % n, flush=True)
+    d.stop()
+
+
+def case_slow_reader():
+    """A client that sends a lot and never reads: evfdd must not buffer it all."""
+    conf, echo, fwd = services_conf(workers=1, rings=1)
+    d = Daemon(conf)
+    base = d.rss_kib()
+    s = connect(fwd, timeout=2)
+    sent = 0
+    chunk = b"x" * 65536
+    try:
+        while sent < (256 << 20):
+            sent += s.send(chunk)
+    except (socket.timeout, BlockingIOError):
+        pass
+    grown = d.rss_kib() - base
+    s.close()
+    if sent >= (256 << 20):
+        fail("a client that never reads could push 256 MiB through: no backpressure")
+    if grown > 64 * 1024:
+        fail("evfdd grew by %d KiB for one slow reader" % grown)
+    print("ok slow reader: the client's writes stalled after %d KiB; evfdd grew %d KiB" % (sent >> 10, grown),
+          flush=True)
+    d.stop()
+
+
+def case_emfile():
+    """Under a low RLIMIT_NOFILE accepting pauses and resumes; open connections carry on."""
+    conf, echo, fwd = services_conf(workers=1, rings=1)
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    d = Daemon(conf, preexec=low_limit)
+    # Connections made before the limit is reached must keep working while evfdd runs out of fds.
+    first = [connect(fwd) for _ in range(4)]
+    for s in first:
+        s.sendall(b"ping")
+        if s.recv(4) != b"ping":
+            fail("a connection failed before the fd limit was reached")
+    # Each forwarded connection takes three fds here (client, backend, and the echo service's side).
+    held = [connect(fwd) for _ in range(40)]
+    d.wait_log("pausing accepts")
+    for s in first:
+        s.sendall(b"pong")
+        if s.recv(4) != b"pong":
+            fail("an open connection stopped working under EMFILE")
+    for s in first + held:
+        s.close()
+    time.sleep(0.5)
+    check_echo_many(fwd, 4, 1 << 14, "after EMFILE, accepting resumed")
+    d.stop()
+
+
+def main():
+    if not os.access(EVFDD, os.X_OK):
+        fail("%s not built" % EVFDD)
+    random.seed(1)
+    try:
+        for case in (case_check_option, case_tcp_bulk, case_unix, case_activation, case_backend_down,
+                     case_many_connections, case_slow_reader, case_emfile):
+            case()
+    finally:
+        shutil.rmtree(TMP, ignore_errors=True)
+
+
+main()
