@@ -81,6 +81,9 @@ static struct evfdd_svc *svc_build(const struct evfdd_service *s, int fd)
 	svc->idle_timeout_ms = s->idle_timeout_ms;
 	svc->max_connections = s->max_connections;
 	atomic_init(&svc->refs, 1);
+	log_ratelimit_init(&svc->connect_rl, 10000, 5);
+	log_ratelimit_init(&svc->accept_rl, 10000, 5);
+	log_ratelimit_init(&svc->limit_rl, 10000, 5);
 	if (!svc->echo) {
 		svc->backends = calloc(s->forward.naddrs, sizeof(*svc->backends));
 		if (!svc->backends) {

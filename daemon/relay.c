@@ -92,6 +92,9 @@ void evfdd_svc_unref(struct evfdd_svc *s)
 		if (s->listen_fd >= 0)
 			close(s->listen_fd);
 		free(s->backends);
+		log_ratelimit_destroy(&s->connect_rl);
+		log_ratelimit_destroy(&s->accept_rl);
+		log_ratelimit_destroy(&s->limit_rl);
 		free(s);
 	}
 }
@@ -246,7 +249,7 @@ static void half_done(struct half *h)
 	h->state = H_DONE;
 	/* The other side learns that no more data comes; it may still send its own. */
 	if (shutdown(h->to, SHUT_WR) < 0 && errno != ENOTCONN)
-		log_debug("%s: shutdown: %s", h->c->svc->name, strerror(errno));
+		log_debug("[%s] shutdown: %s", h->c->svc->name, strerror(errno));
 }
 
 static void half_send_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
@@ -261,7 +264,7 @@ static void half_send_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe,
 		buf_recycle(rl, h->bid);
 		h->state = H_DONE;
 		if (!c->aborting && cqe->res < 0)
-			log_debug("%s: send: %s", c->svc->name, strerror(-cqe->res));
+			log_debug("[%s] send: %s", c->svc->name, strerror(-cqe->res));
 		conn_abort(c);
 		return;
 	}
@@ -333,7 +336,7 @@ static void half_recv_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe,
 		conn_settle(c);
 		return;
 	}
-	log_debug("%s: recv: %s", c->svc->name, strerror(-cqe->res));
+	log_debug("[%s] recv: %s", c->svc->name, strerror(-cqe->res));
 	h->state = H_DONE;
 	conn_abort(c);
 }
@@ -382,6 +385,7 @@ static void conn_connect(struct conn *c);
 static void connect_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
 {
 	struct conn *c = arg;
+	unsigned long missed = 0;
 
 	c->pending--;
 	c->connect_op = NULL;
@@ -401,8 +405,9 @@ static void connect_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, v
 		return;
 	}
 	atomic_fetch_add(&c->svc->connect_errors, 1);
-	log_warnx("%s: backend connect failed: %s", c->svc->name,
-		  cqe->res == -ECANCELED ? "timed out" : strerror(-cqe->res));
+	if (log_ratelimit(&c->svc->connect_rl, &missed))
+		log_warnx("[%s] backend connect failed: %s; closing the client (%lu similar messages suppressed)",
+			  c->svc->name, cqe->res == -ECANCELED ? "timed out" : strerror(-cqe->res), missed);
 	c->up.state = c->down.state = H_DONE;
 	conn_abort(c);
 }
@@ -423,7 +428,7 @@ static void conn_connect(struct conn *c)
 
 	c->bfd = socket(b->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c->bfd < 0) {
-		log_warn("%s: backend socket", c->svc->name);
+		log_warn("[%s] backend socket", c->svc->name);
 		atomic_fetch_add(&c->svc->connect_errors, 1);
 		c->up.state = c->down.state = H_DONE;
 		conn_abort(c);
@@ -454,14 +459,19 @@ static void conn_new(struct acceptor *a, int fd)
 	struct conn *c;
 	int one = 1;
 
+	unsigned long missed = 0;
+
 	if (atomic_load(&svc->open) >= svc->max_connections) {
 		atomic_fetch_add(&svc->refused, 1);
+		if (log_ratelimit(&svc->limit_rl, &missed))
+			log_warnx("[%s] max_connections (%u) reached; closing a new connection (%lu similar "
+				  "messages suppressed)", svc->name, svc->max_connections, missed);
 		close(fd);
 		return;
 	}
 	c = calloc(1, sizeof(*c));
 	if (!c) {
-		log_warnx("%s: out of memory for a connection", svc->name);
+		log_warnx("[%s] out of memory for a connection", svc->name);
 		close(fd);
 		return;
 	}
@@ -508,6 +518,7 @@ static void accept_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, vo
 	struct acceptor *a = arg;
 	struct evfdd_relay *rl = a->rl;
 	struct io_uring_sqe sqe = { 0 };
+	unsigned long missed = 0;
 
 	if (cqe->res >= 0) {
 		if (rl->stopping)
@@ -524,12 +535,15 @@ static void accept_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, vo
 		relay_maybe_done(rl);
 		return;
 	}
-	if (cqe->res == -EMFILE || cqe->res == -ENFILE || cqe->res == -ENOBUFS || cqe->res == -ENOMEM)
-		log_warnx("%s: accept: %s; pausing accepts for %d ms (open connections carry on)", a->svc->name,
-			  strerror(-cqe->res), ACCEPT_RETRY_MS);
-	else if (cqe->res < 0)
-		log_warnx("%s: accept: %s; retrying in %d ms", a->svc->name, strerror(-cqe->res),
-			  ACCEPT_RETRY_MS);
+	if (cqe->res < 0 && log_ratelimit(&a->svc->accept_rl, &missed)) {
+		if (cqe->res == -EMFILE || cqe->res == -ENFILE)
+			log_warnx("[%s] accept: %s; pausing accepts for %d ms, open connections carry on; raise "
+				  "LimitNOFILE= or ulimit -n (%lu similar messages suppressed)", a->svc->name,
+				  strerror(-cqe->res), ACCEPT_RETRY_MS, missed);
+		else
+			log_warnx("[%s] accept: %s; retrying in %d ms (%lu similar messages suppressed)",
+				  a->svc->name, strerror(-cqe->res), ACCEPT_RETRY_MS, missed);
+	}
 	/* The multishot accept ended (an error, or the kernel's own limit): accept again shortly. */
 	a->retry_ts.tv_sec = 0;
 	a->retry_ts.tv_nsec = (cqe->res < 0 ? ACCEPT_RETRY_MS : 0) * 1000000LL;
@@ -549,7 +563,7 @@ static void acceptor_arm(struct acceptor *a)
 		a->rl->pending++;
 		a->armed = true;
 	} else {
-		log_warnx("%s: cannot arm accept on a ring", a->svc->name);
+		log_warnx("[%s] cannot arm accept on a ring", a->svc->name);
 	}
 }
 
@@ -574,7 +588,7 @@ static void tick_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void
 			continue;
 		for (c = a->lru_head; c && now - c->last_ns >= idle; c = next) {
 			next = c->next;
-			log_info("%s: closing a connection idle for %u ms", a->svc->name, a->svc->idle_timeout_ms);
+			log_debug("[%s] closing a connection idle for %u ms", a->svc->name, a->svc->idle_timeout_ms);
 			conn_abort(c);
 		}
 	}

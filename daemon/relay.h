@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <sys/socket.h>
 #include "evfd.h"
+#include "log.h"
 
 struct evfdd_backend {
 	struct sockaddr_storage addr;
@@ -29,6 +30,8 @@ struct evfdd_svc {
 
 	atomic_uint refs;
 	atomic_uint_fast64_t open, total, refused, connect_errors, aborted, bytes_up, bytes_down;
+	/* A dead backend or a full fd table fails every connection: say so, but not thousands of times. */
+	struct log_ratelimit connect_rl, accept_rl, limit_rl;
 };
 
 struct evfdd_relay_params {

@@ -17,6 +17,7 @@ import time
 
 TOP_BUILDDIR = os.environ.get("top_builddir", ".")
 EVFDD = os.path.join(TOP_BUILDDIR, "daemon", "evfdd")
+NO_URING = os.path.join(TOP_BUILDDIR, "tests", "no-uring-exec")
 SCALE = max(1, int(os.environ.get("EVFD_TEST_SCALE", "1")))
 TMP = tempfile.mkdtemp(prefix="evfdd-test-")
 
@@ -262,7 +263,11 @@ def case_backend_down():
     if took > 10:
         fail("clients of a dead backend were closed slowly (%.1f s for 20)" % took)
     d.wait_log("backend connect failed")
-    print("ok backend down: 20 clients closed in %.2f s, logged" % took, flush=True)
+    logged = d.text().count("backend connect failed")
+    if logged > 5:
+        fail("a dead backend flooded the log: %d messages for 20 clients" % logged)
+    print("ok backend down: 20 clients closed in %.2f s, %d log lines (rate-limited)" % (took, logged),
+          flush=True)
     d.stop()
 
 
@@ -346,13 +351,97 @@ def case_emfile():
     d.stop()
 
 
+def case_limits():
+    """max_connections closes the excess at once; idle_timeout closes a silent connection."""
+    echo, port = free_port(), free_port()
+    d = Daemon("[evfdd]\nworkers = 1\n[echo]\nlisten = 127.0.0.1:%d\nforward = echo\n"
+               "[lim]\nlisten = 127.0.0.1:%d\nforward = 127.0.0.1:%d\nmax_connections = 3\nidle_timeout = 300ms\n"
+               % (echo, port, echo))
+    held = [connect(("127.0.0.1", port)) for _ in range(3)]
+    for s in held:
+        s.sendall(b"x")
+        if s.recv(1) != b"x":
+            fail("a connection under max_connections did not work")
+    extra = connect(("127.0.0.1", port), timeout=5)
+    try:
+        data = extra.recv(1)
+    except ConnectionResetError:
+        data = b""
+    if data != b"":
+        fail("the connection over max_connections was not closed")
+    extra.close()
+    d.wait_log("max_connections (3) reached")
+    # Silent for longer than idle_timeout (swept once a second): evfdd closes them.
+    t0 = time.time()
+    for s in held:
+        s.settimeout(5)
+        try:
+            if s.recv(1) != b"":
+                fail("data on an idle connection")
+        except ConnectionResetError:
+            pass
+        except socket.timeout:
+            fail("an idle connection outlived idle_timeout by seconds")
+        s.close()
+    print("ok max_connections closes the excess; idle connections closed after %.1f s" % (time.time() - t0),
+          flush=True)
+    d.stop()
+
+
+def case_backend_slow_reader():
+    """A backend that accepts and never reads: evfdd stops reading the client instead of buffering."""
+    backend = socket.socket()
+    backend.bind(("127.0.0.1", 0))
+    backend.listen(8)
+    port = free_port()
+    d = Daemon("[evfdd]\nworkers = 1\n[slow]\nlisten = 127.0.0.1:%d\nforward = 127.0.0.1:%d\n"
+               % (port, backend.getsockname()[1]))
+    base = d.rss_kib()
+    s = connect(("127.0.0.1", port), timeout=2)
+    peer, _ = backend.accept()
+    sent = 0
+    try:
+        while sent < (256 << 20):
+            sent += s.send(b"y" * 65536)
+    except (socket.timeout, BlockingIOError):
+        pass
+    grown = d.rss_kib() - base
+    if sent >= (256 << 20):
+        fail("256 MiB went into a backend that never reads: no backpressure")
+    if grown > 32 * 1024:
+        fail("evfdd grew by %d KiB for one backend that never reads" % grown)
+    s.close()
+    peer.close()
+    backend.close()
+    print("ok backend slow to read: the client stalled after %d KiB; evfdd grew %d KiB" % (sent >> 10, grown),
+          flush=True)
+    d.stop()
+
+
+def case_no_io_uring():
+    """io_uring unavailable at start: one clear error naming the cause and the fix, exit 1."""
+    conf = os.path.join(TMP, "nouring.conf")
+    with open(conf, "w") as f:
+        f.write("[echo]\nlisten = 127.0.0.1:%d\nforward = echo\n" % free_port())
+    for err, words in (("ENOSYS", "seccomp"), ("EPERM", "kernel.io_uring_disabled")):
+        out = subprocess.run([NO_URING, err, EVFDD, "-c", conf], capture_output=True, text=True, timeout=20)
+        if out.returncode == 77:
+            print("skip io_uring unavailable: cannot install a seccomp filter here", flush=True)
+            return
+        check_sanitizers(out.stderr)
+        if out.returncode != 1 or words not in out.stderr:
+            fail("io_uring %s: exit %d, %r" % (err, out.returncode, out.stderr))
+    print("ok io_uring unavailable (ENOSYS, EPERM): one clear error each, exit 1", flush=True)
+
+
 def main():
     if not os.access(EVFDD, os.X_OK):
         fail("%s not built" % EVFDD)
     random.seed(1)
     try:
         for case in (case_check_option, case_tcp_bulk, case_unix, case_activation, case_backend_down,
-                     case_many_connections, case_slow_reader, case_emfile):
+                     case_many_connections, case_slow_reader, case_backend_slow_reader, case_emfile,
+                     case_limits, case_no_io_uring):
             case()
     finally:
         shutil.rmtree(TMP, ignore_errors=True)
