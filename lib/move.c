@@ -135,8 +135,8 @@ undo:
 	return err;
 }
 
-/* A MOVE arrives: first at the target (the only loop the caller surely knows is alive), then forwarded to
- * whoever owns the ring. A RING_CALL starts at the owner the caller saw and is forwarded the same way. */
+/* A MOVE arrives at the owner the caller saw (loop threads) or at the target (the only loop any other caller
+ * surely knows is alive), and is forwarded to whoever owns the ring. A RING_CALL starts at the owner the caller saw and is forwarded the same way. */
 void evfd__move_handle(struct evfd_loop *l, struct evfd_msg *m)
 {
 	struct evfd_ring *r = m->move.ring;
@@ -211,6 +211,7 @@ int evfd__move_away(struct evfd_loop *from, struct evfd_ring *r, struct evfd_loo
 
 int evfd_ring_move(struct evfd_ring *r, struct evfd_loop *to, evfd_move_cb done, void *arg)
 {
+	struct evfd_loop *dest;
 	struct evfd_msg *m;
 	int err;
 
@@ -226,7 +227,9 @@ int evfd_ring_move(struct evfd_ring *r, struct evfd_loop *to, evfd_move_cb done,
 	m->move.arg = arg;
 	atomic_fetch_add(&r->refs, 1);
 	atomic_fetch_add(&to->move_refs, 1);
-	err = evfd__loop_post(to, m);
+	/* A loop thread may read the owner (RCU) and save a hop; any other thread only knows @to is alive. */
+	dest = evfd__tls_loop ? evfd_ring_owner(r) : NULL;
+	err = evfd__loop_post(dest ? dest : to, m);
 	if (err < 0) {
 		atomic_fetch_sub(&to->move_refs, 1);
 		evfd__ring_unref(r);

@@ -301,12 +301,26 @@ static void ring_call_fn(struct evfd_ring *ring, int err, void *arg)
 	atomic_fetch_add(&ring_calls_run, 1);
 }
 
+static atomic_uint_fast64_t loop_moves_sent, loop_moves_done;
+
+static void loop_moved_cb(struct evfd_ring *ring, int err, void *arg)
+{
+	TU_CHECK(err == 0, "move from a loop thread: %s", strerror(-err));
+	TU_CHECK(evfd_loop_current() == arg, "move from a loop thread finished off its target");
+	atomic_fetch_add(&loop_moves_done, 1);
+}
+
+/* On some loop thread: ask the owner of a ring to run a function, and pull the ring here (a move from a
+ * loop thread goes straight to the owner it reads from the slot). */
 static void send_ring_call(struct evfd_loop *loop, void *arg)
 {
 	struct ring_state *rs = arg;
 	int err = evfd_ring_call(rs->ring, ring_call_fn, rs);
 
 	TU_CHECK(err == 0, "evfd_ring_call: %s", strerror(-err));
+	atomic_fetch_add(&loop_moves_sent, 1);
+	err = evfd_ring_move(rs->ring, loop, loop_moved_cb, loop);
+	TU_CHECK(err == 0, "evfd_ring_move from a loop thread: %s", strerror(-err));
 }
 
 static void moved_cb(struct evfd_ring *ring, int err, void *arg)
@@ -393,6 +407,9 @@ int main(void)
 	TU_CHECK(tu_wait_u64(&moves_done, moves, 10000), "%lu of %lu moves finished",
 		 (unsigned long)atomic_load(&moves_done), (unsigned long)moves);
 	pthread_join(client, NULL);
+	TU_CHECK(tu_wait_u64(&loop_moves_done, atomic_load(&loop_moves_sent), 10000),
+		 "%lu of %lu moves from loop threads finished", (unsigned long)atomic_load(&loop_moves_done),
+		 (unsigned long)atomic_load(&loop_moves_sent));
 	TU_CHECK(tu_wait_u64(&ring_calls_run, atomic_load(&ring_calls_sent), 10000), "%lu of %lu ring calls ran",
 		 (unsigned long)atomic_load(&ring_calls_run), (unsigned long)atomic_load(&ring_calls_sent));
 
