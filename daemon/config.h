@@ -90,7 +90,7 @@ struct evfdd_service {
 	unsigned line;			/* line of its [name] header, for messages at apply time */
 	struct evfdd_endpoint listen;	/* kind NONE when not given */
 	struct evfdd_endpoint forward;	/* never NONE */
-	uint32_t max_connections;	/* open client connections; accepting pauses at the limit */
+	uint32_t max_connections;	/* open client connections; the excess is closed at once */
 	uint32_t connect_timeout_ms;	/* backend connect, per address tried */
 	uint32_t idle_timeout_ms;	/* no byte either way for this long closes both sides; 0 = never */
 	int backlog;			/* listen(2) backlog for self-bound listeners */

@@ -61,6 +61,12 @@ static const char *uring_hint(int err)
 	case -ENOMEM:
 		return "not enough locked memory for the rings; raise LimitMEMLOCK= (systemd) or ulimit -l, or "
 		       "lower rings in the configuration";
+	case -EOPNOTSUPP:
+		return "the kernel is older than 5.18, whose io_uring quiesces a ring to swap its eventfd; "
+		       "evfdd needs Linux 5.19 or later";
+	case -EINVAL:
+		return "the kernel's io_uring lacks a feature evfdd uses (multishot accept, provided buffer "
+		       "rings: Linux 5.19 or later)";
 	default:
 		return "see evfdd(8)";
 	}
