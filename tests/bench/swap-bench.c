@@ -3,12 +3,19 @@
  * swap-bench: what moving a busy ring between loops costs, against quiescing the ring first.
  *
  * Loops run on threads of their own (evfd_loop_spawn) and carry steady traffic on NRINGS rings. Per ring:
- *  - NCHAN AF_UNIX SEQPACKET pairs. A recv is always pending on the ring's end; a peer thread writes
- *    sequenced, timestamped messages to the other end at random intervals (a client with think time), so
- *    every pending recv completes on its own within PEER_MAX_US. The ring echoes each message back with a
- *    send, and the peer checks the echoes.
+ *  - NCHAN busy streams: AF_UNIX SEQPACKET pairs. A recv is always pending on the ring's end; a peer thread
+ *    writes sequenced, timestamped messages to the other end at random intervals (a client with think
+ *    time PEER_MIN_US..PEER_MAX_US). The ring echoes each message back with a send, and the peer checks the
+ *    echoes.
+ *  - nidle idle keep-alive connections (SWAP_BENCH_IDLE, default NIDLE_DEFAULT): the same protocol, but the
+ *    client thinks much longer between requests, so the ring's recv on them sits pending for tens of
+ *    milliseconds. This is what a forwarder's ring mostly carries: many keep-alive connections waiting
+ *    for their client's next request, besides a few busy ones. Think time: exponential, mean IDLE_MEAN_US,
+ *    capped at IDLE_CAP_US (see there for why).
  *  - NTMO relative timeouts of TMO_MIN_US..TMO_MAX_US always pending; each expiry also submits a NOP.
- * Every completion resubmits what it stands for, so the set of requests in flight stays constant.
+ * Every completion resubmits what it stands for, so the set of requests in flight stays constant, and
+ * every pending recv completes on its own, within IDLE_CAP_US at the latest, because the peer never stops
+ * writing.
  *
  * Three phases of equal length, back to back on the same loops and rings:
  *  baseline  no moves;
@@ -23,20 +30,30 @@
  * The quiesce emulation is kind to quiescing: only the ring being moved stops, while its owner thread goes
  * on serving other rings; a kernel before 5.18 blocked the whole thread inside io_uring_register and also
  * waited for an RCU grace period (percpu_ref kill) even with nothing in flight. Its stall is a lower bound,
- * set mostly by how long the longest request in flight still has to live (here, the peer's think time).
+ * set by how long the longest request in flight still has to live: with idle connections, the longest
+ * residual think time among the ring's idle clients. The quiesce wait is never capped or timed out; only a
+ * move that has not finished WAIT_S after its phase ended counts as a hang, and fails the run.
  *
  * Latency of an operation is reap time minus submit time, less what the operation waits for by design: a
- * timeout's duration, and for a recv the time until the peer wrote the message. A move window runs from
- * the move request to the done callback on the new owner (after adoption and drain); an operation "in
- * flight during a move" overlaps a window of its ring, and its stall is its latency minus the baseline
- * median of its type, clamped at 0.
+ * timeout's duration, and for a recv (busy or idle) the time until the peer wrote the message (stamped in
+ * it), so an idle recv that simply waited for its client counts only the delay after its data arrived. A
+ * move window runs from the move request to the done callback on the new owner (after adoption and drain);
+ * an operation "in flight during a move" overlaps a window of its ring, and its stall is its latency minus
+ * the baseline median of its type, clamped at 0. An operation belongs to the phase in which it started:
+ * its submission, or for a recv the peer's write if that came later (an idle recv submitted at the end of
+ * one phase and fed in the next belongs to the next).
  *
  * Every request has an id; each completion is counted per id. lost = ids never completed after the final
  * drain + messages (or echoes) that went missing; duplicated = ids completed more than once + messages (or
  * echoes) delivered twice. Exit status 1 if either is nonzero. Timing is reported, never asserted.
  *
  * Environment: SWAP_BENCH_SECONDS (phase length, default 2; --quick means 0.5), SWAP_BENCH_LOOPS (default
- * 2), SWAP_BENCH_MOVE_US (move period, default 1000).
+ * 2), SWAP_BENCH_MOVE_US (move period, default 1000), SWAP_BENCH_IDLE (idle connections per ring, 0 to
+ * NIDLE_MAX, default NIDLE_DEFAULT; 0 gives the busy-only workload).
+ *
+ * Threads: the loops (the only ones that are busy), the main thread (the mover), one peer thread and the two
+ * probe threads; all but the loops sleep in clock_nanosleep or epoll_wait between events, none spins, so on
+ * two CPUs the loops compete only with short wakeups.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -58,12 +75,26 @@
 
 #define MAX_LOOPS 8
 #define NRINGS 4
-#define NCHAN 2                 /* socket pairs per ring, each with a recv always pending */
+#define NCHAN 2                 /* busy socket pairs per ring, each with a recv always pending */
+#define NIDLE_DEFAULT 32        /* idle keep-alive socket pairs per ring, each with a recv always pending */
+#define NIDLE_MAX 64
+#define MAXCHAN (NCHAN + NIDLE_MAX)
+/*
+ * Think time of an idle keep-alive client: exponential with mean IDLE_MEAN_US, capped at IDLE_CAP_US.
+ * Exponential because requests of independent clients form a Poisson stream (memoryless: at any moment the
+ * time to a connection's next request does not depend on how long it has been quiet, which is what makes a
+ * quiesce wait for the longest of them). 50 ms is short for real keep-alive traffic (browser users think
+ * for seconds, keep-alive timeouts are 5-75 s; only busy API clients and connection pools come back within
+ * tens of ms), and the cap bounds the quiesce wait and the run time: both choices are kind to quiescing.
+ */
+#define IDLE_MEAN_US 50000
+#define IDLE_CAP_US 200000
 #define NTMO 2                  /* timeouts per ring always pending */
 #define TMO_MIN_US 50
 #define TMO_MAX_US 200
 #define PEER_MIN_US 200         /* peer think time between two messages on one channel */
 #define PEER_MAX_US 2000
+#define PEER_RETRY_US 1000      /* a client whose socket is full tries again this much later */
 #define MOVE_US_DEFAULT 1000
 #define PHASE_S_DEFAULT 2.0
 #define WARMUP_S 0.3
@@ -75,8 +106,24 @@
 #define MSG_MAGIC 0x53574150u   /* "SWAP" */
 #define NSEC 1000000000ull
 
-enum op_type { OP_RECV, OP_SEND, OP_TMO, OP_NOP, NTYPES };
-static const char *const type_name[NTYPES] = { "recv", "send", "timeout", "nop" };
+/* irecv/isend: the recv and echo send of idle keep-alive connections, kept apart for their own medians. */
+enum op_type { OP_RECV, OP_SEND, OP_TMO, OP_NOP, OP_IRECV, OP_ISEND, NTYPES };
+static const char *const type_name[NTYPES] = { "recv", "send", "timeout", "nop", "irecv", "isend" };
+
+static bool is_recv(unsigned type)
+{
+	return type == OP_RECV || type == OP_IRECV;
+}
+
+static unsigned recv_type(unsigned chan)
+{
+	return chan < NCHAN ? OP_RECV : OP_IRECV;
+}
+
+static unsigned send_type(unsigned chan)
+{
+	return chan < NCHAN ? OP_SEND : OP_ISEND;
+}
 
 enum phase { PH_BASE, PH_RCU, PH_QUIESCE, NPHASES, PH_IDLE = NPHASES, NPROBE };
 static const char *const phase_name[NPROBE] = { "baseline", "rcu", "quiesce", "idle" };
@@ -134,14 +181,14 @@ struct mwin {
 struct bring {
 	unsigned idx;
 	struct evfd_ring *ring;
-	int sv[NCHAN][2];       /* [0] the ring's end, [1] the peer's end */
+	int sv[MAXCHAN][2];     /* [0] the ring's end, [1] the peer's end; busy channels first, then idle */
 
 	/* Ring domain: only this ring's callbacks and loop calls on its owner touch these. */
 	struct oprec *rec;
 	size_t nrec, caprec;
 	unsigned inflight;
-	uint64_t rx_next[NCHAN];
-	uint64_t echo_ok[NCHAN];
+	uint64_t rx_next[MAXCHAN];
+	uint64_t echo_ok[MAXCHAN];
 	uint64_t rng;
 	bool holding, stopping, move_posted, drained;
 	struct mwin *qwin;
@@ -161,6 +208,7 @@ struct bring {
 struct pchan {
 	int fd;
 	uint16_t ring, chan;
+	bool idle;              /* a keep-alive client: long think times */
 	uint64_t next_ns, tx_seq, eagain, send_err, echo_bad;
 	uint8_t *echo_seen;     /* per sequence number: echoes received */
 	size_t echo_cap;
@@ -173,7 +221,7 @@ struct dvec {
 
 static struct {
 	double phase_s;
-	unsigned nloops, move_us;
+	unsigned nloops, move_us, nidle;
 	struct evfd_loop *loops[MAX_LOOPS];
 	struct bring rings[NRINGS];
 	uint64_t ph_start[NPHASES], ph_end[NPHASES];
@@ -188,7 +236,7 @@ static struct {
 	/* The peer. */
 	pthread_t peer;
 	atomic_bool peer_stop;
-	struct pchan pch[NRINGS * NCHAN];
+	struct pchan pch[NRINGS * MAXCHAN];     /* ring i, channel ch at i * nchan() + ch */
 
 	/* The wakeup probe. */
 	pthread_t probe_w, probe_r;
@@ -200,6 +248,16 @@ static struct {
 	int probe_cpu[2];               /* writer, reader; -1: not pinned */
 	struct dvec probe[NPROBE];
 } g;
+
+static unsigned nchan(void)
+{
+	return NCHAN + g.nidle;
+}
+
+static struct pchan *pch(unsigned ring, unsigned ch)
+{
+	return &g.pch[ring * nchan() + ch];
+}
 
 static void die(const char *what, int err)
 {
@@ -369,9 +427,11 @@ static void submit_op(struct bring *b, unsigned type, unsigned chan, uint64_t t_
 	memset(&sqe, 0, sizeof(sqe));
 	switch (type) {
 	case OP_RECV:
+	case OP_IRECV:
 		io_uring_prep_recv(&sqe, b->sv[chan][0], c->u.buf, sizeof(c->u.buf), 0);
 		break;
 	case OP_SEND:
+	case OP_ISEND:
 		c->u.m = *echo;
 		io_uring_prep_send(&sqe, b->sv[chan][0], &c->u.m, sizeof(c->u.m), MSG_NOSIGNAL);
 		break;
@@ -478,13 +538,13 @@ static void on_recv(struct bring *b, struct oprec *r, struct opctx *c, int res)
 			b->bad_res++;
 		/* Any message is still in the socket: receive again, unless the socket is broken. */
 		if (res == -ECANCELED || res == -EINTR || res == -EAGAIN)
-			want(b, OP_RECV, ch, now_ns(), NULL);
+			want(b, recv_type(ch), ch, now_ns(), NULL);
 		return;
 	}
 	memcpy(&m, c->u.buf, sizeof(m));
 	if (!msg_valid(&m, b->idx, ch)) {
 		b->corrupt++;
-		want(b, OP_RECV, ch, now_ns(), NULL);
+		want(b, recv_type(ch), ch, now_ns(), NULL);
 		return;
 	}
 	if (m.seq > b->rx_next[ch])
@@ -493,11 +553,12 @@ static void on_recv(struct bring *b, struct oprec *r, struct opctx *c, int res)
 		b->msgs_dup++;
 	else
 		b->rx_next[ch] = m.seq + 1;
-	/* A recv cannot complete before the peer wrote: that part of the wait is the client's, not ours. */
+	/* A recv cannot complete before the peer wrote: that part of the wait is the client's, not ours. For an
+	 * idle connection it is nearly all of it (up to IDLE_CAP_US, well within 32 bits of ns). */
 	if (m.send_ns > r->t_sub)
 		r->adj = (uint32_t)(m.send_ns - r->t_sub < UINT32_MAX ? m.send_ns - r->t_sub : UINT32_MAX);
-	want(b, OP_RECV, ch, t, NULL);
-	want(b, OP_SEND, ch, t, &m);
+	want(b, recv_type(ch), ch, t, NULL);
+	want(b, send_type(ch), ch, t, &m);
 }
 
 static void op_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
@@ -523,9 +584,11 @@ static void op_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *
 	b->inflight--;
 	switch (r->type) {
 	case OP_RECV:
+	case OP_IRECV:
 		on_recv(b, r, c, cqe->res);
 		break;
 	case OP_SEND:
+	case OP_ISEND:
 		if (cqe->res == (int)sizeof(struct msg))
 			b->echo_ok[r->chan]++;
 		else if (cqe->res == -ECANCELED)
@@ -557,8 +620,8 @@ static void start_fn(struct evfd_loop *loop, void *arg)
 	unsigned i;
 
 	(void)loop;
-	for (i = 0; i < NCHAN; i++)
-		want(b, OP_RECV, i, t, NULL);
+	for (i = 0; i < nchan(); i++)
+		want(b, recv_type(i), i, t, NULL);
 	for (i = 0; i < NTMO; i++)
 		want(b, OP_TMO, 0, t, NULL);
 	sig_post();
@@ -670,6 +733,18 @@ static void peer_read_echoes(struct pchan *p)
 	}
 }
 
+/* Time until the client's next request: see PEER_MIN_US and IDLE_MEAN_US. */
+static uint64_t think_ns(const struct pchan *p, uint64_t *rng)
+{
+	double u, x;
+
+	if (!p->idle)
+		return rnd_range(rng, PEER_MIN_US * 1000, PEER_MAX_US * 1000);
+	u = ((double)(rnd(rng) >> 11) + 1.0) / 9007199254740992.0;   /* (0, 1] */
+	x = -log(u) * IDLE_MEAN_US * 1000.0;
+	return x < IDLE_CAP_US * 1000.0 ? (uint64_t)x : IDLE_CAP_US * 1000ull;
+}
+
 static void peer_send(struct pchan *p, uint64_t *rng)
 {
 	struct msg m;
@@ -691,26 +766,37 @@ static void peer_send(struct pchan *p, uint64_t *rng)
 	m.check = msg_check(&m);
 	if (send(p->fd, &m, sizeof(m), MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)sizeof(m)) {
 		p->tx_seq++;
-		p->next_ns = t + rnd_range(rng, PEER_MIN_US * 1000, PEER_MAX_US * 1000);
+		p->next_ns = t + think_ns(p, rng);
 	} else if (errno == EAGAIN) {
+		/* The ring is not reading (a quiesce holds its recv back) and the socket is full: try again a
+		 * think time later rather than every few microseconds, which would keep this thread busy on a
+		 * two-CPU machine. The request is stamped when it is finally written, so the time the client was
+		 * blocked is not counted as stall (kind to quiescing). */
 		p->eagain++;
-		p->next_ns = t + 50000;
+		p->next_ns = t + PEER_RETRY_US * 1000;
 	} else {
 		p->send_err++;
 		p->next_ns = t + 1000000;
 	}
 }
 
+/* One thread plays every client; it sleeps until the next request is due (never spins), and stamps each
+ * request when it writes it. */
 static void *peer_thread(void *arg)
 {
 	uint64_t rng = 0x9e3779b97f4a7c15ull, t, next;
-	size_t i;
+	size_t i, n = NRINGS * nchan();
 
 	(void)arg;
+	/* Busy clients start at once; idle ones after a first think time, so that they are not in step. */
+	t = now_ns();
+	for (i = 0; i < n; i++)
+		if (g.pch[i].idle)
+			g.pch[i].next_ns = t + think_ns(&g.pch[i], &rng);
 	while (!atomic_load(&g.peer_stop)) {
 		t = now_ns();
 		next = t + 10000000;   /* look at the stop flag at least every 10 ms */
-		for (i = 0; i < NRINGS * NCHAN; i++) {
+		for (i = 0; i < n; i++) {
 			struct pchan *p = &g.pch[i];
 
 			if (p->next_ns <= t) {
@@ -722,7 +808,7 @@ static void *peer_thread(void *arg)
 		}
 		sleep_until(next);
 	}
-	for (i = 0; i < NRINGS * NCHAN; i++)
+	for (i = 0; i < n; i++)
 		peer_read_echoes(&g.pch[i]);
 	return NULL;
 }
@@ -933,8 +1019,16 @@ static int phase_of(uint64_t t)
 
 struct phase_stats {
 	struct dvec lat, lat_type[NTYPES], stall, stall_type[NTYPES], calm_extra, move, qwait;
+	struct dvec stall_busy;         /* stall without the idle connections' ops, for information */
 	unsigned long ops, inmove, held;
+	uint64_t win_ns;                /* total length of the phase's move windows, over all rings */
 };
+
+/* Where an operation's work starts: its submission, or for a recv the peer's write if that came later. */
+static uint64_t start_of(const struct oprec *r)
+{
+	return is_recv(r->type) ? r->t_sub + r->adj : r->t_sub;
+}
 
 static double net_us(const struct oprec *r)
 {
@@ -956,7 +1050,7 @@ static void analyse(struct phase_stats *ps, double *base_med)
 		for (k = 0; k < b->nrec; k++) {
 			const struct oprec *r = &b->rec[k];
 
-			if (r->failed || r->ncompl != 1 || (ph = phase_of(r->t_sub)) < 0)
+			if (r->failed || r->ncompl != 1 || (ph = phase_of(start_of(r))) < 0)
 				continue;
 			ps[ph].ops++;
 			dvec_push(&ps[ph].lat, net_us(r));
@@ -979,7 +1073,7 @@ static void analyse(struct phase_stats *ps, double *base_med)
 			const struct oprec *r = &b->rec[k];
 			double extra;
 
-			if (r->failed || r->ncompl != 1 || (ph = phase_of(r->t_sub)) < 0)
+			if (r->failed || r->ncompl != 1 || (ph = phase_of(start_of(r))) < 0)
 				continue;
 			extra = net_us(r) - base_med[r->type];
 			if (extra < 0)
@@ -989,6 +1083,8 @@ static void analyse(struct phase_stats *ps, double *base_med)
 				ps[ph].held += r->held;
 				dvec_push(&ps[ph].stall, extra);
 				dvec_push(&ps[ph].stall_type[r->type], extra);
+				if (r->type != OP_IRECV && r->type != OP_ISEND)
+					dvec_push(&ps[ph].stall_busy, extra);
 			} else {
 				dvec_push(&ps[ph].calm_extra, extra);
 			}
@@ -999,12 +1095,14 @@ static void analyse(struct phase_stats *ps, double *base_med)
 			if (w->err < 0 || !w->t_done)
 				continue;
 			dvec_push(&ps[w->phase].move, (double)(w->t_done - w->t_req) / 1000.0);
+			ps[w->phase].win_ns += w->t_done - w->t_req;
 			if (w->phase == PH_QUIESCE && w->t_quiesced)
 				dvec_push(&ps[w->phase].qwait, (double)(w->t_quiesced - w->t_req) / 1000.0);
 		}
 	}
 	for (ph = 0; ph < NPHASES; ph++) {
 		dvec_sort(&ps[ph].stall);
+		dvec_sort(&ps[ph].stall_busy);
 		for (ty = 0; ty < NTYPES; ty++)
 			dvec_sort(&ps[ph].stall_type[ty]);
 		dvec_sort(&ps[ph].calm_extra);
@@ -1035,8 +1133,8 @@ static void account(uint64_t *lost, uint64_t *dup, uint64_t *ids_lost, uint64_t 
 		*ids_dup += b->unknown_id;
 		msg_lost += b->msgs_lost;
 		msg_dup += b->msgs_dup;
-		for (ch = 0; ch < NCHAN; ch++) {
-			struct pchan *p = &g.pch[i * NCHAN + ch];
+		for (ch = 0; ch < nchan(); ch++) {
+			struct pchan *p = pch(i, ch);
 			uint64_t expect = b->rx_next[ch], distinct = 0;
 			struct msg m;
 
@@ -1099,33 +1197,36 @@ static void report(uint64_t lost, uint64_t dup)
 		merr += b->move_err;
 		ferr += b->free_err;
 	}
-	for (i = 0; i < NRINGS * NCHAN; i++) {
+	for (i = 0; i < NRINGS * nchan(); i++) {
 		eagain += g.pch[i].eagain + g.pch[i].send_err;
 		corrupt += g.pch[i].echo_bad;
 	}
 
 	printf("\nper-operation latency (us: reap - submit, less timeout length / wait for the peer's write)\n");
-	printf("%-9s %9s %9s %8s %8s %9s | %-28s\n", "phase", "ops", "ops/s", "p50", "p99", "max",
-	       "p50 recv/send/timeout/nop");
+	printf("%-9s %9s %9s %8s %8s %9s | %-38s\n", "phase", "ops", "ops/s", "p50", "p99", "max",
+	       "p50 recv/send/timeout/nop/irecv/isend");
 	for (ph = 0; ph < NPHASES; ph++) {
 		double secs = (double)(g.ph_end[ph] - g.ph_start[ph]) / 1e9;
 
-		printf("%-9s %9lu %9.0f %8.1f %8.1f %9.1f | %.1f/%.1f/%.1f/%.1f\n", phase_name[ph],
-		       ps[ph].ops, (double)ps[ph].ops / secs, pct(&ps[ph].lat, 50), pct(&ps[ph].lat, 99),
-		       dmax(&ps[ph].lat), pct(&ps[ph].lat_type[OP_RECV], 50),
-		       pct(&ps[ph].lat_type[OP_SEND], 50), pct(&ps[ph].lat_type[OP_TMO], 50),
-		       pct(&ps[ph].lat_type[OP_NOP], 50));
+		printf("%-9s %9lu %9.0f %8.1f %8.1f %9.1f |", phase_name[ph], ps[ph].ops, (double)ps[ph].ops / secs,
+		       pct(&ps[ph].lat, 50), pct(&ps[ph].lat, 99), dmax(&ps[ph].lat));
+		for (ty = 0; ty < NTYPES; ty++)
+			printf("%s%.1f", ty ? "/" : " ", pct(&ps[ph].lat_type[ty], 50));
+		printf("\n");
 	}
 	printf("\nmoves (us: request -> done callback on the new owner), stalls (us over the baseline median)\n");
-	printf("%-9s %6s %5s %8s %8s %9s | %8s %7s %8s %8s %9s | %-15s\n", "phase", "moves", "skip", "p50",
-	       "p99", "max", "in-move", "held", "stl_p50", "stl_p99", "stl_max", "calm extra p99");
+	printf("(skip: mover ticks that found every ring still in its previous move; moving%%: share of ring time "
+	       "spent inside move windows)\n");
+	printf("%-9s %6s %5s %7s %8s %8s %9s | %8s %7s %8s %8s %9s | %-15s\n", "phase", "moves", "skip",
+	       "moving%", "p50", "p99", "max", "in-move", "held", "stl_p50", "stl_p99", "stl_max", "calm extra p99");
 	for (ph = 0; ph < NPHASES; ph++) {
 		const struct phase_stats *p = &ps[ph];
+		double ring_ns = (double)(g.ph_end[ph] - g.ph_start[ph]) * NRINGS;
 
-		printf("%-9s %6zu %5lu %8.1f %8.1f %9.1f | %8lu %7lu %8.1f %8.1f %9.1f | %.1f\n",
-		       phase_name[ph], p->move.n, g.skipped[ph], pct(&p->move, 50), pct(&p->move, 99),
-		       dmax(&p->move), p->inmove, p->held, pct(&p->stall, 50), pct(&p->stall, 99),
-		       dmax(&p->stall), pct(&p->calm_extra, 99));
+		printf("%-9s %6zu %5lu %7.1f %8.1f %8.1f %9.1f | %8lu %7lu %8.1f %8.1f %9.1f | %.1f\n",
+		       phase_name[ph], p->move.n, g.skipped[ph], ring_ns > 0 ? 100.0 * (double)p->win_ns / ring_ns : 0,
+		       pct(&p->move, 50), pct(&p->move, 99), dmax(&p->move), p->inmove, p->held, pct(&p->stall, 50),
+		       pct(&p->stall, 99), dmax(&p->stall), pct(&p->calm_extra, 99));
 	}
 	for (ph = PH_RCU; ph < NPHASES; ph++) {
 		printf("%s stall p99 by type (n):", phase_name[ph]);
@@ -1134,8 +1235,12 @@ static void report(uint64_t lost, uint64_t dup)
 			       ps[ph].stall_type[ty].n);
 		printf("\n");
 	}
-	printf("quiesce wait (request -> nothing in flight): p50=%.1f p99=%.1f max=%.1f us\n",
-	       pct(&ps[PH_QUIESCE].qwait, 50), pct(&ps[PH_QUIESCE].qwait, 99), dmax(&ps[PH_QUIESCE].qwait));
+	printf("stall p99 without the idle connections' ops (information; n): rcu=%.1f (%zu) quiesce=%.1f (%zu)\n",
+	       pct(&ps[PH_RCU].stall_busy, 99), ps[PH_RCU].stall_busy.n, pct(&ps[PH_QUIESCE].stall_busy, 99),
+	       ps[PH_QUIESCE].stall_busy.n);
+	printf("quiesce wait per move (request -> nothing in flight), n=%zu: p50=%.1f p90=%.1f p99=%.1f max=%.1f us\n",
+	       ps[PH_QUIESCE].qwait.n, pct(&ps[PH_QUIESCE].qwait, 50), pct(&ps[PH_QUIESCE].qwait, 90),
+	       pct(&ps[PH_QUIESCE].qwait, 99), dmax(&ps[PH_QUIESCE].qwait));
 	printf("baseline medians (us):");
 	for (ty = 0; ty < NTYPES; ty++)
 		printf(" %s=%.1f", type_name[ty], base_med[ty]);
@@ -1172,10 +1277,15 @@ static void report(uint64_t lost, uint64_t dup)
 		printf("%.1f (target >= 100)\n", q_stall / rcu_stall);
 	else
 		printf("inf (target >= 100)\n");
+	printf("calm extra p99 (ops in flight during no move; noise floor): baseline=%.1f rcu=%.1f quiesce=%.1f us\n",
+	       pct(&ps[PH_BASE].calm_extra, 99), pct(&ps[PH_RCU].calm_extra, 99), pct(&ps[PH_QUIESCE].calm_extra, 99));
 	printf("rcu_stall_p99 = %.1f us vs one cross-thread wakeup p99 = %.1f us idle (x%.1f), %.1f us during "
 	       "the rcu phase (x%.1f); target: stall <= about one wakeup\n", rcu_stall, wake_idle,
 	       wake_idle > 0 ? rcu_stall / wake_idle : 0, wake_rcu, wake_rcu > 0 ? rcu_stall / wake_rcu : 0);
 	printf("xthread_wakeup_us_p50=%.1f p99=%.1f\n", pct(&g.probe[PH_IDLE], 50), wake_idle);
+	if (g.hung)
+		printf("FAIL: a move did not finish within %.0f s of its phase's end (safety net): the run is "
+		       "invalid\n", WAIT_S);
 	printf("moves=%zu move_us_p50=%.1f move_us_p99=%.1f rcu_stall_us_p99=%.1f quiesce_stall_us_p99=%.1f "
 	       "lost=%" PRIu64 " duplicated=%" PRIu64 "\n", ps[PH_RCU].move.n, pct(&ps[PH_RCU].move, 50),
 	       pct(&ps[PH_RCU].move, 99), rcu_stall, q_stall, lost, dup);
@@ -1185,6 +1295,7 @@ static void report(uint64_t lost, uint64_t dup)
 		for (ty = 0; ty < NTYPES; ty++)
 			free(ps[ph].lat_type[ty].v);
 		free(ps[ph].stall.v);
+		free(ps[ph].stall_busy.v);
 		for (ty = 0; ty < NTYPES; ty++)
 			free(ps[ph].stall_type[ty].v);
 		free(ps[ph].calm_extra.v);
@@ -1203,12 +1314,13 @@ static void parse_args(int argc, char **argv)
 	g.phase_s = PHASE_S_DEFAULT;
 	g.nloops = 2;
 	g.move_us = MOVE_US_DEFAULT;
+	g.nidle = NIDLE_DEFAULT;
 	for (i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--quick")) {
 			g.phase_s = 0.5;
 		} else {
 			fprintf(stderr, "usage: swap-bench [--quick]\n"
-				"env: SWAP_BENCH_SECONDS, SWAP_BENCH_LOOPS, SWAP_BENCH_MOVE_US\n");
+				"env: SWAP_BENCH_SECONDS, SWAP_BENCH_LOOPS, SWAP_BENCH_MOVE_US, SWAP_BENCH_IDLE\n");
 			exit(2);
 		}
 	}
@@ -1218,6 +1330,8 @@ static void parse_args(int argc, char **argv)
 		g.nloops = (unsigned)atoi(s);
 	if ((s = getenv("SWAP_BENCH_MOVE_US")) && atoi(s) > 0)
 		g.move_us = (unsigned)atoi(s);
+	if ((s = getenv("SWAP_BENCH_IDLE")) && atoi(s) >= 0 && atoi(s) <= NIDLE_MAX)
+		g.nidle = (unsigned)atoi(s);
 }
 
 static void setup_rings(void)
@@ -1235,14 +1349,15 @@ static void setup_rings(void)
 		b->win = calloc(capwin, sizeof(*b->win));
 		if (!b->win)
 			die("calloc", ENOMEM);
-		for (ch = 0; ch < NCHAN; ch++) {
-			struct pchan *p = &g.pch[i * NCHAN + ch];
+		for (ch = 0; ch < nchan(); ch++) {
+			struct pchan *p = pch(i, ch);
 
 			if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, b->sv[ch]) < 0)
 				die("socketpair", errno);
 			p->fd = b->sv[ch][1];
 			p->ring = (uint16_t)i;
 			p->chan = (uint16_t)ch;
+			p->idle = ch >= NCHAN;
 		}
 		atomic_store(&b->owner, i % g.nloops);
 		err = evfd_ring_new(&b->ring, g.loops[i % g.nloops], NULL);
@@ -1308,10 +1423,10 @@ static void free_all(void)
 	for (i = 0; i < NRINGS; i++) {
 		struct bring *b = &g.rings[i];
 
-		for (ch = 0; ch < NCHAN; ch++) {
+		for (ch = 0; ch < nchan(); ch++) {
 			close(b->sv[ch][0]);
 			close(b->sv[ch][1]);
-			free(g.pch[i * NCHAN + ch].echo_seen);
+			free(pch(i, ch)->echo_seen);
 		}
 		free(b->rec);
 		free(b->held);
@@ -1338,9 +1453,11 @@ int main(int argc, char **argv)
 	pthread_cond_init(&g.cond, &ca);
 	pthread_condattr_destroy(&ca);
 
-	printf("swap-bench: %u loops, %d rings; per ring %d recv (peer writes every %d-%d us) + echo send, %d "
-	       "timeouts (%d-%d us) + a NOP each; a move every %u us; %.2f s per phase\n", g.nloops, NRINGS,
-	       NCHAN, PEER_MIN_US, PEER_MAX_US, NTMO, TMO_MIN_US, TMO_MAX_US, g.move_us, g.phase_s);
+	printf("swap-bench: %u loops, %d rings; per ring %d busy recv (peer writes every %d-%d us, uniform) + echo "
+	       "send, %u idle keep-alive recv (think time exponential, mean %d us, capped at %d us) + echo send, "
+	       "%d timeouts (%d-%d us) + a NOP each; a move every %u us for both strategies; %.2f s per phase\n",
+	       g.nloops, NRINGS, NCHAN, PEER_MIN_US, PEER_MAX_US, g.nidle, IDLE_MEAN_US, IDLE_CAP_US, NTMO,
+	       TMO_MIN_US, TMO_MAX_US, g.move_us, g.phase_s);
 
 	/* The bare wakeup first, on an otherwise idle process; it keeps running during the phases. */
 	g.probe_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
