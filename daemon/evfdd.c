@@ -20,6 +20,7 @@
 #define RELAY_BUFFERS 256
 #define RELAY_BUFFER_SIZE (64 * 1024)
 
+/* Exit codes (evfdd(8)): 0 success, 1 configuration or start-up error, 2 usage. */
 enum { EXIT_CONFIG = 1, EXIT_STARTUP = 1 };
 
 struct daemon {

@@ -36,7 +36,7 @@ struct acceptor {
 	struct evfdd_relay *rl;
 	struct evfdd_svc *svc;
 	struct evfd_op *op;
-	bool armed, retry_pending;
+	bool armed;
 	struct __kernel_timespec retry_ts;
 	struct conn *lru_head, *lru_tail;   /* oldest activity first */
 };
@@ -47,7 +47,7 @@ struct conn {
 	int cfd, bfd;
 	unsigned backend;
 	unsigned pending;                /* requests in flight */
-	bool connected, aborting;
+	bool aborting;
 	uint64_t last_ns;
 	struct conn *prev, *next;
 	struct evfd_op *connect_op;
@@ -373,7 +373,6 @@ static void buf_recycle(struct evfdd_relay *rl, unsigned bid)
 
 static void conn_start_relay(struct conn *c)
 {
-	c->connected = true;
 	c->up.state = H_IDLE;
 	half_recv(&c->up);
 	if (!c->svc->echo && !c->aborting)
@@ -507,7 +506,6 @@ static void accept_retry_cb(struct evfd_ring *ring, const struct io_uring_cqe *c
 	struct acceptor *a = arg;
 
 	a->rl->pending--;
-	a->retry_pending = false;
 	if (!a->rl->stopping)
 		acceptor_arm(a);
 	relay_maybe_done(a->rl);
@@ -550,7 +548,6 @@ static void accept_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, vo
 	io_uring_prep_timeout(&sqe, &a->retry_ts, 0, 0);
 	if (evfd_ring_submit(rl->ring, &sqe, accept_retry_cb, a, 0, NULL) == 0) {
 		rl->pending++;
-		a->retry_pending = true;
 	}
 }
 
@@ -687,11 +684,6 @@ void evfdd_relay_stop(struct evfdd_relay *rl, bool abort, void (*done)(struct ev
 	if (rl->tick_op)
 		(void)evfd_op_cancel(rl->ring, rl->tick_op);
 	relay_maybe_done(rl);
-}
-
-unsigned evfdd_relay_connections(const struct evfdd_relay *rl)
-{
-	return rl->nconns;
 }
 
 void evfdd_relay_free(struct evfdd_relay *rl)

@@ -50,9 +50,6 @@ int evfdd_relay_start(struct evfd_ring *ring, struct evfdd_svc *const *svcs, uns
  * owner thread once nothing of the relay is in flight (the ring may then be freed). */
 void evfdd_relay_stop(struct evfdd_relay *rl, bool abort, void (*done)(struct evfdd_relay *, void *), void *arg);
 
-/* Open connections on this ring (owner thread, or a stale value from elsewhere). */
-unsigned evfdd_relay_connections(const struct evfdd_relay *rl);
-
 void evfdd_relay_free(struct evfdd_relay *rl);
 
 struct evfdd_svc *evfdd_svc_ref(struct evfdd_svc *s);

@@ -10,6 +10,7 @@ struct ring_slot {
 	struct evfdd_workers *w;
 	struct evfd_ring *ring;
 	struct evfdd_relay *relay;       /* owner thread only */
+	bool stopped;                    /* main thread only: relay stopped, ring being freed; hands off */
 	bool gone;                       /* main thread only */
 };
 
@@ -61,6 +62,21 @@ static void started_on_main(struct evfd_loop *loop, void *arg)
 	}
 }
 
+static void ring_free_on_owner(struct evfd_ring *ring, int err, void *arg);
+
+/* The relay has stopped: free its ring. From here on the main thread never names the ring again, so it
+ * cannot race with the ring going away. */
+static void stopped_on_main(struct evfd_loop *loop, void *arg)
+{
+	struct report *r = arg;
+	struct ring_slot *slot = r->slot;
+
+	free(r);
+	slot->stopped = true;
+	if (evfd_ring_call(slot->ring, ring_free_on_owner, slot) < 0)
+		fatalx("cannot reach a ring to free it");
+}
+
 static void gone_on_main(struct evfd_loop *loop, void *arg)
 {
 	struct report *r = arg;
@@ -87,11 +103,18 @@ static void ring_start(struct evfd_ring *ring, int err, void *arg)
 static void relay_stopped(struct evfdd_relay *rl, void *arg)
 {
 	struct ring_slot *slot = arg;
-	int err;
 
 	evfdd_relay_free(rl);
 	slot->relay = NULL;
-	err = evfd_ring_free(slot->ring);
+	post_main(slot->w, stopped_on_main, slot, 0);
+}
+
+static void ring_free_on_owner(struct evfd_ring *ring, int err, void *arg)
+{
+	struct ring_slot *slot = arg;
+
+	if (!err)
+		err = evfd_ring_free(ring);
 	if (err < 0)
 		log_errx("freeing a ring: %s", strerror(-err));
 	post_main(slot->w, gone_on_main, slot, 0);
@@ -197,7 +220,7 @@ void evfdd_workers_stop(struct evfdd_workers *w, bool abort, void (*done)(void *
 		return;
 	}
 	for (i = 0; i < w->nrings; i++) {
-		if (w->slots[i].gone)
+		if (w->slots[i].stopped)
 			continue;
 		if (evfd_ring_call(w->slots[i].ring, abort ? ring_abort : ring_stop, &w->slots[i]) < 0)
 			fatalx("cannot reach a ring to stop it");

@@ -29,7 +29,7 @@ void evfdd_workers_stop(struct evfdd_workers *w, bool abort, void (*done)(void *
 /* After @done: stop the loops and free everything. */
 void evfdd_workers_free(struct evfdd_workers *w);
 
-/* Open connections summed over the services (their shared counters). */
+/* How many worker loops and rings there are, for the STATUS= line. */
 unsigned long evfdd_workers_loops(const struct evfdd_workers *w);
 unsigned long evfdd_workers_rings(const struct evfdd_workers *w);
 
