@@ -68,6 +68,7 @@ struct evfdd_relay {
 	struct evfd_op *tick_op;
 	struct __kernel_timespec tick_ts;
 	bool stopping;
+	bool in_stop;                    /* inside evfdd_relay_stop: the walk must not free the relay */
 	void (*done)(struct evfdd_relay *, void *);
 	void *done_arg;
 };
@@ -101,7 +102,7 @@ void evfdd_svc_unref(struct evfdd_svc *s)
 
 static void relay_maybe_done(struct evfdd_relay *rl)
 {
-	if (rl->stopping && !rl->pending && !rl->nconns && rl->done) {
+	if (rl->stopping && !rl->in_stop && !rl->pending && !rl->nconns && rl->done) {
 		void (*done)(struct evfdd_relay *, void *) = rl->done;
 
 		rl->done = NULL;
@@ -665,6 +666,7 @@ void evfdd_relay_stop(struct evfdd_relay *rl, bool abort, void (*done)(struct ev
 	unsigned i;
 
 	rl->stopping = true;
+	rl->in_stop = true;
 	rl->done = done;
 	rl->done_arg = arg;
 	for (i = 0; i < rl->nacc; i++) {
@@ -683,6 +685,7 @@ void evfdd_relay_stop(struct evfdd_relay *rl, bool abort, void (*done)(struct ev
 	}
 	if (rl->tick_op)
 		(void)evfd_op_cancel(rl->ring, rl->tick_op);
+	rl->in_stop = false;
 	relay_maybe_done(rl);
 }
 
