@@ -186,26 +186,47 @@ void evfd__move_adopt(struct evfd_loop *l, struct evfd_msg *m)
 	move_finish(m, 0);
 }
 
+/* A message naming a ring (and, for a move, its target): it holds a reference on each until it is finished
+ * or dropped. */
+static struct evfd_msg *ring_msg_new(enum evfd_msg_kind kind, struct evfd_ring *r, struct evfd_loop *to,
+				     evfd_move_cb done, void *arg)
+{
+	struct evfd_msg *m = calloc(1, sizeof(*m));
+
+	if (!m)
+		return NULL;
+	m->kind = kind;
+	m->move.ring = r;
+	m->move.to = to;
+	m->move.done = done;
+	m->move.arg = arg;
+	atomic_fetch_add(&r->refs, 1);
+	if (to)
+		atomic_fetch_add(&to->move_refs, 1);
+	return m;
+}
+
+/* Undo ring_msg_new for a message that was never posted: no callback runs. */
+static void ring_msg_drop(struct evfd_msg *m)
+{
+	if (m->move.to)
+		atomic_fetch_sub(&m->move.to->move_refs, 1);
+	evfd__ring_unref(m->move.ring);
+	free(m);
+}
+
 /* Move @r, owned by the calling loop @from, to @to at once (retirement). Returns 0 or a negative errno with
  * the ring still here. */
 int evfd__move_away(struct evfd_loop *from, struct evfd_ring *r, struct evfd_loop *to)
 {
-	struct evfd_msg *m = calloc(1, sizeof(*m));
+	struct evfd_msg *m = ring_msg_new(EVFD_MSG_MOVE, r, to, NULL, NULL);
 	int err;
 
 	if (!m)
 		return -ENOMEM;
-	m->kind = EVFD_MSG_MOVE;
-	m->move.ring = r;
-	m->move.to = to;
-	atomic_fetch_add(&r->refs, 1);
-	atomic_fetch_add(&to->move_refs, 1);
 	err = evfd__move_handoff(from, r, m);
-	if (err < 0) {
-		atomic_fetch_sub(&to->move_refs, 1);
-		atomic_fetch_sub(&r->refs, 1);   /* the caller owns the ring, so this is never the last */
-		free(m);
-	}
+	if (err < 0)
+		ring_msg_drop(m);   /* the caller owns the ring, so this is never its last reference */
 	return err;
 }
 
@@ -217,24 +238,14 @@ int evfd_ring_move(struct evfd_ring *r, struct evfd_loop *to, evfd_move_cb done,
 
 	if (!r || !to)
 		return -EINVAL;
-	m = calloc(1, sizeof(*m));
+	m = ring_msg_new(EVFD_MSG_MOVE, r, to, done, arg);
 	if (!m)
 		return -ENOMEM;
-	m->kind = EVFD_MSG_MOVE;
-	m->move.ring = r;
-	m->move.to = to;
-	m->move.done = done;
-	m->move.arg = arg;
-	atomic_fetch_add(&r->refs, 1);
-	atomic_fetch_add(&to->move_refs, 1);
 	/* A loop thread may read the owner (RCU) and save a hop; any other thread only knows @to is alive. */
 	dest = evfd__tls_loop ? evfd_ring_owner(r) : NULL;
 	err = evfd__loop_post(dest ? dest : to, m);
-	if (err < 0) {
-		atomic_fetch_sub(&to->move_refs, 1);
-		evfd__ring_unref(r);
-		free(m);
-	}
+	if (err < 0)
+		ring_msg_drop(m);
 	return err;
 }
 
@@ -248,19 +259,12 @@ int evfd_ring_call(struct evfd_ring *r, evfd_move_cb fn, void *arg)
 		return -EINVAL;
 	if (!evfd__tls_loop)
 		return -EPERM;   /* the owner lookup below is an RCU read: loop threads only */
-	m = calloc(1, sizeof(*m));
+	m = ring_msg_new(EVFD_MSG_RING_CALL, r, NULL, fn, arg);
 	if (!m)
 		return -ENOMEM;
-	m->kind = EVFD_MSG_RING_CALL;
-	m->move.ring = r;
-	m->move.done = fn;
-	m->move.arg = arg;
-	atomic_fetch_add(&r->refs, 1);
 	dest = evfd_ring_owner(r);
 	err = dest ? evfd__loop_post(dest, m) : -ENODEV;
-	if (err < 0) {
-		evfd__ring_unref(r);
-		free(m);
-	}
+	if (err < 0)
+		ring_msg_drop(m);
 	return err;
 }
