@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* evfdd: start-up, signals and shutdown. The main thread runs an evfd loop on libev's default loop (signals,
- * sd_notify, timers); the data plane runs on worker loops (workers.c, relay.c). */
+ * sd_notify, the control socket, reloads); the data plane runs on worker loops (workers.c, relay.c). */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -9,32 +9,12 @@
 #include <string.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
-#include "config.h"
-#include "listen.h"
+#include "control.h"
+#include "daemon.h"
 #include "log.h"
-#include "workers.h"
-
-/* Per ring: 256 buffers of 64 KiB. A buffer is held only while its data is in flight, so this caps the
- * memory a ring uses for data at 16 MiB whatever the number of connections; 64 KiB keeps bulk transfers at
- * few requests per byte. */
-#define RELAY_BUFFERS 256
-#define RELAY_BUFFER_SIZE (64 * 1024)
 
 /* Exit codes (evfdd(8)): 0 success, 1 configuration or start-up error, 2 usage. */
 enum { EXIT_CONFIG = 1, EXIT_STARTUP = 1 };
-
-struct daemon {
-	struct evfdd_config *cfg;
-	struct evfd_loop *main;
-	struct ev_loop *ev;
-	struct evfdd_svc **svcs;
-	unsigned nsvcs;
-	struct evfdd_workers *workers;
-	ev_signal sigterm, sigint, sighup;
-	ev_timer shutdown_timer;
-	bool stopping, aborting;
-	int exit_code;
-};
 
 static void usage(FILE *f)
 {
@@ -47,92 +27,6 @@ static void usage(FILE *f)
 		"  -h, --help         show this help\n"
 		"  -V, --version      show the version\n\n"
 		"See evfdd(8) and evfdd.conf(5).\n", EVFDD_CONFIG_PATH);
-}
-
-/* ENOSYS, EPERM and ENOMEM each have one usual cause on a Linux host: say which and how to fix it. */
-static const char *uring_hint(int err)
-{
-	switch (err) {
-	case -ENOSYS:
-		return "the kernel has no io_uring (CONFIG_IO_URING) or a seccomp filter blocks io_uring_setup; "
-		       "under systemd keep @aio in SystemCallFilter= (or use @system-service)";
-	case -EPERM:
-		return "io_uring is disabled by sysctl kernel.io_uring_disabled; set it to 0, or to 1 with evfdd's "
-		       "user in the group named by kernel.io_uring_group";
-	case -ENOMEM:
-		return "not enough locked memory for the rings; raise LimitMEMLOCK= (systemd) or ulimit -l, or "
-		       "lower rings in the configuration";
-	case -EOPNOTSUPP:
-		return "the kernel is older than 5.18, whose io_uring quiesces a ring to swap its eventfd; "
-		       "evfdd needs Linux 5.19 or later";
-	case -EINVAL:
-		return "the kernel's io_uring lacks a feature evfdd uses (multishot accept, provided buffer "
-		       "rings: Linux 5.19 or later)";
-	default:
-		return "see evfdd(8)";
-	}
-}
-
-static struct evfdd_svc *svc_build(const struct evfdd_service *s, int fd)
-{
-	struct evfdd_svc *svc = calloc(1, sizeof(*svc));
-	size_t i;
-
-	if (!svc)
-		return NULL;
-	snprintf(svc->name, sizeof(svc->name), "%s", s->name);
-	svc->listen_fd = fd;
-	svc->echo = s->forward.kind == EVFDD_ENDPOINT_ECHO;
-	svc->tcp_nodelay = s->tcp_nodelay;
-	svc->connect_timeout_ms = s->connect_timeout_ms;
-	svc->idle_timeout_ms = s->idle_timeout_ms;
-	svc->max_connections = s->max_connections;
-	atomic_init(&svc->refs, 1);
-	log_ratelimit_init(&svc->connect_rl, 10000, 5);
-	log_ratelimit_init(&svc->accept_rl, 10000, 5);
-	log_ratelimit_init(&svc->limit_rl, 10000, 5);
-	if (!svc->echo) {
-		svc->backends = calloc(s->forward.naddrs, sizeof(*svc->backends));
-		if (!svc->backends) {
-			free(svc);
-			return NULL;
-		}
-		for (i = 0; i < s->forward.naddrs; i++) {
-			memcpy(&svc->backends[i].addr, &s->forward.addrs[i].u.storage, s->forward.addrs[i].len);
-			svc->backends[i].len = s->forward.addrs[i].len;
-		}
-		svc->nbackends = (unsigned)s->forward.naddrs;
-	}
-	return svc;
-}
-
-static void status_update(struct daemon *d, const char *what)
-{
-	unsigned long open = 0, total = 0;
-	unsigned i;
-
-	for (i = 0; i < d->nsvcs; i++) {
-		open += atomic_load(&d->svcs[i]->open);
-		total += atomic_load(&d->svcs[i]->total);
-	}
-	sd_notifyf(0, "STATUS=%s: %lu open connections (%lu total), %lu rings on %lu loops", what, open, total,
-		   evfdd_workers_rings(d->workers), evfdd_workers_loops(d->workers));
-}
-
-static void workers_ready(void *arg, int err)
-{
-	struct daemon *d = arg;
-
-	if (err) {
-		log_errx("starting the data plane: %s; %s", strerror(-err), uring_hint(err));
-		d->exit_code = EXIT_STARTUP;
-		ev_break(d->ev, EVBREAK_ALL);
-		return;
-	}
-	log_notice("evfdd %s ready: %u services, %u workers, %u rings (%s)", PACKAGE_VERSION, d->nsvcs,
-		   d->cfg->workers, d->cfg->rings, d->cfg->source);
-	sd_notify(0, "READY=1");
-	status_update(d, "running");
 }
 
 static void workers_gone(void *arg)
@@ -153,33 +47,80 @@ static void shutdown_timeout_cb(struct ev_loop *ev, ev_timer *w, int revents)
 	evfdd_workers_stop(d->workers, true, workers_gone, d);
 }
 
+/* Stop accepting and let connections finish, or (@abort) cut them. Never while a reload or a move is being
+ * applied: the signal is remembered and acted on when it has finished, a few milliseconds later. */
+static void stop_begin(struct daemon *d, bool abort)
+{
+	if (evfdd_workers_busy(d->workers) || d->state != DAEMON_RUNNING) {
+		d->stop_requested = true;
+		d->aborting = d->aborting || abort;
+		return;
+	}
+	if (!d->stopping) {
+		d->stopping = true;
+		d->state = DAEMON_STOPPING;
+		log_notice("no longer accepting; waiting up to %u ms for open connections",
+			   d->cfg->shutdown_timeout_ms);
+		sd_notify(0, "STOPPING=1");
+		evfdd_notify_status(d, "stopping");
+		ev_timer_init(&d->shutdown_timer, shutdown_timeout_cb, d->cfg->shutdown_timeout_ms / 1000.0, 0.);
+		d->shutdown_timer.data = d;
+		ev_timer_start(d->ev, &d->shutdown_timer);
+	}
+	if (abort || d->aborting) {
+		d->aborting = true;
+		ev_timer_stop(d->ev, &d->shutdown_timer);
+	}
+	evfdd_workers_stop(d->workers, d->aborting, workers_gone, d);
+}
+
 static void stop_cb(struct ev_loop *ev, ev_signal *w, int revents)
 {
 	struct daemon *d = w->data;
 
-	if (d->stopping) {
+	if (d->stopping || d->stop_requested) {
 		if (!d->aborting) {
 			log_notice("second %s: closing every connection now", strsignal(w->signum));
-			d->aborting = true;
-			ev_timer_stop(ev, &d->shutdown_timer);
-			evfdd_workers_stop(d->workers, true, workers_gone, d);
+			stop_begin(d, true);
 		}
 		return;
 	}
-	d->stopping = true;
-	log_notice("%s: no longer accepting; waiting up to %u ms for open connections", strsignal(w->signum),
-		   d->cfg->shutdown_timeout_ms);
-	sd_notify(0, "STOPPING=1");
-	ev_timer_init(&d->shutdown_timer, shutdown_timeout_cb, d->cfg->shutdown_timeout_ms / 1000.0, 0.);
-	d->shutdown_timer.data = d;
-	ev_timer_start(ev, &d->shutdown_timer);
-	evfdd_workers_stop(d->workers, false, workers_gone, d);
+	log_notice("%s: stopping", strsignal(w->signum));
+	stop_begin(d, false);
+}
+
+void evfdd_daemon_reload_finished(struct daemon *d)
+{
+	if (d->stop_requested && !d->stopping && !evfdd_workers_busy(d->workers))
+		stop_begin(d, d->aborting);
 }
 
 static void hup_cb(struct ev_loop *ev, ev_signal *w, int revents)
 {
-	log_warnx("SIGHUP: reloading the configuration is not implemented yet; still running on %s",
-		  ((struct daemon *)w->data)->cfg->source);
+	struct daemon *d = w->data;
+
+	log_info("SIGHUP: reloading the configuration");
+	evfdd_reload_request(d, NULL, NULL);
+}
+
+void evfdd_daemon_started(struct daemon *d, int err)
+{
+	if (err) {
+		log_errx("starting the data plane: a ring's relay failed: %s", strerror(-err));
+		d->exit_code = EXIT_STARTUP;
+		ev_break(d->ev, EVBREAK_ALL);
+		return;
+	}
+	d->state = DAEMON_RUNNING;
+	log_notice("evfdd %s ready: %u services, %u workers, %u rings (%s)", PACKAGE_VERSION, d->nsvcs,
+		   d->cfg->workers, d->cfg->rings, d->cfg->source);
+	evfdd_notify_ready(d, "running");
+	evfdd_notify_status(d, "running");
+	/* A signal that came during start-up. */
+	if (d->stop_requested)
+		stop_begin(d, d->aborting);
+	else
+		evfdd_reload_kick(d);
 }
 
 static int load_config(const char *path, bool explicit_path, struct evfdd_config **cfg)
@@ -197,45 +138,33 @@ static int load_config(const char *path, bool explicit_path, struct evfdd_config
 	return r;
 }
 
+static int control_open(struct daemon *d, int fd)
+{
+	char *path = d->cfg->control ? strdup(d->cfg->control) : evfdd_control_default_path();
+	int r;
+
+	if (!path)
+		fatalx("out of memory");
+	r = evfdd_control_start(&d->control, d->ev, fd, path, &evfdd_inspect_ops, d);
+	if (r == 0 && fd < 0)
+		log_info("control socket %s", path);
+	free(path);
+	return r;
+}
+
 static int run(struct daemon *d)
 {
-	struct evfdd_workers_params wp = {
-		.loops = d->cfg->workers,
-		.rings = d->cfg->rings,
-		.relay = { .buffers = RELAY_BUFFERS, .buffer_size = RELAY_BUFFER_SIZE },
-		.ready = workers_ready,
-		.arg = d,
-	};
-	int *fds = NULL, control_fd, err, rc = EXIT_STARTUP;
-	unsigned i;
+	int control_fd = -1, rc = EXIT_STARTUP;
+	char err[512];
 
 	signal(SIGPIPE, SIG_IGN);
+	d->start_usec = evfdd_now_usec(CLOCK_MONOTONIC);
 	d->ev = ev_default_loop(EVFLAG_AUTO);
 	if (!d->ev)
 		fatalx("cannot create the main event loop");
-	err = evfd_loop_new(&d->main, d->ev);
-	if (err < 0)
-		fatalx("main loop: %s", strerror(-err));
-	fds = calloc(d->cfg->nservices, sizeof(*fds));
-	d->svcs = calloc(d->cfg->nservices, sizeof(*d->svcs));
-	if (!fds || !d->svcs)
-		fatalx("out of memory");
-	if (evfdd_listen_setup(d->cfg, fds, &control_fd) < 0)
-		goto out;
-	if (control_fd >= 0)
-		close(control_fd);   /* the control socket comes with the control-socket issue */
-	for (i = 0; i < d->cfg->nservices; i++) {
-		d->svcs[i] = svc_build(&d->cfg->services[i], fds[i]);
-		if (!d->svcs[i])
-			fatalx("out of memory");
-		fds[i] = -1;
-		d->nsvcs++;
-	}
-	err = evfdd_workers_start(&d->workers, &wp, d->svcs, d->nsvcs);
-	if (err < 0) {
-		log_errx("cannot set up io_uring: %s; %s", strerror(-err), uring_hint(err));
-		goto out;
-	}
+	if (evfd_loop_new(&d->main, d->ev) < 0)
+		fatalx("cannot set up the main loop");
+	/* Signals first: one that arrives during start-up is acted on once the data plane is up. */
 	ev_signal_init(&d->sigterm, stop_cb, SIGTERM);
 	ev_signal_init(&d->sigint, stop_cb, SIGINT);
 	ev_signal_init(&d->sighup, hup_cb, SIGHUP);
@@ -243,25 +172,38 @@ static int run(struct daemon *d)
 	ev_signal_start(d->ev, &d->sigterm);
 	ev_signal_start(d->ev, &d->sigint);
 	ev_signal_start(d->ev, &d->sighup);
+	if (evfdd_listen_new(&d->listen, d->cfg, &control_fd) < 0)
+		goto out;
+	if (control_open(d, control_fd) < 0)
+		goto out;
+	if (evfdd_reload_initial(d, err, sizeof(err)) < 0) {
+		if (err[0])
+			log_errx("%s", err);
+		goto out;
+	}
+	evfdd_notify_start(d);
 	d->exit_code = 0;
 	ev_run(d->ev, 0);
 	rc = d->exit_code;
+	evfdd_notify_stop(d);
+out:
 	ev_signal_stop(d->ev, &d->sigterm);
 	ev_signal_stop(d->ev, &d->sigint);
 	ev_signal_stop(d->ev, &d->sighup);
+	/* libev restored the default actions: a late second SIGTERM must not kill a clean exit. */
+	signal(SIGTERM, SIG_IGN);
+	signal(SIGINT, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
 	ev_timer_stop(d->ev, &d->shutdown_timer);
-	if (rc == 0)
+	evfdd_control_free(d->control);
+	/* After a start-up failure with rings already running, the process exits without waiting for them. */
+	if (rc == 0 || !d->workers || !evfdd_workers_rings(d->workers)) {
 		evfdd_workers_free(d->workers);
-out:
-	for (i = 0; i < d->cfg->nservices && fds; i++)
-		if (fds[i] >= 0)
-			close(fds[i]);
-	free(fds);
-	for (i = 0; i < d->nsvcs; i++)
-		evfdd_svc_unref(d->svcs[i]);
-	free(d->svcs);
-	/* After a start-up failure with rings already running this is -EBUSY: the process exits anyway. */
-	if (evfd_loop_free(d->main) < 0 && rc == 0)
+		d->workers = NULL;
+	}
+	evfdd_reload_free(d);
+	evfdd_listen_free(d->listen);
+	if (!d->workers && evfd_loop_free(d->main) < 0 && rc == 0)
 		log_warnx("main loop still busy at exit");
 	return rc;
 }
@@ -314,6 +256,8 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	log_setlevel(d.cfg->log_level);
+	d.config_path = path;
+	d.explicit_path = explicit_path;
 	rc = run(&d);
 	evfdd_config_free(d.cfg);
 	return rc;

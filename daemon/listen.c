@@ -9,6 +9,13 @@
 #include "listen.h"
 #include "log.h"
 
+struct evfdd_listen {
+	struct evfdd_listener **activated;   /* every activated socket but control, for the daemon's lifetime */
+	size_t nactivated;
+	struct evfdd_listener **cur;         /* the listeners the current configuration uses */
+	size_t ncur;
+};
+
 #define CONTROL_FD_NAME "control"
 
 /* A Unix socket file left by a previous instance: replace it, unless something still answers there. */
@@ -30,7 +37,7 @@ static bool unix_path_stale(const struct evfdd_sockaddr *a)
 static int listen_bind(const struct evfdd_service *svc)
 {
 	const struct evfdd_sockaddr *a = &svc->listen.addrs[0];
-	int fd, one = 1, v6only = svc->listen.v6only;
+	int fd, e, one = 1, v6only = svc->listen.v6only;
 
 	/* Blocking on purpose: io_uring's accept waits by polling either way, and a non-blocking listener
 	 * would be handed -EAGAIN instead. */
@@ -48,8 +55,10 @@ static int listen_bind(const struct evfdd_service *svc)
 		unlink(a->u.un.sun_path);
 	}
 	if (bind(fd, &a->u.sa, a->len) < 0) {
+		e = errno;
 		log_err("[%s] listen %s: bind (line %u of the configuration)%s", svc->name, svc->listen.text,
 			svc->line, errno == EADDRINUSE ? "; is another evfdd or server running there?" : "");
+		errno = e;
 		goto fail;
 	}
 	if (svc->listen.kind == EVFDD_ENDPOINT_UNIX && chmod(a->u.un.sun_path, svc->socket_mode) < 0) {
@@ -62,7 +71,9 @@ static int listen_bind(const struct evfdd_service *svc)
 	}
 	return fd;
 fail:
+	e = errno;   /* for the caller's message; logging and close may change errno */
 	close(fd);
+	errno = e;
 	return -1;
 }
 
@@ -77,40 +88,88 @@ static bool is_stream_listener(int fd)
 	return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) == 0 && acc;
 }
 
-int evfdd_listen_setup(const struct evfdd_config *cfg, int *fds, int *control_fd)
+struct evfdd_listener *evfdd_listener_ref(struct evfdd_listener *l)
 {
+	atomic_fetch_add(&l->refs, 1);
+	return l;
+}
+
+void evfdd_listener_unref(struct evfdd_listener *l)
+{
+	if (!l || atomic_fetch_sub(&l->refs, 1) != 1)
+		return;
+	/* A Unix socket file stays: a later instance replaces it as stale, and removing it here could race
+	 * with a reload that binds the same path again. */
+	if (l->fd >= 0)
+		close(l->fd);
+	free(l->name);
+	free(l);
+}
+
+static struct evfdd_listener *listener_new(int fd)
+{
+	struct evfdd_listener *l = calloc(1, sizeof(*l));
+
+	if (!l)
+		return NULL;
+	atomic_init(&l->refs, 1);
+	l->fd = fd;
+	return l;
+}
+
+static void key_of(const struct evfdd_service *svc, struct evfdd_endpoint_key *k)
+{
+	memset(k, 0, sizeof(*k));
+	k->kind = svc->listen.kind;
+	k->addr = svc->listen.addrs[0];
+	k->v6only = svc->listen.v6only;
+}
+
+static bool key_equal(const struct evfdd_endpoint_key *a, const struct evfdd_endpoint_key *b)
+{
+	return a->kind == b->kind && a->v6only == b->v6only && a->addr.len == b->addr.len &&
+	       memcmp(&a->addr.u, &b->addr.u, a->addr.len) == 0;
+}
+
+int evfdd_listen_new(struct evfdd_listen **out, const struct evfdd_config *cfg, int *control_fd)
+{
+	struct evfdd_listen *ls = calloc(1, sizeof(*ls));
 	char **names = NULL;
 	int n, i, errors = 0;
-	size_t s;
 
 	*control_fd = -1;
-	for (s = 0; s < cfg->nservices; s++)
-		fds[s] = -1;
+	if (!ls)
+		fatalx("out of memory");
 	/* Unset the environment so that nothing evfdd starts inherits the activation. */
 	n = sd_listen_fds_with_names(1, &names);
 	if (n < 0) {
 		log_errx("socket activation: %s", strerror(-n));
 		n = 0;
 	}
+	ls->activated = calloc(n > 0 ? (size_t)n : 1, sizeof(*ls->activated));
+	if (!ls->activated)
+		fatalx("out of memory");
 	for (i = 0; i < n; i++) {
 		int fd = SD_LISTEN_FDS_START + i;
 		const char *name = names && names[i] ? names[i] : "unknown";
-		const struct evfdd_service *svc;
+		struct evfdd_listener *l;
+		size_t j;
 
 		if (!strcmp(name, CONTROL_FD_NAME)) {
 			*control_fd = fd;
 			continue;
 		}
-		svc = evfdd_config_service(cfg, name);
-		if (!svc) {
+		if (!evfdd_config_service(cfg, name)) {
 			log_errx("activated socket %d is named \"%s\" (FileDescriptorName=), which names no service in "
 				 "%s; add a [%s] section or rename the socket", fd, name, cfg->source, name);
 			errors++;
 			close(fd);
 			continue;
 		}
-		s = (size_t)(svc - cfg->services);
-		if (fds[s] >= 0) {
+		for (j = 0; j < ls->nactivated; j++)
+			if (!strcmp(ls->activated[j]->name, name))
+				break;
+		if (j < ls->nactivated) {
 			log_errx("[%s] several activated sockets carry this name; use one ListenStream= per name",
 				 name);
 			errors++;
@@ -126,37 +185,119 @@ int evfdd_listen_setup(const struct evfdd_config *cfg, int *fds, int *control_fd
 		}
 		/* The same reason as for self-bound listeners: accept by polling, never -EAGAIN. */
 		(void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-		fds[s] = fd;
+		l = listener_new(fd);
+		if (!l || !(l->name = strdup(name)))
+			fatalx("out of memory");
+		l->activated = true;
+		ls->activated[ls->nactivated++] = l;
 		log_info("[%s] using activated socket %d", name, fd);
 	}
 	for (i = 0; names && i < n; i++)
 		free(names[i]);
 	free(names);
+	if (errors) {
+		evfdd_listen_free(ls);
+		return -1;
+	}
+	*out = ls;
+	return 0;
+}
 
+int evfdd_listen_prepare(struct evfdd_listen *ls, const struct evfdd_config *cfg, struct evfdd_listener **out,
+			 char *err, size_t errlen)
+{
+	int errors = 0;
+	size_t s, j;
+
+	if (errlen)
+		err[0] = 0;
+	for (s = 0; s < cfg->nservices; s++)
+		out[s] = NULL;
 	for (s = 0; s < cfg->nservices; s++) {
 		const struct evfdd_service *svc = &cfg->services[s];
+		struct evfdd_endpoint_key key;
+		int fd;
 
-		if (fds[s] >= 0)
+		for (j = 0; j < ls->nactivated && !out[s]; j++)
+			if (!strcmp(ls->activated[j]->name, svc->name)) {
+				out[s] = evfdd_listener_ref(ls->activated[j]);
+			}
+		if (out[s])
 			continue;
 		if (svc->listen.kind == EVFDD_ENDPOINT_NONE) {
 			log_errx("[%s] has no activated socket named \"%s\" and no listen address (%s line %u); add "
 				 "listen = HOST:PORT or a socket unit with FileDescriptorName=%s", svc->name, svc->name,
 				 cfg->source, svc->line, svc->name);
-			errors++;
+			if (!errors++ && errlen)
+				snprintf(err, errlen, "%s:%u: [%s] has no activated socket and no listen address",
+					 cfg->source, svc->line, svc->name);
 			continue;
 		}
-		fds[s] = listen_bind(svc);
-		if (fds[s] < 0)
-			errors++;
-		else
-			log_info("[%s] listening on %s", svc->name, svc->listen.text);
+		key_of(svc, &key);
+		for (j = 0; j < ls->ncur && !out[s]; j++)
+			if (!ls->cur[j]->activated && key_equal(&ls->cur[j]->key, &key)) {
+				/* Same address: keep the socket and its queue; apply the backlog and mode. */
+				out[s] = evfdd_listener_ref(ls->cur[j]);
+				if (listen(out[s]->fd, svc->backlog) < 0)
+					log_warn("[%s] listen %s: listen(backlog %d)", svc->name, svc->listen.text,
+						 svc->backlog);
+				if (key.kind == EVFDD_ENDPOINT_UNIX &&
+				    chmod(key.addr.u.un.sun_path, svc->socket_mode) < 0)
+					log_warn("[%s] listen %s: chmod %o", svc->name, svc->listen.text,
+						 (unsigned)svc->socket_mode);
+			}
+		/* Two services of one configuration on one address fail to bind below, as they should. */
+		if (out[s])
+			continue;
+		fd = listen_bind(svc);
+		if (fd < 0) {
+			if (!errors++ && errlen)
+				snprintf(err, errlen, "%s:%u: [%s] listen %s: cannot bind: %s", cfg->source, svc->line,
+					 svc->name, svc->listen.text, strerror(errno));
+			continue;
+		}
+		out[s] = listener_new(fd);
+		if (!out[s])
+			fatalx("out of memory");
+		out[s]->key = key;
+		log_info("[%s] listening on %s", svc->name, svc->listen.text);
 	}
 	if (!errors)
 		return 0;
-	for (s = 0; s < cfg->nservices; s++)
-		if (fds[s] >= 0) {
-			close(fds[s]);
-			fds[s] = -1;
-		}
+	for (s = 0; s < cfg->nservices; s++) {
+		evfdd_listener_unref(out[s]);
+		out[s] = NULL;
+	}
 	return -1;
+}
+
+void evfdd_listen_commit(struct evfdd_listen *ls, struct evfdd_listener *const *lsts, size_t n)
+{
+	struct evfdd_listener **cur = calloc(n ? n : 1, sizeof(*cur));
+	size_t i;
+
+	if (!cur)
+		fatalx("out of memory");
+	for (i = 0; i < n; i++)
+		cur[i] = evfdd_listener_ref(lsts[i]);
+	for (i = 0; i < ls->ncur; i++)
+		evfdd_listener_unref(ls->cur[i]);
+	free(ls->cur);
+	ls->cur = cur;
+	ls->ncur = n;
+}
+
+void evfdd_listen_free(struct evfdd_listen *ls)
+{
+	size_t i;
+
+	if (!ls)
+		return;
+	for (i = 0; i < ls->ncur; i++)
+		evfdd_listener_unref(ls->cur[i]);
+	for (i = 0; i < ls->nactivated; i++)
+		evfdd_listener_unref(ls->activated[i]);
+	free(ls->cur);
+	free(ls->activated);
+	free(ls);
 }

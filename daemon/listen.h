@@ -1,14 +1,47 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* Listening sockets: taken from systemd socket activation by FileDescriptorName=, or bound by evfdd. */
+/* Listening sockets: taken from systemd socket activation by FileDescriptorName=, or bound by evfdd. The set
+ * lives on the main thread and changes with each reload: a listener whose address stays is kept (its queue
+ * of pending connections is never dropped), a new address is bound, a listener no longer used is closed
+ * once the last ring has stopped accepting on it. */
 #ifndef EVFDD_LISTEN_H
 #define EVFDD_LISTEN_H
 
+#include <stdatomic.h>
 #include "config.h"
 
-/* One listening socket per service of @cfg, in service order, in @fds (nservices entries; -1 where none).
- * @control_fd receives an activated fd named "control", or -1. Returns 0, or -1 after logging every problem
- * (an activated fd naming no service, a service with neither an activated socket nor a listen address, a
- * bind failure), with every fd it opened closed again. Activated fds not used are closed too. */
-int evfdd_listen_setup(const struct evfdd_config *cfg, int *fds, int *control_fd);
+/* One listening socket, shared by every ring that accepts on it. The fd closes with the last reference,
+ * except an activated socket's, which belongs to systemd and stays open for the daemon's lifetime. */
+struct evfdd_listener {
+	atomic_uint refs;
+	int fd;
+	bool activated;
+	char *name;                      /* FileDescriptorName= of an activated socket */
+	struct evfdd_endpoint_key {      /* what a self-bound socket is bound to */
+		enum evfdd_endpoint_kind kind;
+		struct evfdd_sockaddr addr;
+		bool v6only;
+	} key;
+};
+
+struct evfdd_listener *evfdd_listener_ref(struct evfdd_listener *l);
+void evfdd_listener_unref(struct evfdd_listener *l);   /* any thread */
+
+struct evfdd_listen;
+
+/* Take systemd's activated sockets (LISTEN_FDS), checking them against @cfg: a socket naming no service is
+ * an error. @control_fd receives an activated fd named "control", or -1. Returns 0, or -1 after logging. */
+int evfdd_listen_new(struct evfdd_listen **out, const struct evfdd_config *cfg, int *control_fd);
+
+/* The listeners @cfg's services need, in service order, one reference each in @out: the activated socket
+ * named after the service, else the current listener on the same address, else a socket bound now. Changes
+ * nothing on failure: returns -1 after logging every problem, the first also written to @err. */
+int evfdd_listen_prepare(struct evfdd_listen *ls, const struct evfdd_config *cfg, struct evfdd_listener **out,
+			 char *err, size_t errlen);
+
+/* Make @lsts (as returned by evfdd_listen_prepare, @n of them) the current set; takes references of its
+ * own, drops those of listeners no longer used. */
+void evfdd_listen_commit(struct evfdd_listen *ls, struct evfdd_listener *const *lsts, size_t n);
+
+void evfdd_listen_free(struct evfdd_listen *ls);
 
 #endif

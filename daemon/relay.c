@@ -17,6 +17,7 @@
 #define RELAY_BGID 1
 #define TICK_MS 1000
 #define ACCEPT_RETRY_MS 100
+#define BALANCE_PAUSE_MS 2
 
 enum half_state { H_IDLE, H_RECV, H_SEND, H_WAITBUF, H_DONE };
 
@@ -32,11 +33,16 @@ struct half {
 	struct half *wnext;              /* waiting for a buffer */
 };
 
+/* Accepting on one service's listener. Lives while it accepts or has connections: a reload that drops its
+ * service retires it (no more accepting, the listener reference goes at once) and the connections finish. */
 struct acceptor {
 	struct evfdd_relay *rl;
+	struct acceptor *next;
 	struct evfdd_svc *svc;
-	struct evfd_op *op;
-	bool armed;
+	struct evfdd_listener *lst;      /* NULL once retired and nothing is in flight on it */
+	struct evfd_op *op, *retry_op;
+	bool armed, retrying, retired;
+	bool out_of_fds;                 /* a backend socket failed with EMFILE/ENFILE: pause accepting */
 	struct __kernel_timespec retry_ts;
 	struct conn *lru_head, *lru_tail;   /* oldest activity first */
 };
@@ -61,10 +67,12 @@ struct evfdd_relay {
 	unsigned char *pool;
 	unsigned nbufs, bufsz, mask;
 	struct half *wait_head, *wait_tail;
-	struct acceptor *acc;
-	unsigned nacc;
+	struct acceptor *accs;
 	unsigned pending;                /* relay-level requests in flight (accepts, ticks) */
 	unsigned nconns;
+	atomic_uint *nconns_pub;
+	struct evfdd_relay_balance *balance;
+	bool counted;                    /* in balance->accepting */
 	struct evfd_op *tick_op;
 	struct __kernel_timespec tick_ts;
 	bool stopping;
@@ -89,16 +97,45 @@ struct evfdd_svc *evfdd_svc_ref(struct evfdd_svc *s)
 
 void evfdd_svc_unref(struct evfdd_svc *s)
 {
-	if (atomic_fetch_sub(&s->refs, 1) == 1) {
-		if (s->listen_fd >= 0)
-			close(s->listen_fd);
+	if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
 		free(s->backends);
-		log_ratelimit_destroy(&s->connect_rl);
-		log_ratelimit_destroy(&s->accept_rl);
-		log_ratelimit_destroy(&s->limit_rl);
+		free(s->listen_text);
+		free(s->forward_text);
+		evfdd_svc_stats_unref(s->st);
 		free(s);
 	}
 }
+
+struct evfdd_svc_stats *evfdd_svc_stats_new(void)
+{
+	struct evfdd_svc_stats *st = calloc(1, sizeof(*st));
+
+	if (!st)
+		return NULL;
+	atomic_init(&st->refs, 1);
+	log_ratelimit_init(&st->connect_rl, 10000, 5);
+	log_ratelimit_init(&st->accept_rl, 10000, 5);
+	log_ratelimit_init(&st->limit_rl, 10000, 5);
+	return st;
+}
+
+struct evfdd_svc_stats *evfdd_svc_stats_ref(struct evfdd_svc_stats *st)
+{
+	atomic_fetch_add(&st->refs, 1);
+	return st;
+}
+
+void evfdd_svc_stats_unref(struct evfdd_svc_stats *st)
+{
+	if (st && atomic_fetch_sub(&st->refs, 1) == 1) {
+		log_ratelimit_destroy(&st->connect_rl);
+		log_ratelimit_destroy(&st->accept_rl);
+		log_ratelimit_destroy(&st->limit_rl);
+		free(st);
+	}
+}
+
+static void acceptor_maybe_free(struct acceptor *a);
 
 static void relay_maybe_done(struct evfdd_relay *rl)
 {
@@ -164,15 +201,22 @@ static void conn_free(struct conn *c)
 {
 	struct evfdd_relay *rl = c->acc->rl;
 
+	struct acceptor *a = c->acc;
+
 	lru_unlink(c);
 	if (c->cfd >= 0)
 		close(c->cfd);
 	if (c->bfd >= 0)
 		close(c->bfd);
-	atomic_fetch_sub(&c->svc->open, 1);
+	atomic_fetch_sub(&c->svc->st->open, 1);
 	evfdd_svc_unref(c->svc);
 	free(c);
 	rl->nconns--;
+	if (rl->nconns_pub)
+		atomic_store_explicit(rl->nconns_pub, rl->nconns, memory_order_relaxed);
+	if (rl->balance)
+		atomic_fetch_sub_explicit(&rl->balance->conns, 1, memory_order_relaxed);
+	acceptor_maybe_free(a);
 	relay_maybe_done(rl);
 }
 
@@ -209,7 +253,7 @@ static void conn_abort(struct conn *c)
 		return;
 	}
 	c->aborting = true;
-	atomic_fetch_add(&c->svc->aborted, 1);
+	atomic_fetch_add(&c->svc->st->aborted, 1);
 	if (c->connect_op)
 		(void)evfd_op_cancel(rl->ring, c->connect_op);
 	half_cancel(&c->up);
@@ -270,9 +314,9 @@ static void half_send_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe,
 		return;
 	}
 	if (h == &c->up)
-		atomic_fetch_add_explicit(&c->svc->bytes_up, (uint64_t)cqe->res, memory_order_relaxed);
+		atomic_fetch_add_explicit(&c->svc->st->bytes_up, (uint64_t)cqe->res, memory_order_relaxed);
 	else
-		atomic_fetch_add_explicit(&c->svc->bytes_down, (uint64_t)cqe->res, memory_order_relaxed);
+		atomic_fetch_add_explicit(&c->svc->st->bytes_down, (uint64_t)cqe->res, memory_order_relaxed);
 	h->off += (unsigned)cqe->res;
 	conn_touch(c);
 	if (h->off < h->len) {
@@ -404,8 +448,8 @@ static void connect_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, v
 		conn_connect(c);
 		return;
 	}
-	atomic_fetch_add(&c->svc->connect_errors, 1);
-	if (log_ratelimit(&c->svc->connect_rl, &missed))
+	atomic_fetch_add(&c->svc->st->connect_errors, 1);
+	if (log_ratelimit(&c->svc->st->connect_rl, &missed))
 		log_warnx("[%s] backend connect failed: %s; closing the client (%lu similar messages suppressed)",
 			  c->svc->name, cqe->res == -ECANCELED ? "timed out" : strerror(-cqe->res), missed);
 	c->up.state = c->down.state = H_DONE;
@@ -428,8 +472,19 @@ static void conn_connect(struct conn *c)
 
 	c->bfd = socket(b->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c->bfd < 0) {
-		log_warn("[%s] backend socket", c->svc->name);
-		atomic_fetch_add(&c->svc->connect_errors, 1);
+		unsigned long missed = 0;
+
+		if (errno == EMFILE || errno == ENFILE) {
+			/* Accepting more would only fail the same way: pause, as for accept's EMFILE. */
+			c->acc->out_of_fds = true;
+			if (log_ratelimit(&c->svc->st->accept_rl, &missed))
+				log_warn("[%s] backend socket; closing the client and pausing accepts for %d ms, open "
+					 "connections carry on; raise LimitNOFILE= or ulimit -n (%lu similar messages "
+					 "suppressed)", c->svc->name, ACCEPT_RETRY_MS, missed);
+		} else if (log_ratelimit(&c->svc->st->connect_rl, &missed)) {
+			log_warn("[%s] backend socket (%lu similar messages suppressed)", c->svc->name, missed);
+		}
+		atomic_fetch_add(&c->svc->st->connect_errors, 1);
 		c->up.state = c->down.state = H_DONE;
 		conn_abort(c);
 		return;
@@ -461,9 +516,9 @@ static void conn_new(struct acceptor *a, int fd)
 
 	unsigned long missed = 0;
 
-	if (atomic_load(&svc->open) >= svc->max_connections) {
-		atomic_fetch_add(&svc->refused, 1);
-		if (log_ratelimit(&svc->limit_rl, &missed))
+	if (atomic_load(&svc->st->open) >= svc->max_connections) {
+		atomic_fetch_add(&svc->st->refused, 1);
+		if (log_ratelimit(&svc->st->limit_rl, &missed))
 			log_warnx("[%s] max_connections (%u) reached; closing a new connection (%lu similar "
 				  "messages suppressed)", svc->name, svc->max_connections, missed);
 		close(fd);
@@ -475,8 +530,8 @@ static void conn_new(struct acceptor *a, int fd)
 		close(fd);
 		return;
 	}
-	atomic_fetch_add(&svc->open, 1);
-	atomic_fetch_add(&svc->total, 1);
+	atomic_fetch_add(&svc->st->open, 1);
+	atomic_fetch_add(&svc->st->total, 1);
 	c->acc = a;
 	c->svc = evfdd_svc_ref(svc);
 	c->cfd = fd;
@@ -485,6 +540,10 @@ static void conn_new(struct acceptor *a, int fd)
 	c->up.from = fd;
 	c->down.to = fd;
 	a->rl->nconns++;
+	if (a->rl->nconns_pub)
+		atomic_store_explicit(a->rl->nconns_pub, a->rl->nconns, memory_order_relaxed);
+	if (a->rl->balance)
+		atomic_fetch_add_explicit(&a->rl->balance->conns, 1, memory_order_relaxed);
 	c->last_ns = now_ns();
 	lru_append(c);
 	if (svc->tcp_nodelay)
@@ -502,14 +561,56 @@ static void conn_new(struct acceptor *a, int fd)
 
 static void acceptor_arm(struct acceptor *a);
 
+/* A retired acceptor gives its listener back as soon as nothing of it is in flight (so that a listener no
+ * longer configured closes at once), and goes itself when its last connection does. */
+static void acceptor_maybe_free(struct acceptor *a)
+{
+	struct evfdd_relay *rl = a->rl;
+	struct acceptor **p;
+
+	if (!a->retired && !rl->stopping)
+		return;
+	if (a->armed || a->retrying)
+		return;
+	evfdd_listener_unref(a->lst);
+	a->lst = NULL;
+	if (!a->retired || a->lru_head)
+		return;
+	for (p = &rl->accs; *p != a; p = &(*p)->next)
+		;
+	*p = a->next;
+	evfdd_svc_unref(a->svc);
+	free(a);
+}
+
+/* Whether this ring holds clearly more than its share of the connections (an eighth above the average, and
+ * a few more so that small numbers do not flap). Whichever ring sits at or below the average keeps
+ * accepting, so a pause never leaves a listener unserved. */
+static bool relay_overloaded(const struct evfdd_relay *rl)
+{
+	unsigned rings, avg;
+
+	if (!rl->balance)
+		return false;
+	rings = atomic_load_explicit(&rl->balance->accepting, memory_order_relaxed);
+	if (rings < 2)
+		return false;
+	avg = atomic_load_explicit(&rl->balance->conns, memory_order_relaxed) / rings;
+	return rl->nconns > avg + avg / 8 + 2;
+}
+
 static void accept_retry_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
 {
 	struct acceptor *a = arg;
+	struct evfdd_relay *rl = a->rl;
 
-	a->rl->pending--;
-	if (!a->rl->stopping)
+	rl->pending--;
+	a->retrying = false;
+	a->retry_op = NULL;
+	if (!rl->stopping && !a->retired)
 		acceptor_arm(a);
-	relay_maybe_done(a->rl);
+	acceptor_maybe_free(a);
+	relay_maybe_done(rl);
 }
 
 static void accept_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
@@ -519,22 +620,25 @@ static void accept_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, vo
 	struct io_uring_sqe sqe = { 0 };
 	unsigned long missed = 0;
 
+	rl->pending--;
+	a->armed = false;
+	a->op = NULL;
 	if (cqe->res >= 0) {
 		if (rl->stopping)
 			close(cqe->res);
 		else
-			conn_new(a, cqe->res);
+			conn_new(a, cqe->res);   /* also when retired: the kernel handed it over, serve it */
 	}
-	if (cqe->flags & IORING_CQE_F_MORE)
-		return;
-	rl->pending--;
-	a->armed = false;
-	a->op = NULL;
-	if (rl->stopping || cqe->res == -ECANCELED) {
+	if (rl->stopping || a->retired || cqe->res == -ECANCELED) {
+		acceptor_maybe_free(a);
 		relay_maybe_done(rl);
 		return;
 	}
-	if (cqe->res < 0 && log_ratelimit(&a->svc->accept_rl, &missed)) {
+	if (cqe->res >= 0 && !a->out_of_fds && !relay_overloaded(rl)) {
+		acceptor_arm(a);
+		return;
+	}
+	if (cqe->res < 0 && log_ratelimit(&a->svc->st->accept_rl, &missed)) {
 		if (cqe->res == -EMFILE || cqe->res == -ENFILE)
 			log_warnx("[%s] accept: %s; pausing accepts for %d ms, open connections carry on; raise "
 				  "LimitNOFILE= or ulimit -n (%lu similar messages suppressed)", a->svc->name,
@@ -543,12 +647,15 @@ static void accept_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, vo
 			log_warnx("[%s] accept: %s; retrying in %d ms (%lu similar messages suppressed)",
 				  a->svc->name, strerror(-cqe->res), ACCEPT_RETRY_MS, missed);
 	}
-	/* The multishot accept ended (an error, or the kernel's own limit): accept again shortly. */
+	/* Accept again shortly: after an error, or after a pause that lets the other rings take the next
+	 * connections. */
 	a->retry_ts.tv_sec = 0;
-	a->retry_ts.tv_nsec = (cqe->res < 0 ? ACCEPT_RETRY_MS : 0) * 1000000LL;
+	a->retry_ts.tv_nsec = (cqe->res < 0 || a->out_of_fds ? ACCEPT_RETRY_MS : BALANCE_PAUSE_MS) * 1000000LL;
+	a->out_of_fds = false;
 	io_uring_prep_timeout(&sqe, &a->retry_ts, 0, 0);
-	if (evfd_ring_submit(rl->ring, &sqe, accept_retry_cb, a, 0, NULL) == 0) {
+	if (evfd_ring_submit(rl->ring, &sqe, accept_retry_cb, a, 0, &a->retry_op) == 0) {
 		rl->pending++;
+		a->retrying = true;
 	}
 }
 
@@ -556,13 +663,44 @@ static void acceptor_arm(struct acceptor *a)
 {
 	struct io_uring_sqe sqe = { 0 };
 
-	io_uring_prep_multishot_accept(&sqe, a->svc->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+	/* Single-shot on purpose: the kernel wakes the first exclusive waiter on a listener, and a multishot
+	 * accept keeps its place at the head of the queue, so one ring would take every connection. A
+	 * single-shot accept re-armed after each connection queues up behind the other rings' accepts, which
+	 * spreads connections over the rings (and so over the loops). */
+	io_uring_prep_accept(&sqe, a->lst->fd, NULL, NULL, SOCK_CLOEXEC);
 	if (evfd_ring_submit(a->rl->ring, &sqe, accept_cb, a, 0, &a->op) == 0) {
 		a->rl->pending++;
 		a->armed = true;
 	} else {
 		log_warnx("[%s] cannot arm accept on a ring", a->svc->name);
 	}
+}
+
+/* Stop accepting: cancel the accept or the pending retry. */
+static void acceptor_quiet(struct acceptor *a)
+{
+	if (a->armed && a->op)
+		(void)evfd_op_cancel(a->rl->ring, a->op);
+	if (a->retrying && a->retry_op)
+		(void)evfd_op_cancel(a->rl->ring, a->retry_op);
+}
+
+static void acceptor_add(struct evfdd_relay *rl, struct evfdd_relay_service *rs)
+{
+	struct acceptor *a = calloc(1, sizeof(*a));
+
+	if (!a) {
+		log_warnx("[%s] out of memory: a ring does not accept on this service", rs->svc->name);
+		evfdd_svc_unref(rs->svc);
+		evfdd_listener_unref(rs->lst);
+		return;
+	}
+	a->rl = rl;
+	a->svc = rs->svc;
+	a->lst = rs->lst;
+	a->next = rl->accs;
+	rl->accs = a;
+	acceptor_arm(a);
 }
 
 /* ---- idle sweep ----------------------------------------------------------------------------------- */
@@ -573,15 +711,16 @@ static void tick_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void
 {
 	struct evfdd_relay *rl = arg;
 	uint64_t now = now_ns();
-	unsigned i;
+	struct acceptor *a, *anext;
 
 	rl->pending--;
 	rl->tick_op = NULL;
-	for (i = 0; i < rl->nacc && !rl->stopping; i++) {
-		struct acceptor *a = &rl->acc[i];
+	for (a = rl->accs; a && !rl->stopping; a = anext) {
 		uint64_t idle = (uint64_t)a->svc->idle_timeout_ms * 1000000u;
 		struct conn *c, *next;
 
+		/* Aborting a retired acceptor's last connection frees it. */
+		anext = a->next;
 		if (!idle)
 			continue;
 		for (c = a->lru_head; c && now - c->last_ns >= idle; c = next) {
@@ -608,29 +747,63 @@ static void tick_arm(struct evfdd_relay *rl)
 
 /* ---- setup ---------------------------------------------------------------------------------------- */
 
-int evfdd_relay_start(struct evfd_ring *ring, struct evfdd_svc *const *svcs, unsigned nsvcs,
-		      const struct evfdd_relay_params *p, struct evfdd_relay **out)
+const struct io_uring_restriction *evfdd_relay_restrictions(unsigned *n)
+{
+	/* Exactly what this file submits and registers; libevfd adds ASYNC_CANCEL and the eventfd. */
+#define OP(o) { .opcode = IORING_RESTRICTION_SQE_OP, .sqe_op = (o) }
+#define REG(o) { .opcode = IORING_RESTRICTION_REGISTER_OP, .register_op = (o) }
+	static const struct io_uring_restriction r[] = {
+		OP(IORING_OP_ACCEPT), OP(IORING_OP_CONNECT), OP(IORING_OP_LINK_TIMEOUT), OP(IORING_OP_RECV),
+		OP(IORING_OP_SEND), OP(IORING_OP_TIMEOUT),
+		REG(IORING_REGISTER_PBUF_RING), REG(IORING_UNREGISTER_PBUF_RING),
+		/* The flags a relay request may carry. */
+		{ .opcode = IORING_RESTRICTION_SQE_FLAGS_ALLOWED,
+		  .sqe_flags = IOSQE_IO_LINK | IOSQE_BUFFER_SELECT },
+	};
+#undef OP
+#undef REG
+	*n = sizeof(r) / sizeof(r[0]);
+	return r;
+}
+
+static void services_drop(struct evfdd_relay_service *svcs, unsigned n)
+{
+	unsigned i;
+
+	for (i = 0; i < n; i++) {
+		evfdd_svc_unref(svcs[i].svc);
+		evfdd_listener_unref(svcs[i].lst);
+	}
+}
+
+int evfdd_relay_start(struct evfd_ring *ring, struct evfdd_relay_service *svcs, unsigned nsvcs,
+		      const struct evfdd_relay_params *p, atomic_uint *nconns, struct evfdd_relay **out)
 {
 	struct io_uring_buf_reg reg = { 0 };
-	struct evfdd_relay *rl;
+	struct evfdd_relay *rl = NULL;
 	unsigned i;
 	int err;
 
-	if (!p->buffers || (p->buffers & (p->buffers - 1)) || p->buffers > 32768 || !p->buffer_size)
-		return -EINVAL;
+	if (!p->buffers || (p->buffers & (p->buffers - 1)) || p->buffers > 32768 || !p->buffer_size) {
+		err = -EINVAL;
+		goto fail;
+	}
 	rl = calloc(1, sizeof(*rl));
-	if (!rl)
-		return -ENOMEM;
+	if (!rl) {
+		err = -ENOMEM;
+		goto fail;
+	}
 	rl->ring = ring;
 	rl->nbufs = p->buffers;
 	rl->bufsz = p->buffer_size;
+	rl->nconns_pub = nconns;
+	rl->balance = p->balance;
 	rl->mask = (unsigned)io_uring_buf_ring_mask(rl->nbufs);
 	err = -posix_memalign((void **)&rl->br, 4096, rl->nbufs * sizeof(struct io_uring_buf));
 	if (err)
 		goto fail;
 	rl->pool = malloc((size_t)rl->nbufs * rl->bufsz);
-	rl->acc = calloc(nsvcs ? nsvcs : 1, sizeof(*rl->acc));
-	if (!rl->pool || !rl->acc) {
+	if (!rl->pool) {
 		err = -ENOMEM;
 		goto fail;
 	}
@@ -644,36 +817,76 @@ int evfdd_relay_start(struct evfd_ring *ring, struct evfdd_svc *const *svcs, uns
 	for (i = 0; i < rl->nbufs; i++)
 		io_uring_buf_ring_add(rl->br, buf_addr(rl, i), rl->bufsz, (unsigned short)i, rl->mask, (int)i);
 	io_uring_buf_ring_advance(rl->br, (int)rl->nbufs);
-	rl->nacc = nsvcs;
-	for (i = 0; i < nsvcs; i++) {
-		rl->acc[i].rl = rl;
-		rl->acc[i].svc = evfdd_svc_ref(svcs[i]);
-		acceptor_arm(&rl->acc[i]);
-	}
+	for (i = 0; i < nsvcs; i++)
+		acceptor_add(rl, &svcs[i]);
 	tick_arm(rl);
+	if (rl->balance) {
+		atomic_fetch_add(&rl->balance->accepting, 1);
+		rl->counted = true;
+	}
 	*out = rl;
 	return 0;
 fail:
-	free(rl->acc);
-	free(rl->pool);
-	free(rl->br);
-	free(rl);
+	services_drop(svcs, nsvcs);
+	if (rl) {
+		free(rl->pool);
+		free(rl->br);
+		free(rl);
+	}
 	return err;
+}
+
+void evfdd_relay_update(struct evfdd_relay *rl, struct evfdd_relay_service *svcs, unsigned nsvcs)
+{
+	struct acceptor *a, *next, *old;
+	unsigned i;
+
+	if (rl->stopping) {
+		services_drop(svcs, nsvcs);
+		return;
+	}
+	old = rl->accs;
+	for (i = 0; i < nsvcs; i++) {
+		for (a = old; a; a = a->next)
+			if (!a->retired && a->svc == svcs[i].svc)
+				break;
+		if (a) {   /* unchanged: keep accepting as before */
+			services_drop(&svcs[i], 1);   /* the pointer still names it below */
+			continue;
+		}
+		acceptor_add(rl, &svcs[i]);
+	}
+	/* New acceptors sit in front of @old: retire what the new list no longer names. */
+	for (a = old; a; a = next) {
+		next = a->next;
+		if (a->retired)
+			continue;
+		for (i = 0; i < nsvcs; i++)
+			if (svcs[i].svc == a->svc)
+				break;
+		if (i < nsvcs)
+			continue;
+		a->retired = true;
+		acceptor_quiet(a);
+		acceptor_maybe_free(a);
+	}
 }
 
 void evfdd_relay_stop(struct evfdd_relay *rl, bool abort, void (*done)(struct evfdd_relay *, void *), void *arg)
 {
-	unsigned i;
+	struct acceptor *a, *anext;
 
+	if (rl->counted) {
+		atomic_fetch_sub(&rl->balance->accepting, 1);
+		rl->counted = false;
+	}
 	rl->stopping = true;
 	rl->in_stop = true;
 	rl->done = done;
 	rl->done_arg = arg;
-	for (i = 0; i < rl->nacc; i++) {
-		struct acceptor *a = &rl->acc[i];
-
-		if (a->armed && a->op)
-			(void)evfd_op_cancel(rl->ring, a->op);
+	for (a = rl->accs; a; a = anext) {
+		anext = a->next;   /* a retired acceptor goes with its last connection */
+		acceptor_quiet(a);
 		if (abort) {
 			struct conn *c, *next;
 
@@ -691,14 +904,17 @@ void evfdd_relay_stop(struct evfdd_relay *rl, bool abort, void (*done)(struct ev
 
 void evfdd_relay_free(struct evfdd_relay *rl)
 {
-	unsigned i;
+	struct acceptor *a, *next;
 
 	if (!rl)
 		return;
 	(void)io_uring_unregister_buf_ring(evfd_ring_uring(rl->ring), RELAY_BGID);
-	for (i = 0; i < rl->nacc; i++)
-		evfdd_svc_unref(rl->acc[i].svc);
-	free(rl->acc);
+	for (a = rl->accs; a; a = next) {
+		next = a->next;
+		evfdd_listener_unref(a->lst);
+		evfdd_svc_unref(a->svc);
+		free(a);
+	}
 	free(rl->pool);
 	free(rl->br);
 	free(rl);

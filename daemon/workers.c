@@ -1,112 +1,240 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Worker loops and rings. The main thread keeps the plan: which loop each ring is on or headed for, and the
+ * state of each. Owner threads run the relays and report back through the main loop's inbox, so no lock is
+ * needed: main-thread fields are touched on the main thread only, relay pointers on the owner thread only.
+ *
+ * New rings are created on the main loop (so that undoing a failed apply is synchronous), then moved to
+ * their loop; a relay call queued after the move follows the ring there.
+ */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 #include "log.h"
 #include "workers.h"
 
+enum ring_state {
+	R_STARTING,   /* created, relay not yet started */
+	R_RUNNING,    /* accepting */
+	R_DRAINING,   /* no longer accepting; goes when its connections end */
+	R_CLOSING,    /* relay stopped, ring being freed: the main thread never names the ring again */
+};
+
+struct loop_slot {
+	struct evfdd_workers *w;
+	struct evfd_loop *loop;
+	unsigned id;
+	char name[16];
+	atomic_int tid;
+	bool retiring, retire_sent;
+	struct loop_slot *successor;     /* a retiring loop's rings end up there */
+	unsigned nrings;                 /* rings placed here, in every state */
+	uint64_t hb_sent, hb_acked;
+};
+
 struct ring_slot {
 	struct evfdd_workers *w;
+	unsigned id;
 	struct evfd_ring *ring;
 	struct evfdd_relay *relay;       /* owner thread only */
-	bool stopped;                    /* main thread only: relay stopped, ring being freed; hands off */
-	bool gone;                       /* main thread only */
+	struct loop_slot *loop;          /* main: where it is or is headed; NULL on the main loop */
+	enum ring_state state;           /* main */
+	bool moving;                     /* main */
+	bool in_apply;                   /* main: counted in the apply's pending work */
+	atomic_uint nconns;
 };
 
 struct evfdd_workers {
 	struct evfd_loop *main;
-	struct evfd_loop **loops;
-	unsigned nloops;
-	struct ring_slot *slots;
-	unsigned nrings, started, gone;
-	struct evfdd_svc *const *svcs;
-	unsigned nsvcs;
-	struct evfdd_workers_params p;
-	int start_err;
-	bool ready_sent;
-	void (*done)(void *arg);
-	void *done_arg;
+	struct evfdd_relay_params relay;
+	struct evfdd_relay_balance balance;
+	struct loop_slot **loops;
+	size_t nloops, loops_cap;
+	struct ring_slot **rings;
+	size_t nrings, rings_cap;
+	unsigned next_ring_id;
+	uint64_t hb_seq;
+	/* the apply in progress */
+	bool applying;
+	unsigned apply_pending;
+	int apply_err;
+	void (*apply_done)(void *arg, int err);
+	void *apply_arg;
+	unsigned moves;                  /* moves asked through evfdd_workers_move, unfinished */
+	/* stopping */
+	bool stopping;
+	void (*stop_done)(void *arg);
+	void *stop_arg;
 };
 
-/* ---- results travel back to the main loop --------------------------------------------------------- */
+/* ---- messages ------------------------------------------------------------------------------------- */
 
-struct report {
-	struct ring_slot *slot;
+struct msg {
+	struct evfdd_workers *w;
+	struct ring_slot *ring;
+	struct loop_slot *loop;
 	int err;
+	uint64_t seq;
+	unsigned id;
+	struct evfdd_relay_service *svcs;
+	unsigned nsvcs;
+	/* a move asked by evfdd_workers_move */
+	void (*move_done)(void *arg, unsigned from, unsigned to, uint64_t usec);
+	void *move_arg;
+	unsigned from;
+	uint64_t t0;
 };
 
-static void post_main(struct evfdd_workers *w, evfd_loop_fn fn, struct ring_slot *slot, int err)
+static struct msg *msg_new(struct evfdd_workers *w, struct ring_slot *ring)
 {
-	struct report *r = malloc(sizeof(*r));
+	struct msg *m = calloc(1, sizeof(*m));
 
-	if (!r)
-		fatalx("cannot report to the main loop: out of memory");
-	r->slot = slot;
-	r->err = err;
-	if (evfd_loop_call(w->main, fn, r) < 0)
+	if (!m)
+		fatalx("out of memory");
+	m->w = w;
+	m->ring = ring;
+	return m;
+}
+
+static void msg_free(struct msg *m)
+{
+	unsigned i;
+
+	for (i = 0; m->svcs && i < m->nsvcs; i++) {
+		evfdd_svc_unref(m->svcs[i].svc);
+		evfdd_listener_unref(m->svcs[i].lst);
+	}
+	free(m->svcs);
+	free(m);
+}
+
+/* A copy of @svcs with a reference of its own to each service and listener. */
+static void msg_set_services(struct msg *m, const struct evfdd_relay_service *svcs, unsigned n)
+{
+	unsigned i;
+
+	m->svcs = calloc(n ? n : 1, sizeof(*m->svcs));
+	if (!m->svcs)
+		fatalx("out of memory");
+	for (i = 0; i < n; i++) {
+		m->svcs[i].svc = evfdd_svc_ref(svcs[i].svc);
+		m->svcs[i].lst = evfdd_listener_ref(svcs[i].lst);
+	}
+	m->nsvcs = n;
+}
+
+static void post_main(struct msg *m, evfd_loop_fn fn)
+{
+	/* The main loop outlives every worker; only memory can fail, and then the plan is lost. */
+	if (evfd_loop_call(m->w->main, fn, m) < 0)
 		fatalx("cannot report to the main loop: out of memory");
 }
 
-static void started_on_main(struct evfd_loop *loop, void *arg)
+static uint64_t now_us(void)
 {
-	struct report *r = arg;
-	struct evfdd_workers *w = r->slot->w;
+	struct timespec ts;
 
-	if (r->err && !w->start_err)
-		w->start_err = r->err;
-	free(r);
-	if (++w->started == w->nrings && !w->ready_sent) {
-		w->ready_sent = true;
-		w->p.ready(w->p.arg, w->start_err);
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* ---- bookkeeping on the main thread --------------------------------------------------------------- */
+
+static void apply_step_done(struct evfdd_workers *w)
+{
+	if (--w->apply_pending || !w->applying)
+		return;
+	w->applying = false;
+	w->apply_done(w->apply_arg, w->apply_err);
+}
+
+static void ring_remove(struct evfdd_workers *w, struct ring_slot *slot)
+{
+	size_t i;
+
+	for (i = 0; i < w->nrings && w->rings[i] != slot; i++)
+		;
+	if (i == w->nrings)
+		return;
+	memmove(&w->rings[i], &w->rings[i + 1], (w->nrings - i - 1) * sizeof(*w->rings));
+	w->nrings--;
+	if (slot->loop)
+		slot->loop->nrings--;
+	free(slot);
+	if (!w->nrings && w->stopping && w->stop_done) {
+		void (*done)(void *) = w->stop_done;
+
+		w->stop_done = NULL;
+		done(w->stop_arg);
 	}
 }
 
-static void ring_free_on_owner(struct evfd_ring *ring, int err, void *arg);
-
-/* The relay has stopped: free its ring. From here on the main thread never names the ring again, so it
- * cannot race with the ring going away. */
-static void stopped_on_main(struct evfd_loop *loop, void *arg)
+static void loop_remove(struct evfdd_workers *w, struct loop_slot *ls)
 {
-	struct report *r = arg;
-	struct ring_slot *slot = r->slot;
+	size_t i;
 
-	free(r);
-	slot->stopped = true;
-	if (evfd_ring_call(slot->ring, ring_free_on_owner, slot) < 0)
-		fatalx("cannot reach a ring to free it");
+	for (i = 0; i < w->nloops && w->loops[i] != ls; i++)
+		;
+	if (i < w->nloops) {
+		memmove(&w->loops[i], &w->loops[i + 1], (w->nloops - i - 1) * sizeof(*w->loops));
+		w->nloops--;
+	}
+	free(ls);
 }
+
+static struct loop_slot *loop_by_id(const struct evfdd_workers *w, unsigned id)
+{
+	size_t i;
+
+	for (i = 0; i < w->nloops; i++)
+		if (w->loops[i]->id == id)
+			return w->loops[i];
+	return NULL;
+}
+
+static void *grow(void *arr, size_t *cap, size_t need, size_t size)
+{
+	void *p;
+	size_t n;
+
+	if (need <= *cap)
+		return arr;
+	n = *cap ? *cap * 2 : 8;
+	while (n < need)
+		n *= 2;
+	p = realloc(arr, n * size);
+	if (!p)
+		return NULL;
+	*cap = n;
+	return p;
+}
+
+/* ---- ring life on the owner thread, and the reports it sends ------------------------------------- */
+
+static void ring_free_on_owner(struct evfd_ring *ring, int err, void *arg);
 
 static void gone_on_main(struct evfd_loop *loop, void *arg)
 {
-	struct report *r = arg;
-	struct evfdd_workers *w = r->slot->w;
+	struct msg *m = arg;
 
-	r->slot->gone = true;
-	free(r);
-	if (++w->gone == w->nrings && w->done)
-		w->done(w->done_arg);
+	ring_remove(m->w, m->ring);
+	msg_free(m);
 }
 
-/* ---- on the ring's owner thread ------------------------------------------------------------------- */
-
-static void ring_start(struct evfd_ring *ring, int err, void *arg)
+/* The relay has stopped: free its ring. */
+static void stopped_on_main(struct evfd_loop *loop, void *arg)
 {
-	struct ring_slot *slot = arg;
-	struct evfdd_workers *w = slot->w;
+	struct msg *m = arg;
+	struct ring_slot *slot = m->ring;
 
-	if (!err)
-		err = evfdd_relay_start(ring, w->svcs, w->nsvcs, &w->p.relay, &slot->relay);
-	post_main(w, started_on_main, slot, err);
-}
-
-static void relay_stopped(struct evfdd_relay *rl, void *arg)
-{
-	struct ring_slot *slot = arg;
-
-	evfdd_relay_free(rl);
-	slot->relay = NULL;
-	post_main(slot->w, stopped_on_main, slot, 0);
+	msg_free(m);
+	slot->state = R_CLOSING;
+	if (evfd_ring_call(slot->ring, ring_free_on_owner, slot) < 0)
+		fatalx("cannot reach a ring to free it");
 }
 
 static void ring_free_on_owner(struct evfd_ring *ring, int err, void *arg)
@@ -116,129 +244,628 @@ static void ring_free_on_owner(struct evfd_ring *ring, int err, void *arg)
 	if (!err)
 		err = evfd_ring_free(ring);
 	if (err < 0)
-		log_errx("freeing a ring: %s", strerror(-err));
-	post_main(slot->w, gone_on_main, slot, 0);
+		log_errx("freeing ring %u: %s", slot->id, strerror(-err));
+	post_main(msg_new(slot->w, slot), gone_on_main);
+}
+
+static void relay_stopped(struct evfdd_relay *rl, void *arg)
+{
+	struct ring_slot *slot = arg;
+
+	evfdd_relay_free(rl);
+	slot->relay = NULL;
+	post_main(msg_new(slot->w, slot), stopped_on_main);
+}
+
+static void started_on_main(struct evfd_loop *loop, void *arg)
+{
+	struct msg *m = arg;
+	struct evfdd_workers *w = m->w;
+	struct ring_slot *slot = m->ring;
+
+	if (m->err) {
+		/* The owner freed the ring already. */
+		log_errx("ring %u: cannot start its relay: %s", slot->id, strerror(-m->err));
+		if (!w->apply_err)
+			w->apply_err = m->err;
+		ring_remove(w, slot);
+	} else if (slot->state == R_STARTING) {
+		slot->state = R_RUNNING;
+	}
+	msg_free(m);
+	apply_step_done(w);
+}
+
+static void ring_start(struct evfd_ring *ring, int err, void *arg)
+{
+	struct msg *m = arg;
+	struct ring_slot *slot = m->ring;
+
+	if (!err) {
+		err = evfdd_relay_start(ring, m->svcs, m->nsvcs, &slot->w->relay, &slot->nconns, &slot->relay);
+		free(m->svcs);   /* the relay took the references, also on failure */
+		m->svcs = NULL;
+		m->nsvcs = 0;
+		if (err < 0 && evfd_ring_free(ring) < 0)
+			log_errx("ring %u: cannot free it after a failed start", slot->id);
+	}
+	m->err = err;
+	post_main(m, started_on_main);
+}
+
+static void updated_on_main(struct evfd_loop *loop, void *arg)
+{
+	struct msg *m = arg;
+	struct evfdd_workers *w = m->w;
+
+	msg_free(m);
+	apply_step_done(w);
+}
+
+static void ring_update(struct evfd_ring *ring, int err, void *arg)
+{
+	struct msg *m = arg;
+	struct ring_slot *slot = m->ring;
+
+	if (!err && slot->relay) {
+		evfdd_relay_update(slot->relay, m->svcs, m->nsvcs);
+		free(m->svcs);   /* the references now belong to the relay */
+		m->svcs = NULL;
+		m->nsvcs = 0;
+	}
+	post_main(m, updated_on_main);
 }
 
 static void ring_stop(struct evfd_ring *ring, int err, void *arg)
 {
-	struct ring_slot *slot = arg;
+	struct msg *m = arg;
+	struct ring_slot *slot = m->ring;
+	bool abort = m->err;
 
-	if (err || !slot->relay)
-		return;
-	evfdd_relay_stop(slot->relay, false, relay_stopped, slot);
+	msg_free(m);
+	if (!err && slot->relay)
+		evfdd_relay_stop(slot->relay, abort, relay_stopped, slot);
 }
 
-static void ring_abort(struct evfd_ring *ring, int err, void *arg)
+static void moved_on_main(struct evfd_loop *loop, void *arg)
 {
-	struct ring_slot *slot = arg;
+	struct msg *m = arg;
+	struct evfdd_workers *w = m->w;
+	struct ring_slot *slot = m->ring;
 
-	if (err || !slot->relay)
-		return;
-	evfdd_relay_stop(slot->relay, true, relay_stopped, slot);
+	slot->moving = false;
+	if (m->move_done) {
+		w->moves--;
+		m->move_done(m->move_arg, m->from, slot->loop->id, now_us() - m->t0);
+	} else {
+		apply_step_done(w);
+	}
+	msg_free(m);
 }
 
-/* ---- main thread ---------------------------------------------------------------------------------- */
-
-static void workers_release(struct evfdd_workers *w)
+static void ring_moved(struct evfd_ring *ring, int err, void *arg)
 {
-	unsigned i;
+	struct msg *m = arg;
 
-	for (i = 0; i < w->nloops; i++)
-		if (w->loops[i] && evfd_loop_free(w->loops[i]) < 0)
-			log_errx("a worker loop is still busy at exit");
-	free(w->loops);
-	free(w->slots);
-	free(w);
+	if (err)
+		log_errx("ring %u: move failed: %s", m->ring->id, strerror(-err));
+	post_main(m, moved_on_main);
 }
 
-int evfdd_workers_start(struct evfdd_workers **out, const struct evfdd_workers_params *p,
-			struct evfdd_svc *const *svcs, unsigned nsvcs)
+/* Send @slot to @to (main thread). */
+static void ring_send(struct evfdd_workers *w, struct ring_slot *slot, struct loop_slot *to, struct msg *m)
 {
-	struct evfdd_workers *w;
-	char name[16];
-	unsigned i;
+	if (slot->loop)
+		slot->loop->nrings--;
+	slot->loop = to;
+	to->nrings++;
+	slot->moving = true;
+	if (evfd_ring_move(slot->ring, to->loop, ring_moved, m) < 0)
+		fatalx("cannot move ring %u: out of memory", slot->id);
+}
+
+static void ring_call_or_die(struct ring_slot *slot, evfd_move_cb fn, struct msg *m)
+{
+	if (evfd_ring_call(slot->ring, fn, m) < 0)
+		fatalx("cannot reach ring %u: out of memory", slot->id);
+}
+
+/* ---- loops ---------------------------------------------------------------------------------------- */
+
+static void tid_on_loop(struct evfd_loop *loop, void *arg)
+{
+	struct loop_slot *ls = arg;
+
+	atomic_store(&ls->tid, (int)syscall(SYS_gettid));
+}
+
+static void retired_on_main(struct evfd_loop *loop, void *arg)
+{
+	struct msg *m = arg;
+	struct evfdd_workers *w = m->w;
+	struct loop_slot *ls = m->loop;
+	size_t r;
+
+	/* libevfd handed whatever was still here (a ring being freed) to the successor. */
+	for (r = 0; r < w->nrings; r++)
+		if (w->rings[r]->loop == ls) {
+			w->rings[r]->loop = ls->successor;
+			ls->successor->nrings++;
+		}
+	/* Joins the thread: it has returned from ev_run, or is about to. */
+	if (evfd_loop_free(ls->loop) < 0)
+		log_errx("worker loop %u still busy after retiring; leaving it", ls->id);
+	loop_remove(w, ls);
+	msg_free(m);
+	apply_step_done(w);
+}
+
+static void retired_on_loop(struct evfd_loop *loop, void *arg)
+{
+	post_main(arg, retired_on_main);
+}
+
+static int loop_spawn(struct evfdd_workers *w, struct loop_slot **out)
+{
+	static unsigned serial;
+	struct loop_slot *ls = calloc(1, sizeof(*ls));
 	int err;
 
-	w = calloc(1, sizeof(*w));
+	if (!ls)
+		return -ENOMEM;
+	snprintf(ls->name, sizeof(ls->name), "evfdd-w%u", serial++ % 10000);
+	err = evfd_loop_spawn(&ls->loop, ls->name);
+	if (err < 0) {
+		free(ls);
+		return err;
+	}
+	ls->w = w;
+	ls->id = evfd_loop_id(ls->loop);
+	atomic_init(&ls->tid, 0);
+	ls->hb_sent = ls->hb_acked = w->hb_seq;
+	(void)evfd_loop_call(ls->loop, tid_on_loop, ls);
+	*out = ls;
+	return 0;
+}
+
+/* ---- apply ---------------------------------------------------------------------------------------- */
+
+static int ring_create(struct evfdd_workers *w, struct ring_slot **out)
+{
+	struct evfd_ring_params rp = { 0 };
+	struct ring_slot *slot = calloc(1, sizeof(*slot));
+	int err;
+
+	if (!slot)
+		return -ENOMEM;
+	rp.restrictions = evfdd_relay_restrictions(&rp.nr_restrictions);
+	err = evfd_ring_new(&slot->ring, w->main, &rp);
+	if (err < 0) {
+		free(slot);
+		return err;
+	}
+	slot->w = w;
+	slot->state = R_STARTING;
+	atomic_init(&slot->nconns, 0);
+	*out = slot;
+	return 0;
+}
+
+/* Spread the running rings evenly over the loops that stay, moving as few as possible; draining rings on
+ * retiring loops go to the least loaded. Returns the number of moves started. */
+static unsigned place_rings(struct evfdd_workers *w, struct loop_slot **stay, unsigned nstay,
+			    struct ring_slot **fresh, unsigned nfresh, const struct evfdd_relay_service *svcs,
+			    unsigned nsvcs)
+{
+	unsigned running = nfresh, i, j, moves = 0, *quota, *have;
+	size_t r;
+
+	for (r = 0; r < w->nrings; r++)
+		if (w->rings[r]->state == R_RUNNING)
+			running++;
+	quota = calloc(nstay, sizeof(*quota));
+	have = calloc(nstay, sizeof(*have));
+	if (!quota || !have)
+		fatalx("out of memory");
+	for (i = 0; i < nstay; i++)
+		for (r = 0; r < w->nrings; r++)
+			if (w->rings[r]->state == R_RUNNING && w->rings[r]->loop == stay[i])
+				have[i]++;
+	/* Loops that already hold more running rings get the remainder, so fewer rings move. */
+	for (i = 0; i < nstay; i++)
+		quota[i] = running / nstay;
+	for (j = 0; j < running % nstay; j++) {
+		unsigned best = nstay;
+
+		for (i = 0; i < nstay; i++)
+			if (quota[i] == running / nstay && (best == nstay || have[i] > have[best]))
+				best = i;
+		quota[best]++;
+	}
+	/* Keep what fits; everything else moves to loops under quota. */
+	memset(have, 0, nstay * sizeof(*have));
+	for (r = 0; r < w->nrings; r++) {
+		struct ring_slot *s = w->rings[r];
+
+		if (s->state != R_RUNNING)
+			continue;
+		for (i = 0; i < nstay && s->loop != stay[i]; i++)
+			;
+		if (i < nstay && have[i] < quota[i]) {
+			have[i]++;
+			continue;
+		}
+		for (i = 0; i < nstay && have[i] >= quota[i]; i++)
+			;
+		have[i]++;
+		s->in_apply = true;
+		ring_send(w, s, stay[i], msg_new(w, s));
+		moves++;
+	}
+	for (j = 0; j < nfresh; j++) {
+		struct ring_slot *s = fresh[j];
+		struct msg *m;
+
+		for (i = 0; i < nstay && have[i] >= quota[i]; i++)
+			;
+		have[i]++;
+		/* Moved first, then started where it lands: the start message follows the move. The move's
+		 * report counts as the start's, the start's own report arrives later. */
+		ring_send(w, s, stay[i], msg_new(w, s));
+		m = msg_new(w, s);
+		msg_set_services(m, svcs, nsvcs);
+		ring_call_or_die(s, ring_start, m);
+		moves += 2;
+	}
+	/* Draining rings left on retiring loops. */
+	for (r = 0; r < w->nrings; r++) {
+		struct ring_slot *s = w->rings[r];
+		unsigned best = 0;
+
+		if (s->state != R_DRAINING || !s->loop || !s->loop->retiring || s->moving)
+			continue;
+		for (i = 1; i < nstay; i++)
+			if (stay[i]->nrings < stay[best]->nrings)
+				best = i;
+		ring_send(w, s, stay[best], msg_new(w, s));
+		moves++;
+	}
+	free(quota);
+	free(have);
+	return moves;
+}
+
+int evfdd_workers_apply(struct evfdd_workers *w, unsigned loops, unsigned rings,
+			const struct evfdd_relay_service *svcs, unsigned nsvcs,
+			void (*done)(void *arg, int err), void *arg)
+{
+	struct loop_slot **fresh_loops = NULL, **stay = NULL;
+	struct ring_slot **fresh_rings = NULL;
+	unsigned nfresh_loops = 0, nfresh_rings = 0, have_loops = 0, have_rings = 0, nstay = 0, i;
+	int err = 0;
+	size_t r;
+
+	if (w->applying || w->moves)
+		return -EBUSY;
+	if (!loops || !rings || w->stopping)
+		return -EINVAL;
+	for (r = 0; r < w->nloops; r++)
+		have_loops += !w->loops[r]->retiring;
+	for (r = 0; r < w->nrings; r++)
+		have_rings += w->rings[r]->state == R_RUNNING;
+	fresh_loops = calloc(loops, sizeof(*fresh_loops));
+	fresh_rings = calloc(rings, sizeof(*fresh_rings));
+	stay = calloc(loops, sizeof(*stay));
+	if (!fresh_loops || !fresh_rings || !stay) {
+		err = -ENOMEM;
+		goto out;
+	}
+	/* Everything that can fail, first. */
+	for (i = have_loops; i < loops; i++) {
+		err = loop_spawn(w, &fresh_loops[nfresh_loops]);
+		if (err < 0)
+			goto undo;
+		nfresh_loops++;
+	}
+	for (i = have_rings; i < rings; i++) {
+		err = ring_create(w, &fresh_rings[nfresh_rings]);
+		if (err < 0)
+			goto undo;
+		nfresh_rings++;
+	}
+	w->loops = grow(w->loops, &w->loops_cap, w->nloops + nfresh_loops, sizeof(*w->loops));
+	w->rings = grow(w->rings, &w->rings_cap, w->nrings + nfresh_rings, sizeof(*w->rings));
+	if (!w->loops || !w->rings)
+		fatalx("out of memory");
+
+	/* Commit. */
+	w->applying = true;
+	w->apply_err = 0;
+	w->apply_done = done;
+	w->apply_arg = arg;
+	w->apply_pending = 1;   /* released at the end, so that nothing completes the apply half-way */
+	for (i = 0; i < nfresh_loops; i++)
+		w->loops[w->nloops++] = fresh_loops[i];
+	for (r = 0; r < w->nloops; r++) {
+		struct loop_slot *ls = w->loops[r];
+
+		if (ls->retiring)
+			continue;
+		if (nstay < loops)
+			stay[nstay++] = ls;
+		else
+			ls->retiring = true;
+	}
+	/* Surplus rings drain; the others accept on the new services. */
+	for (r = 0, i = 0; r < w->nrings; r++) {
+		struct ring_slot *s = w->rings[r];
+		struct msg *m;
+
+		if (s->state != R_RUNNING)
+			continue;
+		m = msg_new(w, s);
+		if (i++ >= rings) {
+			s->state = R_DRAINING;
+			ring_call_or_die(s, ring_stop, m);
+			continue;
+		}
+		msg_set_services(m, svcs, nsvcs);
+		ring_call_or_die(s, ring_update, m);
+		w->apply_pending++;
+	}
+	for (i = 0; i < nfresh_rings; i++) {
+		struct ring_slot *s = fresh_rings[i];
+
+		s->id = w->next_ring_id++;
+		w->rings[w->nrings++] = s;
+	}
+	w->apply_pending += place_rings(w, stay, nstay, fresh_rings, nfresh_rings, svcs, nsvcs);
+	/* Retire the surplus loops; their rings are on their way out already (moves queue ahead). */
+	for (r = 0; r < w->nloops; r++) {
+		struct loop_slot *ls = w->loops[r];
+		struct msg *m;
+
+		if (!ls->retiring || ls->retire_sent)
+			continue;
+		ls->retire_sent = true;
+		ls->successor = stay[0];
+		m = msg_new(w, NULL);
+		m->loop = ls;
+		if (evfd_loop_retire(ls->loop, stay[0]->loop, retired_on_loop, m) < 0)
+			fatalx("cannot retire worker loop %u", ls->id);
+		w->apply_pending++;
+	}
+	for (r = 0; r < w->nrings; r++)
+		w->rings[r]->in_apply = false;
+	apply_step_done(w);
+	goto out;
+undo:
+	for (i = 0; i < nfresh_rings; i++) {
+		if (evfd_ring_free(fresh_rings[i]->ring) < 0)
+			log_errx("cannot free a new ring after a failed apply");
+		free(fresh_rings[i]);
+	}
+	for (i = 0; i < nfresh_loops; i++) {
+		if (evfd_loop_free(fresh_loops[i]->loop) < 0)
+			log_errx("cannot free a new worker loop after a failed apply");
+		free(fresh_loops[i]);
+	}
+out:
+	free(fresh_loops);
+	free(fresh_rings);
+	free(stay);
+	return err;
+}
+
+bool evfdd_workers_busy(const struct evfdd_workers *w)
+{
+	return w->applying || w->moves;
+}
+
+int evfdd_workers_move(struct evfdd_workers *w, unsigned ring_id, unsigned loop_id,
+		       void (*done)(void *arg, unsigned from, unsigned to, uint64_t usec), void *arg)
+{
+	struct ring_slot *slot = NULL;
+	struct loop_slot *to;
+	struct msg *m;
+	size_t r;
+
+	for (r = 0; r < w->nrings; r++)
+		if (w->rings[r]->id == ring_id)
+			slot = w->rings[r];
+	if (!slot)
+		return -ENOENT;
+	to = loop_by_id(w, loop_id);
+	if (!to || to->retiring)
+		return -ESRCH;
+	if (w->applying || w->stopping || slot->moving || slot->state != R_RUNNING)
+		return -EBUSY;
+	m = msg_new(w, slot);
+	m->move_done = done;
+	m->move_arg = arg;
+	m->from = slot->loop ? slot->loop->id : 0;
+	m->t0 = now_us();
+	w->moves++;
+	ring_send(w, slot, to, m);
+	return 0;
+}
+
+/* ---- start, stop, free ---------------------------------------------------------------------------- */
+
+int evfdd_workers_new(struct evfdd_workers **out, const struct evfdd_relay_params *relay)
+{
+	struct evfdd_workers *w = calloc(1, sizeof(*w));
+
 	if (!w)
 		return -ENOMEM;
 	w->main = evfd_loop_current();
-	w->p = *p;
-	w->svcs = svcs;
-	w->nsvcs = nsvcs;
-	w->loops = calloc(p->loops, sizeof(*w->loops));
-	w->slots = calloc(p->rings, sizeof(*w->slots));
-	if (!w->loops || !w->slots) {
-		err = -ENOMEM;
-		goto fail;
-	}
-	for (i = 0; i < p->loops; i++) {
-		snprintf(name, sizeof(name), "evfdd-w%u", i % 10000);
-		err = evfd_loop_spawn(&w->loops[i], name);
-		if (err < 0)
-			goto fail;
-		w->nloops++;
-	}
-	for (i = 0; i < p->rings; i++) {
-		struct ring_slot *slot = &w->slots[i];
-
-		slot->w = w;
-		err = evfd_ring_new(&slot->ring, w->loops[i % w->nloops], NULL);
-		if (err < 0)
-			goto fail_rings;
-		w->nrings++;
-	}
-	/* Relays start on the owners; the adoption of each new ring is queued ahead of the call. */
-	for (i = 0; i < w->nrings; i++) {
-		err = evfd_ring_call(w->slots[i].ring, ring_start, &w->slots[i]);
-		if (err < 0)
-			fatalx("cannot start a relay: %s", strerror(-err));
-	}
+	w->relay = *relay;
+	w->relay.balance = &w->balance;
 	*out = w;
 	return 0;
-fail_rings:
-	/* Usually the first ring fails (io_uring unavailable) and nothing needs undoing. A later failure leaves
-	 * rings on running loops; the daemon exits on this error and the kernel reclaims them. */
-	if (w->nrings) {
-		*out = NULL;
-		return err;
-	}
-fail:
-	workers_release(w);
-	return err;
 }
 
 void evfdd_workers_stop(struct evfdd_workers *w, bool abort, void (*done)(void *arg), void *arg)
 {
-	unsigned i;
+	size_t r;
 
-	w->done = done;
-	w->done_arg = arg;
-	if (w->gone == w->nrings) {
+	w->stopping = true;
+	w->stop_done = done;
+	w->stop_arg = arg;
+	if (!w->nrings) {
+		w->stop_done = NULL;
 		done(arg);
 		return;
 	}
-	for (i = 0; i < w->nrings; i++) {
-		if (w->slots[i].stopped)
+	for (r = 0; r < w->nrings; r++) {
+		struct ring_slot *s = w->rings[r];
+		struct msg *m;
+
+		if (s->state == R_CLOSING || (s->state == R_DRAINING && !abort))
 			continue;
-		if (evfd_ring_call(w->slots[i].ring, abort ? ring_abort : ring_stop, &w->slots[i]) < 0)
-			fatalx("cannot reach a ring to stop it");
+		if (s->state == R_RUNNING)
+			s->state = R_DRAINING;
+		m = msg_new(w, s);
+		m->err = abort;
+		ring_call_or_die(s, ring_stop, m);
 	}
 }
 
 void evfdd_workers_free(struct evfdd_workers *w)
 {
-	if (w)
-		workers_release(w);
+	size_t i;
+
+	if (!w)
+		return;
+	for (i = 0; i < w->nloops; i++) {
+		if (evfd_loop_free(w->loops[i]->loop) < 0)
+			log_errx("worker loop %u is still busy at exit", w->loops[i]->id);
+		free(w->loops[i]);
+	}
+	for (i = 0; i < w->nrings; i++)
+		free(w->rings[i]);
+	free(w->loops);
+	free(w->rings);
+	free(w);
 }
 
-unsigned long evfdd_workers_loops(const struct evfdd_workers *w)
+/* ---- reading -------------------------------------------------------------------------------------- */
+
+unsigned evfdd_workers_loops(const struct evfdd_workers *w)
 {
-	return w->nloops;
+	unsigned n = 0;
+	size_t i;
+
+	for (i = 0; i < w->nloops; i++)
+		n += !w->loops[i]->retiring;
+	return n;
 }
 
-unsigned long evfdd_workers_rings(const struct evfdd_workers *w)
+unsigned evfdd_workers_rings(const struct evfdd_workers *w)
 {
-	return w->nrings;
+	unsigned n = 0;
+	size_t i;
+
+	for (i = 0; i < w->nrings; i++)
+		n += w->rings[i]->state == R_RUNNING || w->rings[i]->state == R_STARTING;
+	return n;
+}
+
+int evfdd_workers_loop_info(const struct evfdd_workers *w, struct evfdd_loop_info **out, size_t *n)
+{
+	struct evfdd_loop_info *v = calloc(w->nloops ? w->nloops : 1, sizeof(*v));
+	size_t i;
+
+	if (!v)
+		return -ENOMEM;
+	for (i = 0; i < w->nloops; i++) {
+		const struct loop_slot *ls = w->loops[i];
+
+		v[i].id = ls->id;
+		memcpy(v[i].name, ls->name, sizeof(v[i].name));
+		v[i].tid = atomic_load(&ls->tid);
+		v[i].retiring = ls->retiring;
+		v[i].rings = ls->nrings;
+		evfd_loop_stats(ls->loop, &v[i].st);
+	}
+	*out = v;
+	*n = w->nloops;
+	return 0;
+}
+
+int evfdd_workers_ring_info(const struct evfdd_workers *w, struct evfdd_ring_info **out, size_t *n)
+{
+	struct evfdd_ring_info *v = calloc(w->nrings ? w->nrings : 1, sizeof(*v));
+	size_t i;
+
+	if (!v)
+		return -ENOMEM;
+	for (i = 0; i < w->nrings; i++) {
+		struct ring_slot *s = w->rings[i];
+
+		v[i].id = s->id;
+		v[i].connections = atomic_load_explicit(&s->nconns, memory_order_relaxed);
+		switch (s->state) {
+		case R_STARTING:
+			v[i].state = "starting";
+			break;
+		case R_RUNNING:
+			v[i].state = s->moving ? "moving" : "running";
+			break;
+		case R_DRAINING:
+			v[i].state = "draining";
+			break;
+		case R_CLOSING:
+			v[i].state = "closing";
+			break;
+		}
+		/* A closing ring may be gone already: only its slot is left to read. */
+		if (s->state != R_CLOSING)
+			evfd_ring_stats(s->ring, &v[i].st);
+		v[i].loop = s->state != R_CLOSING ? v[i].st.owner_id : (s->loop ? s->loop->id : 0);
+	}
+	*out = v;
+	*n = w->nrings;
+	return 0;
+}
+
+/* ---- watchdog ------------------------------------------------------------------------------------- */
+
+static void hb_on_main(struct evfd_loop *loop, void *arg)
+{
+	struct msg *m = arg;
+	struct loop_slot *ls = loop_by_id(m->w, m->id);
+
+	if (ls && m->seq > ls->hb_acked)
+		ls->hb_acked = m->seq;
+	msg_free(m);
+}
+
+static void hb_on_loop(struct evfd_loop *loop, void *arg)
+{
+	post_main(arg, hb_on_main);
+}
+
+bool evfdd_workers_heartbeat(struct evfdd_workers *w)
+{
+	bool alive = true;
+	size_t i;
+
+	w->hb_seq++;
+	for (i = 0; i < w->nloops; i++) {
+		struct loop_slot *ls = w->loops[i];
+		struct msg *m;
+
+		if (ls->retiring)
+			continue;
+		if (ls->hb_acked < ls->hb_sent)
+			alive = false;
+		m = msg_new(w, NULL);
+		m->id = ls->id;
+		m->seq = w->hb_seq;
+		ls->hb_sent = w->hb_seq;
+		if (evfd_loop_call(ls->loop, hb_on_loop, m) < 0)
+			msg_free(m);
+	}
+	return alive;
 }

@@ -20,6 +20,9 @@ EVFDD = os.path.join(TOP_BUILDDIR, "daemon", "evfdd")
 NO_URING = os.path.join(TOP_BUILDDIR, "tests", "no-uring-exec")
 SCALE = max(1, int(os.environ.get("EVFD_TEST_SCALE", "1")))
 TMP = tempfile.mkdtemp(prefix="evfdd-test-")
+# Every evfdd serves a control socket, by default in $RUNTIME_DIRECTORY (or /run/evfdd for root): give the
+# daemons of this test their own, so that they never meet another test's (make check runs tests in parallel).
+os.environ["RUNTIME_DIRECTORY"] = TMP
 
 
 def fail(msg):
@@ -202,7 +205,8 @@ def case_unix():
 
 
 # systemd-socket-activate passes on only the environment it is told to: keep the sanitizers' settings.
-SA_ENV = [a for v in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS", "LD_LIBRARY_PATH") if v in os.environ
+SA_ENV = [a for v in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS", "LD_LIBRARY_PATH", "RUNTIME_DIRECTORY")
+          if v in os.environ
           for a in ("-E", v)]
 
 

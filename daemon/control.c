@@ -1,0 +1,448 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* evfdd's control socket: the Unix socket itself and the io.evfdd methods, mapped to the core's ops; the
+ * Varlink protocol is varlink.c's. See control.h. */
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include "control.h"
+#include "log.h"
+#include "varlink.h"
+/* static const char evfdd_varlink_interface[]: daemon/io.evfdd.varlink, made a C string at build time. */
+#include "io.evfdd.varlink.h"
+
+#define CONTROL_IFACE "io.evfdd"
+#define CONTROL_SOCKET_MODE 0660
+#define CONTROL_DIR_MODE 0755
+
+struct evfdd_control {
+	struct varlink_server *srv;
+	struct evfdd_control_ops ops;
+	void *arg;
+	struct varlink_interface iface;
+	struct varlink_server_params params;
+	/* The socket file we bound, to unlink at the end if it is still ours; NULL for an activated socket. */
+	char *path;
+	bool bound;
+	dev_t dev;
+	ino_t ino;
+	struct log_ratelimit denied_rl;
+};
+
+/* Create the directories above @path that are missing, and refuse a parent that another user owns: its
+ * owner could swap our socket for theirs. */
+static int control_make_parent(const char *path)
+{
+	char *dir = strdup(path), *p, *slash;
+	struct stat st;
+	int r = 0;
+
+	if (!dir) {
+		log_errx("control socket %s: out of memory", path);
+		return -ENOMEM;
+	}
+	slash = strrchr(dir, '/');
+	if (!slash || slash == dir)	/* in the current directory, or in / */
+		goto out;
+	*slash = '\0';
+	/* mkdir -p: every prefix that ends before a slash, then the whole. */
+	for (p = dir + 1;; p++) {
+		char end = *p;
+
+		if (end != '/' && end != '\0')
+			continue;
+		*p = '\0';
+		if (mkdir(dir, CONTROL_DIR_MODE) < 0 && errno != EEXIST) {
+			r = -errno;
+			log_err("control socket %s: cannot create the directory %s; create it or set another path "
+				"with control = in [evfdd]", path, dir);
+			goto out;
+		}
+		*p = end;
+		if (!end)
+			break;
+	}
+	if (stat(dir, &st) < 0) {
+		r = -errno;
+		log_err("control socket %s: %s", path, dir);
+	} else if (!S_ISDIR(st.st_mode)) {
+		r = -ENOTDIR;
+		log_errx("control socket %s: %s is not a directory; set another path with control = in [evfdd]",
+			 path, dir);
+	} else if (st.st_uid != 0 && st.st_uid != geteuid()) {
+		r = -EPERM;
+		log_errx("control socket %s: the directory %s belongs to uid %u, neither root nor evfdd's uid %u; "
+			 "remove it or set another path with control = in [evfdd]", path, dir, (unsigned)st.st_uid,
+			 (unsigned)geteuid());
+	}
+out:
+	free(dir);
+	return r;
+}
+
+/* A socket file at @path: 0 when nothing is there (any more), -EADDRINUSE when something answers. */
+static int control_clear_path(const char *path, const struct sockaddr_un *sun, socklen_t len)
+{
+	struct stat st;
+	int fd, r;
+
+	if (lstat(path, &st) < 0) {
+		if (errno == ENOENT)
+			return 0;
+		r = -errno;
+		log_err("control socket %s: lstat", path);
+		return r;
+	}
+	if (!S_ISSOCK(st.st_mode)) {
+		log_errx("control socket %s: the file exists and is not a socket; remove it or set another path "
+			 "with control = in [evfdd]", path);
+		return -EEXIST;
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0) {
+		r = -errno;
+		log_err("control socket %s: socket", path);
+		return r;
+	}
+	r = connect(fd, (const struct sockaddr *)sun, len) == 0 ? 0 : -errno;
+	close(fd);
+	if (r == -ECONNREFUSED) {
+		log_info("control socket %s: replacing a stale socket file", path);
+		if (unlink(path) < 0 && errno != ENOENT) {
+			r = -errno;
+			log_err("control socket %s: cannot remove the stale socket file", path);
+			return r;
+		}
+		return 0;
+	}
+	/* Connected, or busy (EAGAIN: its backlog is full): a live server. */
+	if (r == 0 || r == -EAGAIN) {
+		log_errx("control socket %s: another process answers there (another evfdd?); stop it, or give this "
+			 "one another path with control = in [evfdd]", path);
+		return -EADDRINUSE;
+	}
+	errno = -r;
+	log_err("control socket %s: cannot tell whether the socket file is in use", path);
+	return r;
+}
+
+/* Bind and listen on @path; the socket file gets mode 0660. Returns the fd or a negative errno. */
+static int control_bind(struct evfdd_control *c, const char *path)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	bool bound = false;
+	socklen_t len;
+	struct stat st;
+	int fd = -1, r;
+
+	if (strlen(path) >= sizeof(sun.sun_path)) {
+		log_errx("control socket %s: the path is longer than %zu bytes; set a shorter one with control = "
+			 "in [evfdd]", path, sizeof(sun.sun_path) - 1);
+		return -ENAMETOOLONG;
+	}
+	memcpy(sun.sun_path, path, strlen(path) + 1);
+	len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path) + 1);
+	r = control_make_parent(path);
+	if (r < 0)
+		return r;
+	r = control_clear_path(path, &sun, len);
+	if (r < 0)
+		return r;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0) {
+		r = -errno;
+		log_err("control socket %s: socket", path);
+		return r;
+	}
+	/* The file takes the socket inode's mode less the umask: no moment with a wider mode than 0660. */
+	(void)fchmod(fd, CONTROL_SOCKET_MODE);
+	if (bind(fd, (struct sockaddr *)&sun, len) < 0) {
+		r = -errno;
+		log_err("control socket %s: bind%s", path,
+			r == -EADDRINUSE ? "; another process created it just now: is another evfdd starting?" : "");
+		goto fail;
+	}
+	bound = true;
+	if (chmod(path, CONTROL_SOCKET_MODE) < 0 || lstat(path, &st) < 0) {
+		r = -errno;
+		log_err("control socket %s: chmod %o", path, CONTROL_SOCKET_MODE);
+		goto fail;
+	}
+	if (listen(fd, SOMAXCONN) < 0) {
+		r = -errno;
+		log_err("control socket %s: listen", path);
+		goto fail;
+	}
+	c->bound = true;
+	c->dev = st.st_dev;
+	c->ino = st.st_ino;
+	return fd;
+fail:
+	if (bound)
+		unlink(path);
+	close(fd);
+	return r;
+}
+
+/* An activated socket must be a listening Unix stream socket: only those carry SO_PEERCRED. */
+static int control_check_activated(int fd)
+{
+	int type = 0, domain = 0, acc = 0, r;
+	socklen_t len = sizeof(int);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 ||
+	    (len = sizeof(int), getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len)) < 0 ||
+	    (len = sizeof(int), getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len)) < 0) {
+		r = -errno;
+		log_err("activated control socket (fd %d)", fd);
+		return r;
+	}
+	if (type != SOCK_STREAM || domain != AF_UNIX || !acc) {
+		log_errx("the activated socket named \"control\" (fd %d) is not a listening Unix stream socket; use "
+			 "ListenStream=/run/evfdd/control in its .socket unit", fd);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* An op's answer, on the main loop, exactly once: it becomes the call's reply. */
+static void control_done(void *cookie, const char *error, struct json_object *params)
+{
+	struct varlink_call *call = cookie;
+
+	if (error)
+		varlink_call_error(call, error, params);
+	else
+		varlink_call_reply(call, params);
+}
+
+/* A non-negative integer parameter; false when missing, of another type, or negative. */
+static bool control_get_index(struct json_object *params, const char *key, uint64_t *out)
+{
+	struct json_object *v;
+
+	if (!json_object_object_get_ex(params, key, &v) || !json_object_is_type(v, json_type_int) ||
+	    json_object_get_int64(v) < 0)
+		return false;
+	*out = json_object_get_uint64(v);
+	return true;
+}
+
+static void control_error_method(struct varlink_call *call, const char *error)
+{
+	struct json_object *p = json_object_new_object(), *m = json_object_new_string(varlink_call_method(call));
+
+	if (p && m && json_object_object_add(p, "method", m) == 0) {
+		varlink_call_error(call, error, p);
+		return;
+	}
+	json_object_put(p);
+	json_object_put(m);
+	varlink_call_abort(call, "out of memory");
+}
+
+/* Changing state takes root or the daemon's own user, as with HAProxy's or relayd's control sockets. */
+static bool control_allowed(struct evfdd_control *c, struct varlink_call *call)
+{
+	uid_t uid = varlink_call_uid(call);
+	unsigned long missed;
+
+	if (uid == 0 || uid == geteuid())
+		return true;
+	if (log_ratelimit(&c->denied_rl, &missed))
+		log_info("control socket: pid %d uid %d may not call %s (only root and uid %d may; %lu similar "
+			 "messages suppressed)", (int)varlink_call_pid(call), (int)uid, varlink_call_method(call),
+			 (int)geteuid(), missed);
+	control_error_method(call, CONTROL_IFACE ".PermissionDenied");
+	return false;
+}
+
+enum control_kind {
+	CONTROL_STATUS, CONTROL_LOOPS, CONTROL_RINGS, CONTROL_SERVICES, CONTROL_MOVE, CONTROL_RELOAD
+};
+
+static const struct control_method {
+	const char *name;		/* without the interface */
+	enum control_kind kind;
+} control_methods[] = {
+	{ "Status", CONTROL_STATUS },
+	{ "Loops", CONTROL_LOOPS },
+	{ "Rings", CONTROL_RINGS },
+	{ "Services", CONTROL_SERVICES },
+	{ "MoveRing", CONTROL_MOVE },
+	{ "Reload", CONTROL_RELOAD },
+};
+
+static void control_read(struct evfdd_control *c, struct varlink_call *call, struct json_object *params,
+			 struct json_object *(*get)(void *))
+{
+	static const char *const none[] = { NULL };
+	const char *bad = varlink_unknown_parameter(params, none);
+	struct json_object *r;
+
+	if (bad) {
+		varlink_call_invalid_parameter(call, bad);
+		return;
+	}
+	r = get(c->arg);
+	if (r)
+		varlink_call_reply(call, r);
+	else
+		varlink_call_abort(call, "out of memory");
+}
+
+static void control_move(struct evfdd_control *c, struct varlink_call *call, struct json_object *params)
+{
+	static const char *const allowed[] = { "ring", "loop", NULL };
+	const char *bad = varlink_unknown_parameter(params, allowed);
+	uint64_t ring, loop;
+
+	if (!bad && !control_get_index(params, "ring", &ring))
+		bad = "ring";
+	if (!bad && !control_get_index(params, "loop", &loop))
+		bad = "loop";
+	if (bad) {
+		varlink_call_invalid_parameter(call, bad);
+		return;
+	}
+	log_debug("control socket: pid %d uid %d moves ring %llu to loop %llu", (int)varlink_call_pid(call),
+		  (int)varlink_call_uid(call), (unsigned long long)ring, (unsigned long long)loop);
+	c->ops.move(c->arg, ring, loop, control_done, call);
+}
+
+static void control_reload(struct evfdd_control *c, struct varlink_call *call, struct json_object *params)
+{
+	static const char *const none[] = { NULL };
+	const char *bad = varlink_unknown_parameter(params, none);
+
+	if (bad) {
+		varlink_call_invalid_parameter(call, bad);
+		return;
+	}
+	log_info("control socket: reload requested by pid %d uid %d", (int)varlink_call_pid(call),
+		 (int)varlink_call_uid(call));
+	c->ops.reload(c->arg, control_done, call);
+}
+
+/* Every call to io.evfdd: find the method, check who calls, then the parameters. */
+static void control_method(void *arg, struct varlink_call *call, const char *method, struct json_object *params)
+{
+	struct evfdd_control *c = arg;
+	const char *name = method + strlen(CONTROL_IFACE) + 1;
+	const struct control_method *m = NULL;
+	struct json_object *(*get)(void *) = NULL;
+	bool implemented = false;
+	size_t i;
+
+	for (i = 0; i < sizeof(control_methods) / sizeof(control_methods[0]) && !m; i++)
+		if (!strcmp(name, control_methods[i].name))
+			m = &control_methods[i];
+	if (!m) {
+		varlink_call_method_not_found(call);
+		return;
+	}
+	switch (m->kind) {
+	case CONTROL_STATUS:
+		get = c->ops.status;
+		break;
+	case CONTROL_LOOPS:
+		get = c->ops.loops;
+		break;
+	case CONTROL_RINGS:
+		get = c->ops.rings;
+		break;
+	case CONTROL_SERVICES:
+		get = c->ops.services;
+		break;
+	case CONTROL_MOVE:
+		implemented = c->ops.move != NULL;
+		break;
+	case CONTROL_RELOAD:
+		implemented = c->ops.reload != NULL;
+		break;
+	}
+	if (!get && !implemented) {
+		control_error_method(call, "org.varlink.service.MethodNotImplemented");
+		return;
+	}
+	if (get)
+		control_read(c, call, params, get);
+	else if (!control_allowed(c, call))
+		return;
+	else if (m->kind == CONTROL_MOVE)
+		control_move(c, call, params);
+	else
+		control_reload(c, call, params);
+}
+
+int evfdd_control_start(struct evfdd_control **out, struct ev_loop *ev, int fd, const char *path,
+			const struct evfdd_control_ops *ops, void *arg)
+{
+	struct evfdd_control *c = calloc(1, sizeof(*c));
+	bool activated = fd >= 0;
+	int r;
+
+	*out = NULL;
+	if (!c) {
+		log_errx("control socket: out of memory");
+		if (activated)
+			close(fd);
+		return -ENOMEM;
+	}
+	c->ops = *ops;
+	c->arg = arg;
+	c->iface.name = CONTROL_IFACE;
+	c->iface.description = evfdd_varlink_interface;
+	c->params = (struct varlink_server_params){
+		.name = "control socket",
+		.vendor = "evfdd", .product = "evfdd", .version = PACKAGE_VERSION, .url = "",
+		.interfaces = &c->iface, .ninterfaces = 1,
+		.method = control_method, .arg = c,
+	};
+	log_ratelimit_init(&c->denied_rl, 10000, 5);
+	if (activated) {
+		r = control_check_activated(fd);
+		if (r < 0)
+			close(fd);
+	} else if (!(c->path = strdup(path))) {
+		log_errx("control socket %s: out of memory", path);
+		r = -ENOMEM;
+	} else {
+		fd = control_bind(c, path);
+		r = fd < 0 ? fd : 0;
+	}
+	if (r == 0) {
+		/* Takes the fd, also when it fails. */
+		r = varlink_server_new(&c->srv, ev, fd, &c->params);
+		if (r < 0)
+			log_errx("control socket: out of memory");
+	}
+	if (r < 0) {
+		evfdd_control_free(c);
+		return r;
+	}
+	if (activated)
+		log_info("control socket: using the activated socket (fd %d)", fd);
+	*out = c;
+	return 0;
+}
+
+void evfdd_control_free(struct evfdd_control *c)
+{
+	struct stat st;
+
+	if (!c)
+		return;
+	varlink_server_free(c->srv);
+	/* Only the file we bound, and only if a newer instance has not replaced it since. */
+	if (c->bound && lstat(c->path, &st) == 0 && st.st_dev == c->dev && st.st_ino == c->ino)
+		unlink(c->path);
+	log_ratelimit_destroy(&c->denied_rl);
+	free(c->path);
+	free(c);
+}
