@@ -17,10 +17,8 @@ import tempfile
 import threading
 import time
 
-TOP_BUILDDIR = os.environ.get("top_builddir", ".")
-TOP_SRCDIR = os.environ.get("top_srcdir", ".")
-EVFDD = os.path.join(TOP_BUILDDIR, "daemon", "evfdd")
-EVFDCTL = os.path.join(TOP_BUILDDIR, "daemon", "evfdctl")
+from evfddtest import EVFDCTL, EVFDD, TOP_SRCDIR, DaemonLog, free_port, sanitizer_report
+
 TMP = tempfile.mkdtemp(prefix="evfdd-control-test-")
 os.chmod(TMP, 0o755)   # uid 65534 must reach the socket; the socket's own mode decides the rest
 NOBODY = 65534
@@ -39,26 +37,16 @@ def ok(msg):
     print("ok " + msg, flush=True)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "ThreadSanitizer", "runtime error:")
-
-
 def check_sanitizers(text):
-    for mark in SANITIZER_MARKS:
-        if mark in text:
-            fail("sanitizer report from evfdd:\n" + text)
+    if sanitizer_report(text):
+        fail("sanitizer report from evfdd:\n" + text)
 
 
 # Every process started, killed at the end whatever happened: a failed case must not leave an evfdd behind.
 PROCS = []
 
 
-class Daemon:
+class Daemon(DaemonLog):
     """evfdd on a configuration file with a control socket; its stderr is kept for the checks."""
 
     def __init__(self, conf, wait_ready=True):
@@ -74,20 +62,11 @@ class Daemon:
         with open(self.path, "w") as f:
             f.write(conf)
 
-    def text(self):
-        self.log.flush()
-        with open(self.path + ".log") as f:
-            return f.read()
+    def fail(self, msg):
+        fail(msg)
 
-    def wait_log(self, what, timeout=20):
-        end = time.time() + timeout
-        while time.time() < end:
-            if what in self.text():
-                return
-            if self.proc.poll() is not None:
-                fail("evfdd exited with %d before '%s':\n%s" % (self.proc.returncode, what, self.text()))
-            time.sleep(0.02)
-        fail("evfdd never logged '%s':\n%s" % (what, self.text()[-20000:]))
+    def wait_log(self, what, timeout=20, start=0):
+        DaemonLog.wait_log(self, what, timeout, start)
 
     def wait_exit(self, timeout=30):
         try:

@@ -15,10 +15,9 @@ import tempfile
 import threading
 import time
 
-TOP_BUILDDIR = os.environ.get("top_builddir", ".")
-EVFDD = os.path.join(TOP_BUILDDIR, "daemon", "evfdd")
+from evfddtest import EVFDD, SCALE, TOP_BUILDDIR, DaemonLog, free_port, sanitizer_report
+
 NO_URING = os.path.join(TOP_BUILDDIR, "tests", "no-uring-exec")
-SCALE = max(1, int(os.environ.get("EVFD_TEST_SCALE", "1")))
 TMP = tempfile.mkdtemp(prefix="evfdd-test-")
 # Every evfdd serves a control socket, by default in $RUNTIME_DIRECTORY (or /run/evfdd for root): give the
 # daemons of this test their own, so that they never meet another test's (make check runs tests in parallel).
@@ -30,13 +29,7 @@ def fail(msg):
     sys.exit(1)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Daemon:
+class Daemon(DaemonLog):
     """evfdd on a configuration file; its stderr is kept for the checks."""
 
     def __init__(self, conf, wrap=None, preexec=None, wait_ready=True):
@@ -49,20 +42,8 @@ class Daemon:
         if wait_ready:
             self.wait_log("ready")
 
-    def text(self):
-        self.log.flush()
-        with open(self.path + ".log") as f:
-            return f.read()
-
-    def wait_log(self, what, timeout=10):
-        end = time.time() + timeout
-        while time.time() < end:
-            if what in self.text():
-                return
-            if self.proc.poll() is not None:
-                fail("evfdd exited with %d before '%s':\n%s" % (self.proc.returncode, what, self.text()))
-            time.sleep(0.02)
-        fail("evfdd never logged '%s':\n%s" % (what, self.text()))
+    def fail(self, msg):
+        fail(msg)
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
         """A graceful stop must end with exit status 0 and no sanitizer report."""
@@ -85,13 +66,9 @@ class Daemon:
         return 0
 
 
-SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "ThreadSanitizer", "runtime error:")
-
-
 def check_sanitizers(text):
-    for mark in SANITIZER_MARKS:
-        if mark in text:
-            fail("sanitizer report from evfdd:\n" + text)
+    if sanitizer_report(text):
+        fail("sanitizer report from evfdd:\n" + text)
 
 
 def connect(addr, timeout=10):

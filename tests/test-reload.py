@@ -21,10 +21,8 @@ import tempfile
 import threading
 import time
 
-TOP_BUILDDIR = os.environ.get("top_builddir", ".")
-EVFDD = os.path.join(TOP_BUILDDIR, "daemon", "evfdd")
-EVFDCTL = os.path.join(TOP_BUILDDIR, "daemon", "evfdctl")
-SCALE = max(1, int(os.environ.get("EVFD_TEST_SCALE", "1")))
+from evfddtest import EVFDCTL, EVFDD, SCALE, DaemonLog, free_port, sanitizer_report
+
 TMP = tempfile.mkdtemp(prefix="evfdd-reload-")
 # Sanitizer builds run everything several times slower: waits that only guard against a hang grow with it.
 SLOW = 1 if SCALE == 1 else 3
@@ -44,19 +42,9 @@ def fail(msg):
     sys.exit(1)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "ThreadSanitizer", "runtime error:")
-
-
 def check_sanitizers(text, who="evfdd"):
-    for mark in SANITIZER_MARKS:
-        if mark in text:
-            fail("sanitizer report from %s:\n%s" % (who, text))
+    if sanitizer_report(text):
+        fail("sanitizer report from %s:\n%s" % (who, text))
 
 
 def raise_nofile(want):
@@ -65,8 +53,10 @@ def raise_nofile(want):
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, want), hard))
 
 
-class Daemon:
+class Daemon(DaemonLog):
     """evfdd on a configuration file that the test rewrites; its stderr is kept for the checks."""
+
+    slow = SLOW
 
     def __init__(self, conf, env=None, wrap=None, wait_ready=True):
         self.path = os.path.join(TMP, "evfdd-%d.conf" % random.randrange(1 << 30))
@@ -91,20 +81,8 @@ class Daemon:
             f.write(conf)
         os.replace(tmp, self.path)
 
-    def text(self):
-        self.log.flush()
-        with open(self.path + ".log") as f:
-            return f.read()
-
-    def wait_log(self, what, timeout=10, start=0):
-        end = time.time() + timeout * SLOW
-        while time.time() < end:
-            if what in self.text()[start:]:
-                return
-            if self.proc.poll() is not None:
-                fail("evfdd exited with %d before '%s':\n%s" % (self.proc.returncode, what, self.text()))
-            time.sleep(0.02)
-        fail("evfdd never logged '%s':\n%s" % (what, self.text()))
+    def fail(self, msg):
+        fail(msg)
 
     def hup(self):
         self.proc.send_signal(signal.SIGHUP)

@@ -1,0 +1,52 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""What the evfdd end-to-end tests (test-evfdd.py, test-control.py, test-reload.py) share: where the
+programs are, free ports, and following evfdd's log: waiting for a line, spotting a sanitizer report.
+Each test keeps its own way of failing, which it hands to DaemonLog as `fail`."""
+import os
+import socket
+import time
+
+TOP_BUILDDIR = os.environ.get("top_builddir", ".")
+TOP_SRCDIR = os.environ.get("top_srcdir", ".")
+EVFDD = os.path.join(TOP_BUILDDIR, "daemon", "evfdd")
+EVFDCTL = os.path.join(TOP_BUILDDIR, "daemon", "evfdctl")
+SCALE = max(1, int(os.environ.get("EVFD_TEST_SCALE", "1")))
+
+SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "ThreadSanitizer", "runtime error:")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sanitizer_report(text):
+    """Whether @text holds a sanitizer's report."""
+    return any(mark in text for mark in SANITIZER_MARKS)
+
+
+class DaemonLog:
+    """A daemon process (self.proc) whose stdout and stderr go to the file self.path + ".log" (self.log).
+    Subclasses set `fail` (a function that does not return) and may set `slow`, a factor for timeouts."""
+
+    slow = 1
+
+    def fail(self, msg):
+        raise NotImplementedError
+
+    def text(self):
+        self.log.flush()
+        with open(self.path + ".log") as f:
+            return f.read()
+
+    def wait_log(self, what, timeout=10, start=0):
+        """Wait until @what appears in the log after offset @start; fail if the daemon exits first."""
+        end = time.time() + timeout * self.slow
+        while time.time() < end:
+            if what in self.text()[start:]:
+                return
+            if self.proc.poll() is not None:
+                self.fail("evfdd exited with %d before '%s':\n%s" % (self.proc.returncode, what, self.text()))
+            time.sleep(0.02)
+        self.fail("evfdd never logged '%s':\n%s" % (what, self.text()[-20000:]))
