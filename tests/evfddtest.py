@@ -3,7 +3,9 @@
 programs are, free ports, and following evfdd's log: waiting for a line, spotting a sanitizer report.
 Each test keeps its own way of failing, which it hands to DaemonLog as `fail`."""
 import os
+import signal
 import socket
+import subprocess
 import time
 
 TOP_BUILDDIR = os.environ.get("top_builddir", ".")
@@ -50,3 +52,16 @@ class DaemonLog:
                 self.fail("evfdd exited with %d before '%s':\n%s" % (self.proc.returncode, what, self.text()))
             time.sleep(0.02)
         self.fail("evfdd never logged '%s':\n%s" % (what, self.text()[-20000:]))
+
+    def wait_exit(self, sig=signal.SIGTERM, timeout=30):
+        """After a stop signal (@sig) was sent: exit status 0 and no sanitizer report."""
+        try:
+            rc = self.proc.wait(timeout * self.slow)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.fail("evfdd did not stop after %s:\n%s" % (sig, self.text()))
+        if sanitizer_report(self.text()):
+            self.fail("sanitizer report from evfdd:\n" + self.text())
+        if rc != 0:
+            self.fail("evfdd exited with %d after %s:\n%s" % (rc, sig, self.text()))
+        return rc

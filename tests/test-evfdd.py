@@ -48,15 +48,7 @@ class Daemon(DaemonLog):
     def stop(self, sig=signal.SIGTERM, timeout=30):
         """A graceful stop must end with exit status 0 and no sanitizer report."""
         self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            fail("evfdd did not stop after %s:\n%s" % (sig, self.text()))
-        check_sanitizers(self.text())
-        if rc != 0:
-            fail("evfdd exited with %d after %s:\n%s" % (rc, sig, self.text()))
-        return rc
+        return self.wait_exit(sig, timeout)
 
     def rss_kib(self):
         with open("/proc/%d/status" % self.proc.pid) as f:

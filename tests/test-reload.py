@@ -92,19 +92,6 @@ class Daemon(DaemonLog):
         self.proc.send_signal(sig)
         return self.wait_exit(sig, timeout)
 
-    def wait_exit(self, sig=signal.SIGTERM, timeout=30):
-        """After a stop signal was sent: exit status 0, no sanitizer report. (A second signal would race
-        with the exit, when evfdd no longer handles signals.)"""
-        try:
-            rc = self.proc.wait(timeout * SLOW)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            fail("evfdd did not stop after %s:\n%s" % (sig, self.text()))
-        check_sanitizers(self.text())
-        if rc != 0:
-            fail("evfdd exited with %d after %s:\n%s" % (rc, sig, self.text()))
-        return rc
-
     # ---- the control socket, through evfdctl ----
 
     def ctl(self, *args, timeout=30):
