@@ -29,6 +29,10 @@ def fail(msg):
     sys.exit(1)
 
 
+# Every daemon started, killed at the end whatever happened: a failed case must not leave one running.
+DAEMONS = []
+
+
 class Daemon(DaemonLog):
     """evfdd on a configuration file; its stderr is kept for the checks."""
 
@@ -39,6 +43,7 @@ class Daemon(DaemonLog):
         self.log = open(self.path + ".log", "w+")
         cmd = (wrap or []) + [EVFDD, "-c", self.path]
         self.proc = subprocess.Popen(cmd, stderr=self.log, stdout=self.log, preexec_fn=preexec)
+        DAEMONS.append(self.proc)
         if wait_ready:
             self.wait_log("ready")
 
@@ -491,6 +496,10 @@ def main():
                      case_limits, case_graceful_stop, case_notify, case_no_io_uring):
             case()
     finally:
+        for proc in DAEMONS:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         shutil.rmtree(TMP, ignore_errors=True)
 
 
