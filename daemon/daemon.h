@@ -69,7 +69,6 @@ struct daemon {
  * reloads afterwards. */
 int evfdd_reload_initial(struct daemon *d, char *err, size_t errlen);
 void evfdd_reload_request(struct daemon *d, evfdd_control_done_fn done, void *cookie);
-bool evfdd_reload_busy(const struct daemon *d);
 void evfdd_reload_kick(struct daemon *d);   /* start a reload that waited for start-up or a ring move */
 struct json_object *evfdd_reload_result_json(const struct daemon *d);   /* the last one, or NULL */
 void evfdd_reload_free(struct daemon *d);   /* at exit: answer waiters, free the last result */

@@ -26,7 +26,8 @@ static void usage(FILE *f)
 		"  -n, --check        check the configuration, print \"configuration OK\" or the errors, exit\n"
 		"  -h, --help         show this help\n"
 		"  -V, --version      show the version\n\n"
-		"See evfdd(8) and evfdd.conf(5).\n", EVFDD_CONFIG_PATH);
+		"SIGHUP reloads the configuration, SIGTERM and SIGINT stop gracefully; evfdctl(8) talks to\n"
+		"the running daemon. See evfdd(8) and evfdd.conf(5).\n", EVFDD_CONFIG_PATH);
 }
 
 static void workers_gone(void *arg)

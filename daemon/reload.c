@@ -442,11 +442,6 @@ void evfdd_reload_kick(struct daemon *d)
 		reload_begin(d);
 }
 
-bool evfdd_reload_busy(const struct daemon *d)
-{
-	return d->state == DAEMON_RELOADING;
-}
-
 void evfdd_reload_free(struct daemon *d)
 {
 	struct evfdd_reload_waiter *w = d->pending_waiters;

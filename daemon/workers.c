@@ -44,7 +44,6 @@ struct ring_slot {
 	struct loop_slot *loop;          /* main: where it is or is headed; NULL on the main loop */
 	enum ring_state state;           /* main */
 	bool moving;                     /* main */
-	bool in_apply;                   /* main: counted in the apply's pending work */
 	atomic_uint nconns;
 };
 
@@ -498,7 +497,6 @@ static unsigned place_rings(struct evfdd_workers *w, struct loop_slot **stay, un
 		for (i = 0; i < nstay && have[i] >= quota[i]; i++)
 			;
 		have[i]++;
-		s->in_apply = true;
 		ring_send(w, s, stay[i], msg_new(w, s));
 		moves++;
 	}
@@ -635,8 +633,6 @@ int evfdd_workers_apply(struct evfdd_workers *w, unsigned loops, unsigned rings,
 			fatalx("cannot retire worker loop %u", ls->id);
 		w->apply_pending++;
 	}
-	for (r = 0; r < w->nrings; r++)
-		w->rings[r]->in_apply = false;
 	apply_step_done(w);
 	goto out;
 undo:
