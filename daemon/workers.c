@@ -44,6 +44,7 @@ struct ring_slot {
 	struct loop_slot *loop;          /* main: where it is or is headed; NULL on the main loop */
 	enum ring_state state;           /* main */
 	bool moving;                     /* main */
+	unsigned free_tries;             /* owner thread */
 	atomic_uint nconns;
 };
 
@@ -242,6 +243,10 @@ static void ring_free_on_owner(struct evfd_ring *ring, int err, void *arg)
 
 	if (!err)
 		err = evfd_ring_free(ring);
+	/* The relay's own cancels can still be in flight (their completions arrive in the same or the next
+	 * drain): try again after the loop has reaped them. They complete at once, so this ends quickly. */
+	if (err == -EBUSY && ++slot->free_tries < 10000 && evfd_ring_call(ring, ring_free_on_owner, slot) == 0)
+		return;
 	if (err < 0)
 		log_errx("freeing ring %u: %s", slot->id, strerror(-err));
 	post_main(msg_new(slot->w, slot), gone_on_main);
