@@ -11,6 +11,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 #include "control.h"
+#include "listen.h"
 #include "log.h"
 #include "varlink.h"
 /* static const char evfdd_varlink_interface[]: daemon/io.evfdd.varlink, made a C string at build time. */
@@ -85,49 +86,31 @@ out:
 	return r;
 }
 
-/* A socket file at @path: 0 when nothing is there (any more), -EADDRINUSE when something answers. */
+/* A socket file at @path (evfdd_listen_unix_clear): 0 when nothing is there (any more), -EADDRINUSE when
+ * something answers; says which. */
 static int control_clear_path(const char *path, const struct sockaddr_un *sun, socklen_t len)
 {
-	struct stat st;
-	int fd, r;
+	bool replaced;
+	int r = evfdd_listen_unix_clear(sun, len, &replaced);
 
-	if (lstat(path, &st) < 0) {
-		if (errno == ENOENT)
-			return 0;
-		r = -errno;
-		log_err("control socket %s: lstat", path);
-		return r;
-	}
-	if (!S_ISSOCK(st.st_mode)) {
+	switch (r) {
+	case 0:
+		if (replaced)
+			log_info("control socket %s: replacing a stale socket file", path);
+		break;
+	case -EEXIST:
 		log_errx("control socket %s: the file exists and is not a socket; remove it or set another path "
 			 "with control = in [evfdd]", path);
-		return -EEXIST;
-	}
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0) {
-		r = -errno;
-		log_err("control socket %s: socket", path);
-		return r;
-	}
-	r = connect(fd, (const struct sockaddr *)sun, len) == 0 ? 0 : -errno;
-	close(fd);
-	if (r == -ECONNREFUSED) {
-		log_info("control socket %s: replacing a stale socket file", path);
-		if (unlink(path) < 0 && errno != ENOENT) {
-			r = -errno;
-			log_err("control socket %s: cannot remove the stale socket file", path);
-			return r;
-		}
-		return 0;
-	}
-	/* Connected, or busy (EAGAIN: its backlog is full): a live server. */
-	if (r == 0 || r == -EAGAIN) {
+		break;
+	case -EADDRINUSE:
 		log_errx("control socket %s: another process answers there (another evfdd?); stop it, or give this "
 			 "one another path with control = in [evfdd]", path);
-		return -EADDRINUSE;
+		break;
+	default:
+		errno = -r;
+		log_err("control socket %s: cannot tell whether the socket file is in use", path);
+		break;
 	}
-	errno = -r;
-	log_err("control socket %s: cannot tell whether the socket file is in use", path);
 	return r;
 }
 

@@ -18,26 +18,37 @@ struct evfdd_listen {
 
 #define CONTROL_FD_NAME "control"
 
-/* A Unix socket file left by a previous instance: replace it, unless something still answers there. */
-static bool unix_path_stale(const struct evfdd_sockaddr *a)
+int evfdd_listen_unix_clear(const struct sockaddr_un *sun, socklen_t len, bool *replaced)
 {
 	struct stat st;
 	int fd, r;
 
-	if (lstat(a->u.un.sun_path, &st) < 0 || !S_ISSOCK(st.st_mode))
-		return false;
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	*replaced = false;
+	if (lstat(sun->sun_path, &st) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	if (!S_ISSOCK(st.st_mode))
+		return -EEXIST;
+	/* Non-blocking: a live server with a full backlog answers EAGAIN instead of holding us up. */
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
-		return false;
-	r = connect(fd, &a->u.sa, a->len);
+		return -errno;
+	r = connect(fd, (const struct sockaddr *)sun, len) == 0 ? 0 : -errno;
 	close(fd);
-	return r < 0 && errno == ECONNREFUSED;
+	if (r == 0 || r == -EAGAIN)
+		return -EADDRINUSE;
+	if (r != -ECONNREFUSED)
+		return r;
+	if (unlink(sun->sun_path) < 0 && errno != ENOENT)
+		return -errno;
+	*replaced = true;
+	return 0;
 }
 
 static int listen_bind(const struct evfdd_service *svc)
 {
 	const struct evfdd_sockaddr *a = &svc->listen.addrs[0];
 	int fd, e, one = 1, v6only = svc->listen.v6only;
+	bool replaced;
 
 	/* Blocking on purpose: io_uring's accept waits by polling either way, and a non-blocking listener
 	 * would be handed -EAGAIN instead. */
@@ -50,9 +61,9 @@ static int listen_bind(const struct evfdd_service *svc)
 		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 		if (a->u.sa.sa_family == AF_INET6)
 			(void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof(v6only));
-	} else if (unix_path_stale(a)) {
+	} else if (evfdd_listen_unix_clear(&a->u.un, a->len, &replaced) == 0 && replaced) {
+		/* Otherwise bind below says what is in the way. */
 		log_info("[%s] replacing stale socket %s", svc->name, a->u.un.sun_path);
-		unlink(a->u.un.sun_path);
 	}
 	if (bind(fd, &a->u.sa, a->len) < 0) {
 		e = errno;

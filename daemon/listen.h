@@ -7,6 +7,9 @@
 #define EVFDD_LISTEN_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include "config.h"
 
 /* One listening socket, shared by every ring that accepts on it. The fd closes with the last reference,
@@ -43,5 +46,10 @@ int evfdd_listen_prepare(struct evfdd_listen *ls, const struct evfdd_config *cfg
 void evfdd_listen_commit(struct evfdd_listen *ls, struct evfdd_listener *const *lsts, size_t n);
 
 void evfdd_listen_free(struct evfdd_listen *ls);
+
+/* Make way for binding a Unix socket at @sun: a socket file left by an earlier process that nothing answers
+ * on any more is removed (*@replaced set). Returns 0 when the path is free now, -EADDRINUSE when a process
+ * answers there, -EEXIST when the file is not a socket, or another negative errno. Logs nothing. */
+int evfdd_listen_unix_clear(const struct sockaddr_un *sun, socklen_t len, bool *replaced);
 
 #endif
