@@ -16,11 +16,29 @@ SCALE = max(1, int(os.environ.get("EVFD_TEST_SCALE", "1")))
 
 SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "ThreadSanitizer", "runtime error:")
 
+# systemd-socket-activate passes on only the environment it is told to (-E NAME): the sanitizers' settings,
+# the library path, and the tests' own runtime directory (where evfdd puts its control socket by default).
+SA_ENV = [a for v in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS", "LD_LIBRARY_PATH", "RUNTIME_DIRECTORY")
+          if v in os.environ
+          for a in ("-E", v)]
+
 
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def closed_by_peer(sock, timeout):
+    """Wait up to @timeout seconds for the peer to close @sock: "closed" (EOF or reset), "data" (a byte
+    came instead), or "timeout"."""
+    sock.settimeout(timeout)
+    try:
+        return "closed" if sock.recv(1) == b"" else "data"
+    except ConnectionResetError:
+        return "closed"
+    except socket.timeout:
+        return "timeout"
 
 
 def sanitizer_report(text):

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 
-from evfddtest import EVFDCTL, EVFDD, TOP_SRCDIR, DaemonLog, free_port, sanitizer_report
+from evfddtest import EVFDCTL, EVFDD, SA_ENV, TOP_SRCDIR, DaemonLog, free_port, sanitizer_report
 
 TMP = tempfile.mkdtemp(prefix="evfdd-control-test-")
 os.chmod(TMP, 0o755)   # uid 65534 must reach the socket; the socket's own mode decides the rest
@@ -758,11 +758,6 @@ def case_socket_file():
     os.unlink(ctl)
     ok("control socket file: parent directories created (0755), socket 0660, a live one refused, a stale one "
        "replaced, a regular file refused, removed at exit")
-
-
-# systemd-socket-activate passes on only the environment it is told to: keep the sanitizers' settings.
-SA_ENV = [a for v in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS", "LD_LIBRARY_PATH") if v in os.environ
-          for a in ("-E", v)]
 
 
 def case_activated():
