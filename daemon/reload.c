@@ -325,6 +325,7 @@ static struct evfdd_config *load(struct daemon *d, struct evfdd_reload_result *r
 	/* Started without -c and without the default file: the file may have appeared since. */
 	if (!d->explicit_path && access(path, F_OK) < 0 && errno == ENOENT)
 		path = NULL;
+	log_info("reloading %s", path ? path : EVFDD_CONFIG_DEFAULT_NAME);
 	if (evfdd_config_load(path, &cfg, &errs) < 0) {
 		for (i = 0; i < errs.count; i++)
 			result_add_error(r, "%s", errs.list[i].message);
@@ -352,8 +353,6 @@ static void reload_begin(struct daemon *d)
 	d->state = DAEMON_RELOADING;
 	d->reload_t0 = evfdd_now_usec(CLOCK_MONOTONIC);
 	evfdd_notify_reloading(d);
-	log_info("reloading %s", d->explicit_path || access(d->config_path, F_OK) == 0 ? d->config_path :
-		 EVFDD_CONFIG_DEFAULT_NAME);
 
 	cfg = load(d, &r);
 	if (!cfg) {

@@ -32,7 +32,6 @@ struct loop_slot {
 	atomic_int tid;
 	bool retiring, retire_sent;
 	struct loop_slot *successor;     /* a retiring loop's rings end up there */
-	unsigned nrings;                 /* rings placed here, in every state */
 	uint64_t hb_sent, hb_acked;
 };
 
@@ -162,8 +161,6 @@ static void ring_remove(struct evfdd_workers *w, struct ring_slot *slot)
 		return;
 	memmove(&w->rings[i], &w->rings[i + 1], (w->nrings - i - 1) * sizeof(*w->rings));
 	w->nrings--;
-	if (slot->loop)
-		slot->loop->nrings--;
 	free(slot);
 	if (!w->nrings && w->stopping && w->stop_done) {
 		void (*done)(void *) = w->stop_done;
@@ -359,10 +356,7 @@ static void ring_moved(struct evfd_ring *ring, int err, void *arg)
 /* Send @slot to @to (main thread). */
 static void ring_send(struct evfdd_workers *w, struct ring_slot *slot, struct loop_slot *to, struct msg *m)
 {
-	if (slot->loop)
-		slot->loop->nrings--;
 	slot->loop = to;
-	to->nrings++;
 	slot->moving = true;
 	if (evfd_ring_move(slot->ring, to->loop, ring_moved, m) < 0)
 		fatalx("cannot move ring %u: out of memory", slot->id);
@@ -392,10 +386,8 @@ static void retired_on_main(struct evfd_loop *loop, void *arg)
 
 	/* libevfd handed whatever was still here (a ring being freed) to the successor. */
 	for (r = 0; r < w->nrings; r++)
-		if (w->rings[r]->loop == ls) {
+		if (w->rings[r]->loop == ls)
 			w->rings[r]->loop = ls->successor;
-			ls->successor->nrings++;
-		}
 	/* Joins the thread: it has returned from ev_run, or is about to. */
 	if (evfd_loop_free(ls->loop) < 0)
 		log_errx("worker loop %u still busy after retiring; leaving it", ls->id);
@@ -453,6 +445,17 @@ static int ring_create(struct evfdd_workers *w, struct ring_slot **out)
 	atomic_init(&slot->nconns, 0);
 	*out = slot;
 	return 0;
+}
+
+/* Rings placed on @ls (or headed there), in every state. */
+static unsigned rings_on(const struct evfdd_workers *w, const struct loop_slot *ls)
+{
+	unsigned n = 0;
+	size_t r;
+
+	for (r = 0; r < w->nrings; r++)
+		n += w->rings[r]->loop == ls;
+	return n;
 }
 
 /* Spread the running rings evenly over the loops that stay, moving as few as possible; draining rings on
@@ -528,7 +531,7 @@ static unsigned place_rings(struct evfdd_workers *w, struct loop_slot **stay, un
 		if (s->state != R_DRAINING || !s->loop || !s->loop->retiring || s->moving)
 			continue;
 		for (i = 1; i < nstay; i++)
-			if (stay[i]->nrings < stay[best]->nrings)
+			if (rings_on(w, stay[i]) < rings_on(w, stay[best]))
 				best = i;
 		ring_send(w, s, stay[best], msg_new(w, s));
 		moves++;
@@ -786,7 +789,6 @@ int evfdd_workers_loop_info(const struct evfdd_workers *w, struct evfdd_loop_inf
 		memcpy(v[i].name, ls->name, sizeof(v[i].name));
 		v[i].tid = atomic_load(&ls->tid);
 		v[i].retiring = ls->retiring;
-		v[i].rings = ls->nrings;
 		evfd_loop_stats(ls->loop, &v[i].st);
 	}
 	*out = v;

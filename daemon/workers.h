@@ -59,8 +59,7 @@ struct evfdd_loop_info {
 	char name[16];
 	int tid;
 	bool retiring;
-	unsigned rings;                  /* rings placed here */
-	struct evfd_loop_stats st;
+	struct evfd_loop_stats st;       /* .rings: the rings it owns now */
 };
 
 struct evfdd_ring_info {
