@@ -162,10 +162,12 @@ int evfd_ring_new(struct evfd_ring **out, struct evfd_loop *owner, const struct 
 /*
  * evfd_ring_free - destroy a ring
  *
- * Owner thread only, with nothing in flight. Returns 0, -EBUSY (requests in flight), -EXDEV (not called on
- * the owner thread). The ring pointer is invalid afterwards, unless a move or ring call naming it is still
- * queued (those keep the memory alive and then report -ENODEV). Called from one of the ring's own
- * callbacks, the ring goes when that callback returns.
+ * Owner thread only, with nothing in flight. Returns 0, -EBUSY (requests in flight, the cancel requests of
+ * evfd_op_cancel included: from the callback of a cancelled request, their completions may not be reaped
+ * yet; try again later, e.g. through evfd_ring_call), -EXDEV (not called on the owner thread). The ring
+ * pointer is invalid afterwards, unless a move or ring call naming it is still queued (those keep the memory
+ * alive and then report -ENODEV). Called from one of the ring's own callbacks, the ring goes when that
+ * callback returns.
  */
 int evfd_ring_free(struct evfd_ring *ring);
 
