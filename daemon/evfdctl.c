@@ -131,6 +131,46 @@ static bool ends_with(const char *s, const char *suffix)
 	return a >= b && !strcmp(s + a - b, suffix);
 }
 
+static bool counters_only(struct json_object *o)
+{
+	struct json_object_iterator it = json_object_iter_begin(o), end = json_object_iter_end(o);
+
+	for (; !json_object_iter_equal(&it, &end); json_object_iter_next(&it))
+		if (!json_object_is_type(json_object_iter_peek_value(&it), json_type_int))
+			return false;
+	return true;
+}
+
+/* "name=N name=N" for the counters of @o that are not zero, or "none". */
+static char *counters_text(struct json_object *o)
+{
+	struct json_object_iterator it = json_object_iter_begin(o), end = json_object_iter_end(o);
+	char *buf = NULL;
+	size_t len = 0;
+	bool any = false;
+	FILE *f = open_memstream(&buf, &len);
+
+	if (!f)
+		return NULL;
+	for (; !json_object_iter_equal(&it, &end); json_object_iter_next(&it)) {
+		int64_t n = json_object_get_int64(json_object_iter_peek_value(&it));
+
+		if (!n)
+			continue;
+		fputs(any ? " " : "", f);
+		put_escaped(f, json_object_iter_peek_name(&it));
+		fprintf(f, "=%" PRId64, n);
+		any = true;
+	}
+	if (!any)
+		fputs("none", f);
+	if (fclose(f) != 0) {
+		free(buf);
+		return NULL;
+	}
+	return buf;
+}
+
 /* One value as text: numbers raw, with a human form after byte counts and durations; NULL when out of
  * memory. @key decides the human form ("bytes_*", "*_usec", "time_usec" is a point in time). */
 static char *format_value(const char *key, struct json_object *v)
@@ -161,6 +201,11 @@ static char *format_value(const char *key, struct json_object *v)
 	}
 	case json_type_string:
 		return escaped(json_object_get_string(v));
+	case json_type_object:
+		/* Counters by name (a service's ends): those that are not zero, "none" if all are. */
+		if (counters_only(v))
+			return counters_text(v);
+		/* fall through */
 	default:
 		return escaped(json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN |
 								  JSON_C_TO_STRING_NOSLASHESCAPE));

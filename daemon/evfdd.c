@@ -41,9 +41,21 @@ static void workers_gone(void *arg)
 static void shutdown_timeout_cb(struct ev_loop *ev, ev_timer *w, int revents)
 {
 	struct daemon *d = w->data;
+	struct evfdd_ring_info *rings = NULL;
+	unsigned long open = 0;
+	size_t n = 0, i;
 
-	log_warnx("connections still open after shutdown_timeout (%u ms); closing them",
-		  d->cfg->shutdown_timeout_ms);
+	/* Say what is really left: the rings' own connection counts cover every service, removed ones too. */
+	if (evfdd_workers_ring_info(d->workers, &rings, &n) == 0)
+		for (i = 0; i < n; i++)
+			open += rings[i].connections;
+	free(rings);
+	if (open)
+		log_warnx("%lu connection%s still open after shutdown_timeout (%u ms); closing %s", open,
+			  open == 1 ? "" : "s", d->cfg->shutdown_timeout_ms, open == 1 ? "it" : "them");
+	else
+		log_warnx("no connection is open, but %zu ring%s still shutting down after shutdown_timeout "
+			  "(%u ms); stopping them now", n, n == 1 ? " is" : "s are", d->cfg->shutdown_timeout_ms);
 	d->aborting = true;
 	evfdd_workers_stop(d->workers, true, workers_gone, d);
 }

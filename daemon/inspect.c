@@ -34,28 +34,56 @@ static const char *state_name(enum daemon_state s)
 	return "stopping";
 }
 
+/* A service's counters, or the sum of several. */
+struct counts {
+	uint64_t open, total, closed, ends[EVFDD_END_COUNT], bytes_up, bytes_down;
+};
+
+static void counts_add(struct counts *t, const struct evfdd_svc_stats *st)
+{
+	unsigned k;
+
+	t->open += atomic_load(&st->open);
+	t->total += atomic_load(&st->total);
+	t->closed += atomic_load(&st->closed);
+	for (k = 0; k < EVFDD_END_COUNT; k++)
+		t->ends[k] += atomic_load(&st->ends[k]);
+	t->bytes_up += atomic_load(&st->bytes_up);
+	t->bytes_down += atomic_load(&st->bytes_down);
+}
+
+/* The counters as io.evfdd's Totals and Service carry them: ends by reason, and the three sums that the
+ * interface had before the reasons (refused, connect_errors, aborted; evfdd(8) says which reasons each holds). */
+static void counts_json(struct json_object *o, const struct counts *t)
+{
+	struct json_object *ends = json_object_new_object();
+	const uint64_t *e = t->ends;
+	unsigned k;
+
+	for (k = 0; k < EVFDD_END_COUNT; k++)
+		add_int(ends, evfdd_end_names[k], e[k]);
+	add_int(o, "open", t->open);
+	add_int(o, "total", t->total);
+	add_int(o, "closed", t->closed);
+	add_int(o, "refused", e[EVFDD_END_LIMIT] + e[EVFDD_END_NO_RESOURCES]);
+	add_int(o, "connect_errors", e[EVFDD_END_CONNECT_FAILED]);
+	add_int(o, "aborted", e[EVFDD_END_CLIENT_RESET] + e[EVFDD_END_BACKEND_RESET] + e[EVFDD_END_CLIENT_ERROR] +
+		e[EVFDD_END_BACKEND_ERROR] + e[EVFDD_END_IDLE_TIMEOUT] + e[EVFDD_END_SHUTDOWN]);
+	add_int(o, "bytes_up", t->bytes_up);
+	add_int(o, "bytes_down", t->bytes_down);
+	json_object_object_add(o, "ends", ends);
+}
+
 static struct json_object *status(void *arg)
 {
 	struct daemon *d = arg;
 	struct json_object *o = json_object_new_object(), *t = json_object_new_object(), *last;
-	uint64_t v[7] = { 0 };
-	static const char *const names[7] = { "open", "total", "refused", "connect_errors", "aborted",
-					      "bytes_up", "bytes_down" };
-	unsigned i, k;
+	struct counts sum = { 0 };
+	unsigned i;
 
-	for (i = 0; i < d->nsvcs; i++) {
-		const struct evfdd_svc_stats *st = d->svcs[i].svc->st;
-
-		v[0] += atomic_load(&st->open);
-		v[1] += atomic_load(&st->total);
-		v[2] += atomic_load(&st->refused);
-		v[3] += atomic_load(&st->connect_errors);
-		v[4] += atomic_load(&st->aborted);
-		v[5] += atomic_load(&st->bytes_up);
-		v[6] += atomic_load(&st->bytes_down);
-	}
-	for (k = 0; k < 7; k++)
-		add_int(t, names[k], v[k]);
+	for (i = 0; i < d->nsvcs; i++)
+		counts_add(&sum, d->svcs[i].svc->st);
+	counts_json(t, &sum);
 	add_str(o, "version", PACKAGE_VERSION);
 	add_int(o, "pid", (uint64_t)getpid());
 	add_int(o, "uptime_usec", evfdd_now_usec(CLOCK_MONOTONIC) - d->start_usec);
@@ -139,18 +167,14 @@ static struct json_object *services(void *arg)
 	for (i = 0; i < d->nsvcs; i++) {
 		const struct evfdd_svc *s = d->svcs[i].svc;
 		struct json_object *j = json_object_new_object();
+		struct counts c = { 0 };
 
 		add_str(j, "name", s->name);
 		add_str(j, "listen", s->listen_text);
 		json_object_object_add(j, "activated", json_object_new_boolean(s->activated));
 		add_str(j, "forward", s->forward_text);
-		add_int(j, "open", atomic_load(&s->st->open));
-		add_int(j, "total", atomic_load(&s->st->total));
-		add_int(j, "refused", atomic_load(&s->st->refused));
-		add_int(j, "connect_errors", atomic_load(&s->st->connect_errors));
-		add_int(j, "aborted", atomic_load(&s->st->aborted));
-		add_int(j, "bytes_up", atomic_load(&s->st->bytes_up));
-		add_int(j, "bytes_down", atomic_load(&s->st->bytes_down));
+		counts_add(&c, s->st);
+		counts_json(j, &c);
 		json_object_array_add(a, j);
 	}
 	json_object_object_add(o, "services", a);

@@ -1,14 +1,29 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* The data plane of one ring. Each connection is two halves (client->backend "up", backend->client "down"; an
+/*
+ * The data plane of one ring. Each connection is two halves (client->backend "up", backend->client "down"; an
  * echo connection has only "up", sent back to the client). A half is a loop of recv into a provided buffer,
  * send it all to the other side, recycle the buffer, recv again: one buffer per half at most, so a slow
  * reader stalls its sender instead of growing memory (backpressure), and an idle connection holds no buffer.
- * EOF on one side becomes shutdown(SHUT_WR) on the other; the connection lives until both halves are done. */
+ *
+ * How a connection ends:
+ * - EOF on one side becomes shutdown(SHUT_WR) on the other; the connection lives until both halves are done
+ *   (a clean close, counted as closed).
+ * - A side that fails (reset, or another socket error) is "dead": what evfdd already received from it still
+ *   goes to the other side, then that side is reset too (SO_LINGER {1, 0} on close), once its socket's send
+ *   queue has emptied (SIOCOUTQ) or after RESET_FLUSH_MS, so that a peer can tell a truncated stream from a
+ *   complete one. A Unix stream socket has no reset: it is closed. Counted by the dead side's reason.
+ * - A cut (idle timeout, failed connect, a forced stop, no resources) cancels everything in flight and closes
+ *   both sides when it has come back: with a FIN, or with a reset for a forced stop.
+ * Every accepted file descriptor is served, also on a ring that is draining or stopping, and also when its
+ * accept completes after it was cancelled; only a hard limit closes one unserved, and that is counted.
+ */
 #include <errno.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
 #include "log.h"
@@ -18,8 +33,18 @@
 #define TICK_MS 1000
 #define ACCEPT_RETRY_MS 100
 #define BALANCE_PAUSE_MS 2
+/* How long a reset waits for the surviving side's send queue to empty, and how often it looks. */
+#define RESET_FLUSH_MS 1000
+#define RESET_POLL_MS 5
+
+const char *const evfdd_end_names[EVFDD_END_COUNT] = {
+#define END_NAME(id, name) [EVFDD_END_##id] = #name,
+	EVFDD_END_REASONS(END_NAME)
+#undef END_NAME
+};
 
 enum half_state { H_IDLE, H_RECV, H_SEND, H_WAITBUF, H_DONE };
+enum side { CLIENT, BACKEND };
 
 struct conn;
 
@@ -42,7 +67,9 @@ struct acceptor {
 	struct evfdd_listener *lst;      /* NULL once retired and nothing is in flight on it */
 	struct evfd_op *op, *retry_op;
 	bool armed, retrying, retired;
+	bool held;                       /* serving a connection it just accepted: not to be freed yet */
 	bool out_of_fds;                 /* a backend socket failed with EMFILE/ENFILE: pause accepting */
+	bool client_tcp;                 /* the listener is TCP (its connections can be reset) */
 	struct __kernel_timespec retry_ts;
 	struct conn *lru_head, *lru_tail;   /* oldest activity first */
 };
@@ -53,11 +80,16 @@ struct conn {
 	int cfd, bfd;
 	unsigned backend;
 	unsigned pending;                /* requests in flight */
-	bool aborting;
+	unsigned end;                    /* enum evfdd_end, or EVFDD_END_COUNT while none */
+	bool cutting;                    /* everything cancelled: close once nothing is in flight */
+	bool flushing;                   /* side @dead failed: the other side gets what is left, then a reset */
+	bool rst_client, rst_backend;    /* close that side with SO_LINGER {1, 0} */
+	enum side dead;
 	uint64_t last_ns;
+	uint64_t flush_end_ns;
 	struct conn *prev, *next;
-	struct evfd_op *connect_op;
-	struct __kernel_timespec cto;
+	struct evfd_op *connect_op, *flush_op;
+	struct __kernel_timespec cto, flush_ts;
 	struct half up, down;
 };
 
@@ -76,7 +108,8 @@ struct evfdd_relay {
 	struct evfd_op *tick_op;
 	struct __kernel_timespec tick_ts;
 	bool stopping;
-	bool in_stop;                    /* inside evfdd_relay_stop: the walk must not free the relay */
+	bool aborting;                   /* stopped with abort: every connection is cut */
+	unsigned hold;                   /* inside a walk or an accept: the relay must not be freed yet */
 	void (*done)(struct evfdd_relay *, void *);
 	void *done_arg;
 };
@@ -139,7 +172,7 @@ static void acceptor_maybe_free(struct acceptor *a);
 
 static void relay_maybe_done(struct evfdd_relay *rl)
 {
-	if (rl->stopping && !rl->in_stop && !rl->pending && !rl->nconns && rl->done) {
+	if (rl->stopping && !rl->hold && !rl->pending && !rl->nconns && rl->done) {
 		void (*done)(struct evfdd_relay *, void *) = rl->done;
 
 		rl->done = NULL;
@@ -158,7 +191,7 @@ static unsigned char *buf_addr(struct evfdd_relay *rl, unsigned bid)
 
 /* ---- connections ---------------------------------------------------------------------------------- */
 
-static void half_recv(struct half *h);
+static bool half_recv(struct half *h);
 
 static void lru_unlink(struct conn *c)
 {
@@ -197,18 +230,32 @@ static void conn_touch(struct conn *c)
 	}
 }
 
+/* Close @fd; with @rst, so that the peer sees a reset instead of a clean end (TCP only). */
+static void sock_close(int fd, bool rst)
+{
+	static const struct linger abortive = { .l_onoff = 1, .l_linger = 0 };
+
+	if (fd < 0)
+		return;
+	if (rst)
+		(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &abortive, sizeof(abortive));
+	close(fd);
+}
+
 static void conn_free(struct conn *c)
 {
 	struct evfdd_relay *rl = c->acc->rl;
-
 	struct acceptor *a = c->acc;
+	struct evfdd_svc_stats *st = c->svc->st;
 
 	lru_unlink(c);
-	if (c->cfd >= 0)
-		close(c->cfd);
-	if (c->bfd >= 0)
-		close(c->bfd);
-	atomic_fetch_sub(&c->svc->st->open, 1);
+	sock_close(c->cfd, c->rst_client);
+	sock_close(c->bfd, c->rst_backend);
+	if (c->end < EVFDD_END_COUNT)
+		atomic_fetch_add(&st->ends[c->end], 1);
+	else
+		atomic_fetch_add(&st->closed, 1);
+	atomic_fetch_sub(&st->open, 1);
 	evfdd_svc_unref(c->svc);
 	free(c);
 	rl->nconns--;
@@ -225,54 +272,109 @@ static bool conn_finished(const struct conn *c)
 	return c->up.state == H_DONE && (c->svc->echo || c->down.state == H_DONE);
 }
 
-/* Called after every completion of the connection: frees it once nothing is left to do. */
+static void conn_flush_check(struct conn *c);
+
+/* Called after every completion of the connection, and as the last thing a caller does with @c (it may free
+ * it): frees it once nothing is left to do; a flushing connection looks at its flush. */
 static void conn_settle(struct conn *c)
 {
+	if (c->flushing && !c->cutting) {
+		conn_flush_check(c);
+		return;
+	}
 	if (c->pending)
 		return;
-	if (c->aborting || conn_finished(c))
+	if (c->cutting || conn_finished(c))
 		conn_free(c);
 }
 
-static void half_cancel(struct half *h)
+/* The first reason a connection ends with is the one counted. */
+static void conn_set_end(struct conn *c, enum evfdd_end why)
 {
-	struct evfdd_relay *rl = h->c->acc->rl;
-
-	if ((h->state == H_RECV || h->state == H_SEND) && h->op)
-		(void)evfd_op_cancel(rl->ring, h->op);
+	if (c->end == EVFDD_END_COUNT)
+		c->end = why;
 }
 
-/* Cut the connection: cancel what is in flight, close when it has all come back. */
-static void conn_abort(struct conn *c)
+static bool side_tcp(const struct conn *c, enum side s)
 {
-	struct evfdd_relay *rl = c->acc->rl;
+	return s == CLIENT ? c->acc->client_tcp : c->svc->backends[c->backend].addr.ss_family != AF_UNIX;
+}
+
+static int side_fd(const struct conn *c, enum side s)
+{
+	return s == CLIENT ? c->cfd : c->bfd;
+}
+
+static enum side side_of_fd(const struct conn *c, int fd)
+{
+	return fd == c->cfd ? CLIENT : BACKEND;
+}
+
+static enum side other_side(enum side s)
+{
+	return s == CLIENT ? BACKEND : CLIENT;
+}
+
+/* The half that reads from @s (for an echo, the one half). */
+static struct half *half_from(struct conn *c, enum side s)
+{
+	return s == CLIENT ? &c->up : &c->down;
+}
+
+/* Whether @h carries data toward the dead side of a flushing connection: that data can no longer arrive. */
+static bool half_toward_dead(const struct half *h)
+{
+	return h->c->flushing && side_of_fd(h->c, h->to) == h->c->dead;
+}
+
+/* Stop a half: cancel what it has in flight (its callback still runs) or take it off the wait list. */
+static void half_stop(struct half *h)
+{
+	struct evfdd_relay *rl = h->c->acc->rl;
 	struct half **w;
 
-	if (c->aborting) {
-		conn_settle(c);   /* one of the cancelled requests came back */
+	if ((h->state == H_RECV || h->state == H_SEND) && h->op) {
+		(void)evfd_op_cancel(rl->ring, h->op);
 		return;
 	}
-	c->aborting = true;
-	atomic_fetch_add(&c->svc->st->aborted, 1);
-	if (c->connect_op)
-		(void)evfd_op_cancel(rl->ring, c->connect_op);
-	half_cancel(&c->up);
-	if (!c->svc->echo)
-		half_cancel(&c->down);
-	for (w = &rl->wait_head; *w;) {
-		if ((*w)->c == c) {
-			*w = (*w)->wnext;
-			continue;
-		}
-		w = &(*w)->wnext;
-	}
+	if (h->state != H_WAITBUF)
+		return;
+	for (w = &rl->wait_head; *w && *w != h; w = &(*w)->wnext)
+		;
+	if (*w)
+		*w = h->wnext;
 	rl->wait_tail = NULL;
-	for (struct half *h = rl->wait_head; h; h = h->wnext)
-		rl->wait_tail = h;
-	/* Shut the sockets down now so that peers see the end at once, even before the cancels return. */
-	if (c->cfd >= 0)
+	for (struct half *x = rl->wait_head; x; x = x->wnext)
+		rl->wait_tail = x;
+	h->state = H_DONE;
+}
+
+/*
+ * Cut the connection (@why, unless it already has a reason): cancel what is in flight and close both sides
+ * once it has all come back, with a reset toward a TCP peer when @rst. Without a reset the peers see the end at
+ * once (shutdown), even before the cancels return. May free @c.
+ */
+static void conn_cut(struct conn *c, enum evfdd_end why, bool rst)
+{
+	if (why != EVFDD_END_COUNT)
+		conn_set_end(c, why);
+	if (c->cutting)
+		return;   /* its cancels are on their way back */
+	c->cutting = true;
+	if (rst) {
+		c->rst_client = c->rst_client || side_tcp(c, CLIENT);
+		c->rst_backend = c->rst_backend || (c->bfd >= 0 && !c->connect_op && side_tcp(c, BACKEND));
+	}
+	if (c->connect_op)
+		(void)evfd_op_cancel(c->acc->rl->ring, c->connect_op);
+	if (c->flush_op)
+		(void)evfd_op_cancel(c->acc->rl->ring, c->flush_op);
+	half_stop(&c->up);
+	if (!c->svc->echo)
+		half_stop(&c->down);
+	if (c->cfd >= 0 && !c->rst_client)
 		shutdown(c->cfd, SHUT_RDWR);
-	if (c->bfd >= 0)
+	if (c->bfd >= 0 && !c->rst_backend)
 		shutdown(c->bfd, SHUT_RDWR);
 	conn_settle(c);
 }
@@ -287,14 +389,83 @@ static int conn_submit(struct conn *c, struct io_uring_sqe *sqe, evfd_op_cb cb, 
 	return err;
 }
 
-static void half_send(struct half *h);
+static void flush_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
+{
+	struct conn *c = arg;
 
+	c->pending--;
+	c->flush_op = NULL;
+	conn_settle(c);
+}
+
+/* A flush waits until what evfdd received from the dead side has been sent on and has left the survivor's
+ * send queue (SIOCOUTQ: bytes not yet acknowledged), or RESET_FLUSH_MS have passed; then the survivor is reset
+ * (a Unix socket, which cannot be, is closed) and the connection cut. May free @c. */
+static void conn_flush_check(struct conn *c)
+{
+	enum side alive = other_side(c->dead);
+	struct io_uring_sqe sqe = { 0 };
+	int queued = 0;
+
+	if (c->flush_op || half_from(c, c->dead)->state != H_DONE)
+		return;
+	if (side_tcp(c, alive) && ioctl(side_fd(c, alive), SIOCOUTQ, &queued) == 0 && queued > 0 &&
+	    now_ns() < c->flush_end_ns) {
+		c->flush_ts.tv_sec = 0;
+		c->flush_ts.tv_nsec = RESET_POLL_MS * 1000000LL;
+		io_uring_prep_timeout(&sqe, &c->flush_ts, 0, 0);
+		if (conn_submit(c, &sqe, flush_cb, c, &c->flush_op) == 0)
+			return;
+	}
+	if (alive == CLIENT)
+		c->rst_client = side_tcp(c, CLIENT);
+	else
+		c->rst_backend = side_tcp(c, BACKEND);
+	conn_cut(c, EVFDD_END_COUNT, false);
+}
+
+/*
+ * Side @s failed with @err (a negative errno from a recv or a send on it). Its reset, or its error, reaches the
+ * other side as a reset once what evfdd received from @s has been delivered (conn_flush_check); data toward
+ * @s is lost, so that half stops at once. An echo has no other side, a connection whose other side failed
+ * too has nobody to tell: they are cut. May free @c.
+ */
+static void conn_side_failed(struct conn *c, enum side s, int err)
+{
+	bool reset = err == -ECONNRESET || err == -EPIPE;
+	enum evfdd_end why = s == CLIENT ? (reset ? EVFDD_END_CLIENT_RESET : EVFDD_END_CLIENT_ERROR) :
+					   (reset ? EVFDD_END_BACKEND_RESET : EVFDD_END_BACKEND_ERROR);
+
+	log_debug("[%s] %s side: %s", c->svc->name, s == CLIENT ? "client" : "backend", strerror(-err));
+	conn_set_end(c, why);
+	if (c->cutting || (c->flushing && c->dead == s)) {
+		conn_settle(c);
+		return;
+	}
+	if (c->flushing || c->svc->echo || c->bfd < 0 || c->connect_op) {
+		conn_cut(c, why, false);
+		return;
+	}
+	c->flushing = true;
+	c->dead = s;
+	c->flush_end_ns = now_ns() + RESET_FLUSH_MS * 1000000ull;
+	half_stop(s == CLIENT ? &c->down : &c->up);
+	conn_settle(c);
+}
+
+static bool half_send(struct half *h);
+
+/* EOF from h->from: the other side learns that no more data comes; it may still send its own. A side about to
+ * be reset by a flush gets no FIN first. */
 static void half_done(struct half *h)
 {
+	struct conn *c = h->c;
+
 	h->state = H_DONE;
-	/* The other side learns that no more data comes; it may still send its own. */
+	if (c->flushing)
+		return;
 	if (shutdown(h->to, SHUT_WR) < 0 && errno != ENOTCONN)
-		log_debug("[%s] shutdown: %s", h->c->svc->name, strerror(errno));
+		log_debug("[%s] shutdown: %s", c->svc->name, strerror(errno));
 }
 
 static void half_send_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
@@ -305,12 +476,14 @@ static void half_send_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe,
 
 	c->pending--;
 	h->op = NULL;
-	if (c->aborting || cqe->res <= 0) {
+	if (c->cutting || half_toward_dead(h) || cqe->res <= 0) {
+		/* Cancelled, toward a side that is gone, or failed: the data goes nowhere. */
 		buf_recycle(rl, h->bid);
 		h->state = H_DONE;
-		if (!c->aborting && cqe->res < 0)
-			log_debug("[%s] send: %s", c->svc->name, strerror(-cqe->res));
-		conn_abort(c);
+		if (c->cutting || half_toward_dead(h))
+			conn_settle(c);
+		else
+			conn_side_failed(c, side_of_fd(c, h->to), cqe->res < 0 ? cqe->res : -EPIPE);
 		return;
 	}
 	if (h == &c->up)
@@ -327,18 +500,21 @@ static void half_send_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe,
 	half_recv(h);
 }
 
-static void half_send(struct half *h)
+/* Send what h holds from h->off. Returns false when the connection was cut for want of ring space (and may be
+ * gone). */
+static bool half_send(struct half *h)
 {
 	struct conn *c = h->c;
 	struct io_uring_sqe sqe = { 0 };
 
 	io_uring_prep_send(&sqe, h->to, buf_addr(c->acc->rl, h->bid) + h->off, h->len - h->off, MSG_NOSIGNAL);
 	h->state = H_SEND;
-	if (conn_submit(c, &sqe, half_send_cb, h, &h->op) < 0) {
-		buf_recycle(c->acc->rl, h->bid);
-		h->state = H_DONE;
-		conn_abort(c);
-	}
+	if (conn_submit(c, &sqe, half_send_cb, h, &h->op) == 0)
+		return true;
+	buf_recycle(c->acc->rl, h->bid);
+	h->state = H_DONE;
+	conn_cut(c, EVFDD_END_NO_RESOURCES, false);
+	return false;
 }
 
 static void half_recv_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
@@ -350,7 +526,7 @@ static void half_recv_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe,
 
 	c->pending--;
 	h->op = NULL;
-	if (cqe->res > 0 && has_buf && !c->aborting) {
+	if (cqe->res > 0 && has_buf && !c->cutting && !half_toward_dead(h)) {
 		h->bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
 		h->len = (unsigned)cqe->res;
 		h->off = 0;
@@ -360,7 +536,7 @@ static void half_recv_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe,
 	}
 	if (has_buf)
 		buf_recycle(rl, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
-	if (c->aborting) {
+	if (c->cutting || half_toward_dead(h)) {
 		h->state = H_DONE;
 		conn_settle(c);
 		return;
@@ -374,6 +550,7 @@ static void half_recv_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe,
 		else
 			rl->wait_head = h;
 		rl->wait_tail = h;
+		conn_settle(c);
 		return;
 	}
 	if (cqe->res == 0) {
@@ -381,12 +558,12 @@ static void half_recv_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe,
 		conn_settle(c);
 		return;
 	}
-	log_debug("[%s] recv: %s", c->svc->name, strerror(-cqe->res));
 	h->state = H_DONE;
-	conn_abort(c);
+	conn_side_failed(c, side_of_fd(c, h->from), cqe->res);
 }
 
-static void half_recv(struct half *h)
+/* Returns false when the connection was cut for want of ring space (and may be gone). */
+static bool half_recv(struct half *h)
 {
 	struct conn *c = h->c;
 	struct io_uring_sqe sqe = { 0 };
@@ -395,10 +572,11 @@ static void half_recv(struct half *h)
 	sqe.flags |= IOSQE_BUFFER_SELECT;
 	sqe.buf_group = RELAY_BGID;
 	h->state = H_RECV;
-	if (conn_submit(c, &sqe, half_recv_cb, h, &h->op) < 0) {
-		h->state = H_DONE;
-		conn_abort(c);
-	}
+	if (conn_submit(c, &sqe, half_recv_cb, h, &h->op) == 0)
+		return true;
+	h->state = H_DONE;
+	conn_cut(c, EVFDD_END_NO_RESOURCES, false);
+	return false;
 }
 
 static void buf_recycle(struct evfdd_relay *rl, unsigned bid)
@@ -416,11 +594,11 @@ static void buf_recycle(struct evfdd_relay *rl, unsigned bid)
 	}
 }
 
+/* May free @c. */
 static void conn_start_relay(struct conn *c)
 {
 	c->up.state = H_IDLE;
-	half_recv(&c->up);
-	if (!c->svc->echo && !c->aborting)
+	if (half_recv(&c->up) && !c->svc->echo)
 		half_recv(&c->down);
 }
 
@@ -433,7 +611,7 @@ static void connect_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, v
 
 	c->pending--;
 	c->connect_op = NULL;
-	if (c->aborting) {
+	if (c->cutting) {
 		conn_settle(c);
 		return;
 	}
@@ -448,12 +626,12 @@ static void connect_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, v
 		conn_connect(c);
 		return;
 	}
-	atomic_fetch_add(&c->svc->st->connect_errors, 1);
+	c->backend--;   /* keep naming an address (side_tcp) */
 	if (log_ratelimit(&c->svc->st->connect_rl, &missed))
 		log_warnx("[%s] backend connect failed: %s; closing the client (%lu similar messages suppressed)",
 			  c->svc->name, cqe->res == -ECANCELED ? "timed out" : strerror(-cqe->res), missed);
 	c->up.state = c->down.state = H_DONE;
-	conn_abort(c);
+	conn_cut(c, EVFDD_END_CONNECT_FAILED, false);
 }
 
 static void link_timeout_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
@@ -464,6 +642,7 @@ static void link_timeout_cb(struct evfd_ring *ring, const struct io_uring_cqe *c
 	conn_settle(c);
 }
 
+/* May free @c. */
 static void conn_connect(struct conn *c)
 {
 	const struct evfdd_backend *b = &c->svc->backends[c->backend];
@@ -474,7 +653,7 @@ static void conn_connect(struct conn *c)
 	if (c->bfd < 0) {
 		unsigned long missed = 0;
 
-		if (errno == EMFILE || errno == ENFILE) {
+		if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
 			/* Accepting more would only fail the same way: pause, as for accept's EMFILE. */
 			c->acc->out_of_fds = true;
 			if (log_ratelimit(&c->svc->st->accept_rl, &missed))
@@ -484,9 +663,9 @@ static void conn_connect(struct conn *c)
 		} else if (log_ratelimit(&c->svc->st->connect_rl, &missed)) {
 			log_warn("[%s] backend socket (%lu similar messages suppressed)", c->svc->name, missed);
 		}
-		atomic_fetch_add(&c->svc->st->connect_errors, 1);
 		c->up.state = c->down.state = H_DONE;
-		conn_abort(c);
+		conn_cut(c, errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM ?
+			 EVFDD_END_NO_RESOURCES : EVFDD_END_CONNECT_FAILED, false);
 		return;
 	}
 	if (c->svc->tcp_nodelay && b->addr.ss_family != AF_UNIX)
@@ -505,19 +684,22 @@ static void conn_connect(struct conn *c)
 	return;
 fail:
 	c->up.state = c->down.state = H_DONE;
-	conn_abort(c);
+	conn_cut(c, EVFDD_END_NO_RESOURCES, false);
 }
 
+/* Serve @fd, just accepted on @a: every accepted connection is served, or counted by the limit that closed
+ * it. May free the connection (not @a or the relay: the caller holds them). */
 static void conn_new(struct acceptor *a, int fd)
 {
 	struct evfdd_svc *svc = a->svc;
+	struct evfdd_relay *rl = a->rl;
+	unsigned long missed = 0;
 	struct conn *c;
 	int one = 1;
 
-	unsigned long missed = 0;
-
+	atomic_fetch_add(&svc->st->total, 1);
 	if (atomic_load(&svc->st->open) >= svc->max_connections) {
-		atomic_fetch_add(&svc->st->refused, 1);
+		atomic_fetch_add(&svc->st->ends[EVFDD_END_LIMIT], 1);
 		if (log_ratelimit(&svc->st->limit_rl, &missed))
 			log_warnx("[%s] max_connections (%u) reached; closing a new connection (%lu similar "
 				  "messages suppressed)", svc->name, svc->max_connections, missed);
@@ -526,29 +708,36 @@ static void conn_new(struct acceptor *a, int fd)
 	}
 	c = calloc(1, sizeof(*c));
 	if (!c) {
-		log_warnx("[%s] out of memory for a connection", svc->name);
+		atomic_fetch_add(&svc->st->ends[EVFDD_END_NO_RESOURCES], 1);
+		if (log_ratelimit(&svc->st->limit_rl, &missed))
+			log_warnx("[%s] out of memory for a connection; closing it (%lu similar messages suppressed)",
+				  svc->name, missed);
 		close(fd);
 		return;
 	}
 	atomic_fetch_add(&svc->st->open, 1);
-	atomic_fetch_add(&svc->st->total, 1);
 	c->acc = a;
 	c->svc = evfdd_svc_ref(svc);
 	c->cfd = fd;
 	c->bfd = -1;
+	c->end = EVFDD_END_COUNT;
 	c->up.c = c->down.c = c;
 	c->up.from = fd;
 	c->down.to = fd;
-	a->rl->nconns++;
-	if (a->rl->nconns_pub)
-		atomic_store_explicit(a->rl->nconns_pub, a->rl->nconns, memory_order_relaxed);
-	if (a->rl->balance)
-		atomic_fetch_add_explicit(&a->rl->balance->conns, 1, memory_order_relaxed);
+	rl->nconns++;
+	if (rl->nconns_pub)
+		atomic_store_explicit(rl->nconns_pub, rl->nconns, memory_order_relaxed);
+	if (rl->balance)
+		atomic_fetch_add_explicit(&rl->balance->conns, 1, memory_order_relaxed);
 	c->last_ns = now_ns();
 	lru_append(c);
-	if (svc->tcp_nodelay)
+	if (svc->tcp_nodelay && a->client_tcp)
 		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (svc->echo) {
+	if (rl->aborting) {
+		/* Accepted after a forced stop began: it is cut like the others. */
+		c->up.state = c->down.state = H_DONE;
+		conn_cut(c, EVFDD_END_SHUTDOWN, true);
+	} else if (svc->echo) {
 		c->up.to = fd;
 		c->down.state = H_DONE;
 		conn_start_relay(c);
@@ -570,7 +759,7 @@ static void acceptor_maybe_free(struct acceptor *a)
 
 	if (!a->retired && !rl->stopping)
 		return;
-	if (a->armed || a->retrying)
+	if (a->armed || a->retrying || a->held)
 		return;
 	evfdd_listener_unref(a->lst);
 	a->lst = NULL;
@@ -624,10 +813,13 @@ static void accept_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, vo
 	a->armed = false;
 	a->op = NULL;
 	if (cqe->res >= 0) {
-		if (rl->stopping)
-			close(cqe->res);
-		else
-			conn_new(a, cqe->res);   /* also when retired: the kernel handed it over, serve it */
+		/* Served whatever the state: the kernel handed the connection over (also after the accept was
+		 * cancelled, on a draining or stopping ring), and closing it would reset the client. */
+		a->held = true;
+		rl->hold++;
+		conn_new(a, cqe->res);
+		rl->hold--;
+		a->held = false;
 	}
 	if (rl->stopping || a->retired || cqe->res == -ECANCELED) {
 		acceptor_maybe_free(a);
@@ -688,6 +880,8 @@ static void acceptor_quiet(struct acceptor *a)
 static void acceptor_add(struct evfdd_relay *rl, struct evfdd_relay_service *rs)
 {
 	struct acceptor *a = calloc(1, sizeof(*a));
+	socklen_t len = sizeof(int);
+	int domain = 0;
 
 	if (!a) {
 		log_warnx("[%s] out of memory: a ring does not accept on this service", rs->svc->name);
@@ -698,6 +892,7 @@ static void acceptor_add(struct evfdd_relay *rl, struct evfdd_relay_service *rs)
 	a->rl = rl;
 	a->svc = rs->svc;
 	a->lst = rs->lst;
+	a->client_tcp = getsockopt(a->lst->fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 && domain != AF_UNIX;
 	a->next = rl->accs;
 	rl->accs = a;
 	acceptor_arm(a);
@@ -715,6 +910,7 @@ static void tick_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void
 
 	rl->pending--;
 	rl->tick_op = NULL;
+	rl->hold++;
 	for (a = rl->accs; a && !rl->stopping; a = anext) {
 		uint64_t idle = (uint64_t)a->svc->idle_timeout_ms * 1000000u;
 		struct conn *c, *next;
@@ -725,10 +921,13 @@ static void tick_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void
 			continue;
 		for (c = a->lru_head; c && now - c->last_ns >= idle; c = next) {
 			next = c->next;
+			if (c->cutting)
+				continue;
 			log_debug("[%s] closing a connection idle for %u ms", a->svc->name, a->svc->idle_timeout_ms);
-			conn_abort(c);
+			conn_cut(c, EVFDD_END_IDLE_TIMEOUT, false);
 		}
 	}
+	rl->hold--;
 	if (!rl->stopping)
 		tick_arm(rl);
 	relay_maybe_done(rl);
@@ -881,9 +1080,12 @@ void evfdd_relay_stop(struct evfdd_relay *rl, bool abort, void (*done)(struct ev
 		rl->counted = false;
 	}
 	rl->stopping = true;
-	rl->in_stop = true;
+	rl->aborting = rl->aborting || abort;
+	rl->hold++;
 	rl->done = done;
 	rl->done_arg = arg;
+	/* Accepting stops first: connections still queued stay in the listening socket, which systemd keeps
+	 * for the next instance when it was activated. */
 	for (a = rl->accs; a; a = anext) {
 		anext = a->next;   /* a retired acceptor goes with its last connection */
 		acceptor_quiet(a);
@@ -892,13 +1094,13 @@ void evfdd_relay_stop(struct evfdd_relay *rl, bool abort, void (*done)(struct ev
 
 			for (c = a->lru_head; c; c = next) {
 				next = c->next;
-				conn_abort(c);
+				conn_cut(c, EVFDD_END_SHUTDOWN, true);
 			}
 		}
 	}
 	if (rl->tick_op)
 		(void)evfd_op_cancel(rl->ring, rl->tick_op);
-	rl->in_stop = false;
+	rl->hold--;
 	relay_maybe_done(rl);
 }
 

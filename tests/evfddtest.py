@@ -23,6 +23,29 @@ SA_ENV = [a for v in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS", "LD_LIBRA
           for a in ("-E", v)]
 
 
+NOBODY = 65534
+_shared_dir = None
+
+
+def for_nobody(path):
+    """A copy of the program @path that uid 65534 can run, also when the build tree is in a directory only
+    root can enter (a checkout under /root). Plain ELF programs only (evfdctl), not libtool wrappers. The
+    copies live in one 0755 directory, removed at exit."""
+    global _shared_dir
+    import atexit
+    import shutil
+    import tempfile
+    if _shared_dir is None:
+        _shared_dir = tempfile.mkdtemp(prefix="evfdd-shared-")
+        os.chmod(_shared_dir, 0o755)
+        atexit.register(shutil.rmtree, _shared_dir, True)
+    dst = os.path.join(_shared_dir, os.path.basename(path))
+    if not os.path.exists(dst):
+        shutil.copy2(path, dst)
+        os.chmod(dst, 0o755)
+    return dst
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,7 +16,11 @@ import tempfile
 import threading
 import time
 
-from evfddtest import EVFDD, SA_ENV, SCALE, TOP_BUILDDIR, DaemonLog, closed_by_peer, free_port, sanitizer_report
+import json
+import struct
+
+from evfddtest import (EVFDCTL, EVFDD, SA_ENV, SCALE, TOP_BUILDDIR, DaemonLog, closed_by_peer, free_port,
+                       sanitizer_report)
 
 NO_URING = os.path.join(TOP_BUILDDIR, "tests", "no-uring-exec")
 TMP = tempfile.mkdtemp(prefix="evfdd-test-")
@@ -39,6 +43,10 @@ class Daemon(DaemonLog):
 
     def __init__(self, conf, wrap=None, preexec=None, wait_ready=True):
         self.path = os.path.join(TMP, "evfdd-%d.conf" % random.randrange(1 << 30))
+        # A control socket of its own, for the counters.
+        self.control = self.path + ".ctl"
+        if "\ncontrol =" not in conf:
+            conf = conf.replace("[evfdd]\n", "[evfdd]\ncontrol = %s\n" % self.control, 1)
         with open(self.path, "w") as f:
             f.write(conf)
         self.log = open(self.path + ".log", "w+")
@@ -55,6 +63,29 @@ class Daemon(DaemonLog):
         """A graceful stop must end with exit status 0 and no sanitizer report."""
         self.proc.send_signal(sig)
         return self.wait_exit(sig, timeout)
+
+    def services(self):
+        """evfdctl --json services, by service name."""
+        out = subprocess.run([EVFDCTL, "-s", self.control, "--json", "services"], capture_output=True, text=True,
+                             timeout=60)
+        if out.returncode != 0:
+            fail("evfdctl services: exit %d: %s\n%s" % (out.returncode, out.stderr, self.text()))
+        return {s["name"]: s for s in json.loads(out.stdout)["services"]}
+
+    def expect_counts(self, name, what, **want):
+        """Service @name's counters, once it has no connection open, are @want: total, closed, and ends by
+        reason (every reason not named must be 0)."""
+        end = time.time() + 20 * (1 if SCALE == 1 else 3)
+        while True:
+            s = self.services()[name]
+            if s["open"] == 0 or time.time() > end:
+                break
+            time.sleep(0.05)
+        got = {"open": s["open"], "total": s["total"], "closed": s["closed"]}
+        got.update({k: v for k, v in s["ends"].items() if v})
+        want = dict({"open": 0}, **want)
+        if got != want:
+            fail("%s: [%s] counts %s, the clients saw %s" % (what, name, got, want))
 
     def rss_kib(self):
         with open("/proc/%d/status" % self.proc.pid) as f:
@@ -259,8 +290,9 @@ def case_backend_down():
     logged = d.text().count("backend connect failed")
     if logged > 5:
         fail("a dead backend flooded the log: %d messages for 20 clients" % logged)
-    print("ok backend down: 20 clients closed in %.2f s, %d log lines (rate-limited)" % (took, logged),
-          flush=True)
+    d.expect_counts("down", "a dead backend", total=20, closed=0, connect_failed=20)
+    print("ok backend down: 20 clients closed in %.2f s, %d log lines (rate-limited), counted as "
+          "connect_failed" % (took, logged), flush=True)
     d.stop()
 
 
@@ -383,10 +415,14 @@ def case_graceful_stop():
     d.stop()   # the second SIGTERM
     if "closing every connection now" not in d.text():
         fail("no message for the second signal:\n" + d.text())
-    if held.recv(1) != b"":
-        fail("the connection outlived the second signal")
+    # Cut by a forced stop: a reset, so that the client cannot take the cut for the end of the stream.
+    try:
+        got = held.recv(1)
+        fail("after the second signal the client got %r instead of a reset" % got)
+    except ConnectionResetError:
+        pass
     held.close()
-    print("ok graceful stop: open connection carried on, new ones not served, second signal closed it",
+    print("ok graceful stop: open connection carried on, new ones not served, second signal reset it",
           flush=True)
 
 
@@ -447,9 +483,134 @@ def case_limits():
         if how == "timeout":
             fail("an idle connection outlived idle_timeout by seconds")
         s.close()
-    print("ok max_connections closes the excess; idle connections closed after %.1f s" % (time.time() - t0),
-          flush=True)
+    d.expect_counts("lim", "max_connections and idle_timeout", total=4, closed=0, limit=1, idle_timeout=3)
+    # Their backend connections ended cleanly: evfdd closed them itself.
+    d.expect_counts("echo", "max_connections and idle_timeout", total=3, closed=3)
+    print("ok max_connections closes the excess; idle connections closed after %.1f s; counted as limit and "
+          "idle_timeout" % (time.time() - t0), flush=True)
     d.stop()
+
+
+class ResetBackend:
+    """A TCP backend that reads a 5-byte request, answers with @reply, waits for @wait seconds and resets the
+    connection (SO_LINGER {1, 0}); or, with @expect_reset, reads until the client's side resets it and notes
+    what it saw ("reset", "eof" or an error) in self.seen."""
+
+    def __init__(self, reply=b"", wait=0.2, expect_reset=False):
+        self.reply, self.wait, self.expect_reset = reply, wait, expect_reset
+        self.seen = []
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        try:
+            got = b""
+            while len(got) < 5:
+                d = c.recv(5 - len(got))
+                if not d:
+                    break
+                got += d
+            if self.expect_reset:
+                while c.recv(65536):
+                    pass
+                self.seen.append("eof")
+                return
+            c.sendall(self.reply)
+            time.sleep(self.wait)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except ConnectionResetError:
+            self.seen.append("reset")
+        except OSError as e:
+            self.seen.append(str(e))
+        finally:
+            c.close()
+
+
+def read_until_end(s):
+    """Everything @s receives, and how it ended: "eof" or "reset"."""
+    got = b""
+    try:
+        while True:
+            d = s.recv(1 << 16)
+            if not d:
+                return got, "eof"
+            got += d
+    except ConnectionResetError:
+        return got, "reset"
+
+
+def case_resets():
+    """A reset on one side reaches the other as a reset, after everything evfdd had received from the side
+    that reset: a backend's abort is not a clean end for the client; a client's abort reaches the backend.
+    A Unix client, which cannot be reset, sees its connection closed. The counters say which side did it."""
+    reply = random.randbytes(300000)
+    back = ResetBackend(reply)
+    echo, fwd = free_port(), free_port()
+    uds = os.path.join(TMP, "reset-fwd.sock")
+    d = Daemon("[evfdd]\nworkers = 2\nrings = 2\n[echo]\nlisten = 127.0.0.1:%d\nforward = echo\n"
+               "[fwd]\nlisten = 127.0.0.1:%d\nforward = 127.0.0.1:%d\n"
+               "[ufwd]\nlisten = %s\nforward = 127.0.0.1:%d\n" % (echo, fwd, back.port, uds, back.port))
+    # The backend answers, then resets: the client gets every byte of the answer, then a reset. It reads
+    # only after the reset, so the bytes wait in evfdd's buffers and socket queues when it happens.
+    for i in range(3):
+        s = connect(("127.0.0.1", fwd))
+        s.sendall(b"hello")
+        time.sleep(back.wait + 0.3)
+        got, how = read_until_end(s)
+        s.close()
+        if got != reply or how != "reset":
+            fail("backend reset %d: the client got %d of %d bytes (%s), then %s instead of a reset"
+                 % (i, len(got), len(reply), "intact" if reply.startswith(got) else "corrupted", how))
+    # The same through a Unix listener: no reset there, the client sees the end after every byte.
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(uds)
+    s.sendall(b"hello")
+    got, how = read_until_end(s)
+    s.close()
+    if got != reply or how != "eof":
+        fail("backend reset, Unix client: %d of %d bytes, then %s instead of the end" % (len(got), len(reply), how))
+    d.expect_counts("fwd", "backend resets", total=3, closed=0, backend_reset=3)
+    d.expect_counts("ufwd", "backend reset, Unix client", total=1, closed=0, backend_reset=1)
+
+    # The client resets: the backend sees a reset, and the echo's client reset is counted too.
+    back2 = ResetBackend(expect_reset=True)
+    d2_conf = ("[evfdd]\nworkers = 1\n[cfwd]\nlisten = 127.0.0.1:%d\nforward = 127.0.0.1:%d\n"
+               "[echo]\nlisten = 127.0.0.1:%d\nforward = echo\n" % (free_port(), back2.port, free_port()))
+    d.stop()
+    d = Daemon(d2_conf)
+    cfwd = int(d2_conf.split("listen = 127.0.0.1:")[1].split("\n")[0])
+    echo = int(d2_conf.split("listen = 127.0.0.1:")[2].split("\n")[0])
+    for port in (cfwd, echo):
+        s = connect(("127.0.0.1", port))
+        s.sendall(b"hello")
+        if port == echo and s.recv(5) != b"hello":
+            fail("echo before the client's reset")
+        time.sleep(0.2)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    end = time.time() + 10
+    while not back2.seen and time.time() < end:
+        time.sleep(0.02)
+    if back2.seen != ["reset"]:
+        fail("client reset: the backend saw %s instead of a reset" % (back2.seen or "nothing"))
+    d.expect_counts("cfwd", "client reset", total=1, closed=0, client_reset=1)
+    d.expect_counts("echo", "client reset on the echo", total=1, closed=0, client_reset=1)
+    d.stop()
+    print("ok resets: a backend's reset reached TCP clients as a reset after all %d bytes it had sent (a Unix "
+          "client saw them and the end), a client's reset reached the backend as a reset; counted as "
+          "backend_reset and client_reset" % len(reply), flush=True)
 
 
 def case_backend_slow_reader():
@@ -502,11 +663,14 @@ def main():
     if not os.access(EVFDD, os.X_OK):
         fail("%s not built" % EVFDD)
     random.seed(1)
+    cases = (case_check_option, case_tcp_bulk, case_unix, case_activation, case_backend_down,
+             case_many_connections, case_slow_reader, case_backend_slow_reader, case_emfile,
+             case_limits, case_resets, case_graceful_stop, case_notify, case_no_io_uring)
+    names = sys.argv[1:]   # `python3 test-evfdd.py case_resets` runs only the cases named
     try:
-        for case in (case_check_option, case_tcp_bulk, case_unix, case_activation, case_backend_down,
-                     case_many_connections, case_slow_reader, case_backend_slow_reader, case_emfile,
-                     case_limits, case_graceful_stop, case_notify, case_no_io_uring):
-            case()
+        for case in cases:
+            if not names or case.__name__ in names:
+                case()
     finally:
         for proc in DAEMONS:
             if proc.poll() is None:

@@ -200,7 +200,7 @@ PATTERN = memoryview(_pattern + _pattern[:RECV_MAX])
 
 
 class Stream:
-    __slots__ = ("i", "addr", "sock", "base", "sent", "recvd", "mask", "shut", "done", "error")
+    __slots__ = ("i", "addr", "sock", "base", "sent", "recvd", "mask", "shut", "done", "error", "kind")
 
     def __init__(self, i, addr):
         self.i, self.addr = i, addr
@@ -208,7 +208,7 @@ class Stream:
         self.sent = self.recvd = 0
         self.mask = 0
         self.shut = self.done = False
-        self.error = None
+        self.error = self.kind = None
         self.sock = connect(addr)
         self.sock.setblocking(False)
 
@@ -240,8 +240,9 @@ class Load:
         for st in self.streams:
             st.done = True
 
-    def _error(self, st, what):
+    def _error(self, st, what, kind="other"):
         st.error = what
+        st.kind = kind
         st.done = True
         self.errors.append("%s: %s after %d bytes sent, %d echoed" % (st.name(), what, st.sent, st.recvd))
         self.sel.unregister(st.sock)
@@ -252,6 +253,9 @@ class Load:
             d = st.sock.recv(RECV_MAX)
         except BlockingIOError:
             return
+        except ConnectionResetError as e:
+            self._error(st, "recv: %s" % e, "reset")
+            return
         except OSError as e:
             self._error(st, "recv: %s" % e)
             return
@@ -261,7 +265,7 @@ class Load:
                 self.sel.unregister(st.sock)
                 st.sock.close()
             else:
-                self._error(st, "unexpected EOF")
+                self._error(st, "unexpected EOF", "eof")
             return
         if st.recvd + len(d) > st.sent:
             self._error(st, "%d bytes more than were sent" % (st.recvd + len(d) - st.sent))
@@ -283,6 +287,8 @@ class Load:
             st.sent += st.sock.send(PATTERN[pos:pos + n])
         except BlockingIOError:
             pass
+        except (ConnectionResetError, BrokenPipeError) as e:
+            self._error(st, "send: %s" % e, "reset")
         except OSError as e:
             self._error(st, "send: %s" % e)
 
@@ -321,6 +327,20 @@ class Load:
     def progress(self):
         return [st.recvd for st in self.streams]
 
+    def kinds(self):
+        """How many streams ended in a reset, an empty EOF, or another error."""
+        out = {"reset": 0, "eof": 0, "other": 0}
+        for st in self.streams:
+            if st.kind:
+                out[st.kind] += 1
+        return out
+
+    def conns_per_addr(self):
+        out = {}
+        for st in self.streams:
+            out[st.addr] = out.get(st.addr, 0) + 1
+        return out
+
     def wait_progress(self, what, timeout=30):
         """Every live stream must move bytes again after @what: a stalled one is a connection lost."""
         before = self.progress()
@@ -353,13 +373,18 @@ class Load:
 
 
 class Churn:
-    """Opens and closes connections without pause, each a small half-close round trip, checked."""
+    """Opens and closes connections without pause, each a small half-close round trip, checked. Counts every
+    connection it opened (by address) and every failure by kind: a reset, an empty EOF (the reply never
+    came), a short or corrupted reply, another error."""
 
-    def __init__(self, addrs):
+    def __init__(self, addrs, seed=7):
         self.addrs = addrs
         self.ok = 0
+        self.opened = {}
         self.failures = []
+        self.kinds = {"reset": 0, "eof": 0, "short": 0, "other": 0}
         self.stopping = False
+        self.seed = seed
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         CLIENTS.append(self)
@@ -367,21 +392,47 @@ class Churn:
     def abandon(self):
         self.stopping = True
 
+    def _fail(self, kind, what):
+        self.kinds[kind] += 1
+        self.failures.append(what)
+
     def _run(self):
-        rnd = random.Random(7)
+        rnd = random.Random(self.seed)
+        n = 0
         while not self.stopping:
-            addr = self.addrs[self.ok % len(self.addrs)]
-            payload = b"%08d" % self.ok + rnd.randbytes(56)
+            addr = self.addrs[n % len(self.addrs)]
+            n += 1
+            payload = b"%08d" % n + rnd.randbytes(56)
             try:
-                got = round_trip(addr, payload, timeout=30)
-                if got != payload:
-                    self.failures.append("via %s: %d of %d bytes back%s" % (addr, len(got), len(payload),
-                                                                            ", corrupted" if len(got) ==
-                                                                            len(payload) else ""))
-                else:
-                    self.ok += 1
+                s = connect(addr, timeout=30)
             except OSError as e:
-                self.failures.append("via %s: %s" % (addr, e))
+                self._fail("reset" if isinstance(e, ConnectionResetError) else "other",
+                           "via %s: connect: %s" % (addr, e))
+                continue
+            self.opened[addr] = self.opened.get(addr, 0) + 1
+            try:
+                s.sendall(payload)
+                s.shutdown(socket.SHUT_WR)
+                got = b""
+                while True:
+                    d = s.recv(1 << 16)
+                    if not d:
+                        break
+                    got += d
+                if got == payload:
+                    self.ok += 1
+                elif not got:
+                    self._fail("eof", "via %s: an empty EOF instead of the reply" % (addr,))
+                else:
+                    self._fail("short", "via %s: %d of %d bytes back%s" % (addr, len(got), len(payload),
+                                                                        ", corrupted" if len(got) ==
+                                                                        len(payload) else ""))
+            except (ConnectionResetError, BrokenPipeError) as e:
+                self._fail("reset", "via %s: %s" % (addr, e))
+            except OSError as e:
+                self._fail("other", "via %s: %s" % (addr, e))
+            finally:
+                s.close()
 
     def finish(self, what):
         self.stopping = True
@@ -389,11 +440,47 @@ class Churn:
         if self.thread.is_alive():
             fail("%s: the churn client hung in a round trip" % what)
         if self.failures:
-            fail("%s: the churn client had %d failures in %d round trips, first: %s"
-                 % (what, len(self.failures), self.ok + len(self.failures), self.failures[0]))
+            fail("%s: the churn client had %d failures in %d round trips (%s), first: %s"
+                 % (what, len(self.failures), self.ok + len(self.failures), self.kinds, self.failures[0]))
         if self.ok == 0:
             fail("%s: the churn client completed no round trip" % what)
         return self.ok
+
+
+class Busy:
+    """One process per CPU spinning at the same priority as everything else: races that an idle machine hides
+    show up when evfdd's threads are preempted at awkward moments."""
+
+    def __init__(self):
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                      for _ in range(os.cpu_count() or 1)]
+
+    def stop(self):
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+def expect_counters(d, per_service, what):
+    """evfdd's own counters agree with what the clients saw: @per_service maps a service name to the number
+    of connections its clients (and evfdd's own forwards) opened, every one ended cleanly. Waits for the
+    last ones to be closed on evfdd's side."""
+    end = time.time() + 30 * SLOW
+    while True:
+        svcs = {s["name"]: s for s in d.json("services")["services"]}
+        if all(svcs[n]["open"] == 0 for n in per_service) or time.time() > end:
+            break
+        time.sleep(0.05)
+    for name, opened in sorted(per_service.items()):
+        s = svcs[name]
+        bad = {k: v for k, v in s["ends"].items() if v}
+        if s["open"] or s["total"] != opened or s["closed"] != opened or bad:
+            fail("%s: [%s] counters disagree with the clients, which opened %d connections and saw every one "
+                 "end cleanly: open %d, total %d, closed %d, ends %s" % (what, name, opened, s["open"],
+                                                                        s["total"], s["closed"], bad or "none"))
+        if s["refused"] or s["connect_errors"] or s["aborted"]:
+            fail("%s: [%s] refused %d, connect_errors %d, aborted %d, all should be 0"
+                 % (what, name, s["refused"], s["connect_errors"], s["aborted"]))
 
 
 class Backend:
@@ -553,54 +640,74 @@ def load_conf(workers, rings, ports, socks, ctl, extra=""):
 
 
 def case_reload_under_load():
-    """The headline: 200 streams and a connection churn through evfdd while it reloads 100 times, each time
-    changing workers among 1-4; every ring stays owned by a listed loop, spread evenly; nothing is lost."""
+    """The headline: 200 streams and two clients opening connections without pause go through evfdd while it
+    reloads 100 times, each time changing workers among 1-4 and rings among 1, 2, 5 and 8 (surplus rings
+    drain), with one busy process per CPU competing for time. Every ring stays owned by a listed loop, spread
+    evenly; no client sees a reset, an empty EOF or a wrong byte; and evfdd's counters agree with the
+    clients: every connection they opened counted once, and closed cleanly."""
     nconns = 200
     reloads = 100 if SCALE == 1 else max(20, 100 // SCALE)
-    nrings = 8
     raise_nofile(8 * nconns + 1024)
     ports = (free_port(), free_port())
     socks = (os.path.join(TMP, "uecho.sock"), os.path.join(TMP, "ufwd.sock"))
     ctl = os.path.join(TMP, "ctl-load.sock")
     addrs = [("127.0.0.1", ports[0]), ("127.0.0.1", ports[1]), socks[0], socks[1]]
-    d = Daemon(load_conf(2, nrings, ports, socks, ctl))
-    wait_topology(d, 2, nrings, "at start")
-    load = Load(addrs, nconns)
-    churn = Churn(addrs)
-    load.wait_progress("start")
-    rnd = random.Random(3)
-    workers, seen = 2, set()
-    for k in range(reloads):
-        new = rnd.choice([w for w in (1, 2, 3, 4) if w != workers])
-        seen.add((workers, new))
-        st = d.reload(load_conf(new, nrings, ports, socks, ctl))
-        last = st.get("last_reload") or {}
-        if not last.get("ok"):
-            fail("reload %d (workers %d -> %d) was rejected: %s\n%s" % (k + 1, workers, new, last,
-                                                                        d.text()[-4000:]))
-        if st["workers"] != new or st["rings"] != nrings:
-            fail("reload %d: status says %d workers, %d rings; configured %d, %d" % (k + 1, st["workers"],
-                                                                                   st["rings"], new, nrings))
-        workers = new
-        wait_topology(d, workers, nrings, "after reload %d to %d workers" % (k + 1, workers))
-        load.wait_progress("reload %d to %d workers" % (k + 1, workers))
-        if churn.failures:
-            fail("after reload %d: the churn client failed: %s" % (k + 1, churn.failures[0]))
-    round_trips = churn.finish("reloads under load")
-    total = load.finish("reloads under load")
+    workers, nrings = 2, 8
+    d = Daemon(load_conf(workers, nrings, ports, socks, ctl))
+    wait_topology(d, workers, nrings, "at start")
+    busy = Busy()
+    try:
+        load = Load(addrs, nconns)
+        churns = [Churn(addrs, seed) for seed in (7, 8)]
+        load.wait_progress("start")
+        rnd = random.Random(3)
+        seen = set()
+        for k in range(reloads):
+            new = (rnd.choice((1, 2, 3, 4)), rnd.choice((1, 2, 5, 8)))
+            while new == (workers, nrings):
+                new = (rnd.choice((1, 2, 3, 4)), rnd.choice((1, 2, 5, 8)))
+            seen.add(((workers, nrings), new))
+            st = d.reload(load_conf(new[0], new[1], ports, socks, ctl))
+            last = st.get("last_reload") or {}
+            if not last.get("ok"):
+                fail("reload %d (workers, rings %s -> %s) was rejected: %s\n%s"
+                     % (k + 1, (workers, nrings), new, last, d.text()[-4000:]))
+            if (st["workers"], st["rings"]) != new:
+                fail("reload %d: status says %d workers, %d rings; configured %s"
+                     % (k + 1, st["workers"], st["rings"], new))
+            workers, nrings = new
+            wait_topology(d, workers, nrings, "after reload %d to %d workers, %d rings" % (k + 1, workers, nrings))
+            load.wait_progress("reload %d to %d workers, %d rings" % (k + 1, workers, nrings))
+            for churn in churns:
+                if churn.failures:
+                    fail("after reload %d: the churn client failed (%s): %s" % (k + 1, churn.kinds,
+                                                                                churn.failures[0]))
+        round_trips = sum(churn.finish("reloads under load") for churn in churns)
+        total = load.finish("reloads under load")
+    finally:
+        busy.stop()
+    kinds = load.kinds()
+    if any(kinds.values()):
+        fail("the streams saw %s" % kinds)
     st = d.status()
     if st["reloads"] != reloads:
         fail("status counts %d reloads, %d were sent" % (st["reloads"], reloads))
-    totals = st["totals"]
-    for key in ("aborted", "connect_errors", "refused"):
-        if totals[key] != 0:
-            fail("evfdd counted %d %s connections during the reloads: %s" % (totals[key], key, totals))
+    # What each service's clients opened; the two forwards open one connection each to the TCP echo.
+    opened = dict(load.conns_per_addr())
+    for churn in churns:
+        for a, n in churn.opened.items():
+            opened[a] = opened.get(a, 0) + n
+    per_service = {"echo": opened[addrs[0]] + opened[addrs[1]] + opened[addrs[3]], "fwd": opened[addrs[1]],
+                   "uecho": opened[addrs[2]], "ufwd": opened[addrs[3]]}
+    expect_counters(d, per_service, "after the reloads")
     d.stop()
     if "all connections finished" not in d.text():
         fail("no graceful-stop message:\n" + d.text()[-4000:])
-    print("ok %d reloads (workers among 1-4, %d different changes) under load: %d streams (TCP and Unix, echo and "
-          "forward), %d bytes each way all checked, %d churn round trips, no failure"
-          % (reloads, len(seen), nconns, total, round_trips), flush=True)
+    print("ok %d reloads (workers among 1-4, rings among 1, 2, 5, 8; %d different changes) under load with %d "
+          "busy processes: %d streams (TCP and Unix, echo and forward), %d bytes each way all checked, %d churn "
+          "round trips; no reset, no empty EOF; evfdd counted %d connections, all closed cleanly, as the "
+          "clients saw" % (reloads, len(seen), len(busy.procs), nconns, total, round_trips,
+                           sum(per_service.values())), flush=True)
 
 
 def case_rings_up_down():
@@ -1016,6 +1123,46 @@ PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207
 WALL = 0x40000000
 
 
+class Frozen:
+    """Freezes one thread of evfdd with ptrace (PTRACE_SEIZE + PTRACE_INTERRUPT) for the length of a `with`
+    block; self.ok is False, after saying why, where ptrace is not permitted (the caller skips that step)."""
+
+    def __init__(self, d, tid):
+        self.d, self.tid, self.ok = d, tid, False
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+        self.libc.ptrace.restype = ctypes.c_long
+
+    def __enter__(self):
+        d, tid = self.d, self.tid
+        scope = "/proc/sys/kernel/yama/ptrace_scope"
+        if os.path.exists(scope) and open(scope).read().strip() == "3":
+            print("skip freezing a worker loop: ptrace disabled (kernel.yama.ptrace_scope = 3)", flush=True)
+            return self
+        if tid == d.proc.pid or not os.path.exists("/proc/%d/task/%d" % (d.proc.pid, tid)):
+            fail("tid %d is not a thread of evfdd (pid %d) besides the main one" % (tid, d.proc.pid))
+        if self.libc.ptrace(PTRACE_SEIZE, tid, None, None) < 0:
+            e = ctypes.get_errno()
+            if e in (errno.EPERM, errno.EACCES):
+                print("skip freezing a worker loop: ptrace not permitted here (%s)" % os.strerror(e), flush=True)
+                return self
+            fail("PTRACE_SEIZE of thread %d: %s" % (tid, os.strerror(e)))
+        self.ok = True
+        if self.libc.ptrace(PTRACE_INTERRUPT, tid, None, None) < 0:
+            fail("PTRACE_INTERRUPT of thread %d: %s" % (tid, os.strerror(ctypes.get_errno())))
+        os.waitpid(tid, WALL)
+        with open("/proc/%d/task/%d/stat" % (d.proc.pid, tid)) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        if state not in ("t", "T"):
+            fail("worker thread %d not stopped after PTRACE_INTERRUPT (state %s)" % (tid, state))
+        return self
+
+    def __exit__(self, *exc):
+        if self.ok and self.libc.ptrace(PTRACE_DETACH, self.tid, None, None) < 0:
+            print("PTRACE_DETACH of thread %d: %s" % (self.tid, os.strerror(ctypes.get_errno())), flush=True)
+        return False
+
+
 def case_watchdog():
     """WATCHDOG=1 every WATCHDOG_USEC/2 while every loop runs; none while one worker thread is frozen, though
     the main thread still answers; back once it runs again."""
@@ -1033,34 +1180,11 @@ def case_watchdog():
         start = notify.wait(lambda m: "WATCHDOG=1" in m.split("\n"), start, "WATCHDOG=1") + 1
     check_round_trip(("127.0.0.1", echo), "echo with the watchdog on")
 
-    scope = "/proc/sys/kernel/yama/ptrace_scope"
-    if os.path.exists(scope) and open(scope).read().strip() == "3":
-        print("skip freezing a worker loop: ptrace disabled (kernel.yama.ptrace_scope = 3)", flush=True)
-        d.stop()
-        return
     loops = d.json("loops")["loops"]
-    tid = loops[0]["tid"]
-    if tid == d.proc.pid or not os.path.exists("/proc/%d/task/%d" % (d.proc.pid, tid)):
-        fail("loop %s's tid %d is not a thread of evfdd (pid %d) besides the main one" % (loops[0]["id"], tid,
-                                                                                         d.proc.pid))
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-    libc.ptrace.restype = ctypes.c_long
-    if libc.ptrace(PTRACE_SEIZE, tid, None, None) < 0:
-        e = ctypes.get_errno()
-        if e in (errno.EPERM, errno.EACCES):
-            print("skip freezing a worker loop: ptrace not permitted here (%s)" % os.strerror(e), flush=True)
+    with Frozen(d, loops[0]["tid"]) as frozen:
+        if not frozen.ok:
             d.stop()
             return
-        fail("PTRACE_SEIZE of thread %d: %s" % (tid, os.strerror(e)))
-    try:
-        if libc.ptrace(PTRACE_INTERRUPT, tid, None, None) < 0:
-            fail("PTRACE_INTERRUPT of thread %d: %s" % (tid, os.strerror(ctypes.get_errno())))
-        os.waitpid(tid, WALL)
-        with open("/proc/%d/task/%d/stat" % (d.proc.pid, tid)) as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        if state not in ("t", "T"):
-            fail("worker thread %d not stopped after PTRACE_INTERRUPT (state %s)" % (tid, state))
         # One WATCHDOG=1 may still be on its way from before the freeze; after that, none.
         time.sleep(1.0 * SLOW)
         frozen_from = len(notify.snapshot())
@@ -1071,10 +1195,8 @@ def case_watchdog():
         time.sleep(0.5)
         late = [m for _, m in notify.snapshot()[frozen_from:] if "WATCHDOG=1" in m.split("\n")]
         if late:
-            fail("%d WATCHDOG=1 sent while worker loop %s (tid %d) was frozen" % (len(late), loops[0]["id"], tid))
-    finally:
-        if libc.ptrace(PTRACE_DETACH, tid, None, None) < 0:
-            print("PTRACE_DETACH of thread %d: %s" % (tid, os.strerror(ctypes.get_errno())), flush=True)
+            fail("%d WATCHDOG=1 sent while worker loop %s (tid %d) was frozen" % (len(late), loops[0]["id"],
+                                                                                 frozen.tid))
     thawed = len(notify.snapshot())
     notify.wait(lambda m: "WATCHDOG=1" in m.split("\n"), thawed, "WATCHDOG=1 after the loop resumed")
     check_round_trip(("127.0.0.1", echo), "echo after the frozen loop resumed")
@@ -1132,12 +1254,42 @@ def case_shutdown_timeout():
         fail("the open connection was closed %.2f s after SIGTERM, before shutdown_timeout (3s)" % closed_after)
     stays.close()
     d.wait_exit(timeout=60)   # far less than the 5 minutes of the configuration it started with
+    if "1 connection still open after shutdown_timeout (3000 ms)" not in d.text():
+        fail("the shutdown_timeout message does not count the one connection left:\n" + d.text()[-3000:])
     print("ok shutdown_timeout from a reload: a finishing connection ended normally, the open one was closed "
           "%.1f s after SIGTERM, exit 0" % closed_after, flush=True)
 
 
+def case_stop_stuck_loop():
+    """A stop held up by something other than connections (here a worker thread frozen with ptrace) says so
+    when shutdown_timeout expires, instead of blaming connections that are not there, and ends once the
+    thread runs again."""
+    echo = free_port()
+    ctl = os.path.join(TMP, "ctl-stuck.sock")
+    d = Daemon("[evfdd]\nworkers = 2\nrings = 8\ncontrol = %s\nshutdown_timeout = 1s\n"
+               "[echo]\nlisten = 127.0.0.1:%d\nforward = echo\n" % (ctl, echo))
+    check_round_trip(("127.0.0.1", echo), "echo before the stop")
+    loops = d.json("loops")["loops"]
+    with Frozen(d, loops[0]["tid"]) as frozen:
+        if not frozen.ok:
+            d.stop()
+            return
+        at = len(d.text())
+        d.proc.send_signal(signal.SIGTERM)
+        d.wait_log("after shutdown_timeout", timeout=30, start=at)
+        text = d.text()[at:]
+        if "connection still open" in text or "connections still open" in text:
+            fail("with no connection open, the stop blamed connections:\n" + text)
+        if "no connection is open, but %d rings are still shutting down" % loops[0]["rings"] not in text:
+            fail("the shutdown_timeout message does not name the %d rings of the frozen loop:\n%s"
+                 % (loops[0]["rings"], text))
+    d.wait_exit(timeout=60)
+    print("ok a stop held up by a frozen loop: \"no connection is open, but %d rings are still shutting down\", "
+          "exit 0 once it ran again" % loops[0]["rings"], flush=True)
+
+
 CASES = (case_reload_under_load, case_rings_up_down, case_services, case_bad_config, case_notify_order,
-         case_watchdog, case_shutdown_timeout)
+         case_watchdog, case_shutdown_timeout, case_stop_stuck_loop)
 
 
 def main():
