@@ -164,12 +164,30 @@ int evfd_ring_new(struct evfd_ring **out, struct evfd_loop *owner, const struct 
  *
  * Owner thread only, with nothing in flight. Returns 0, -EBUSY (requests in flight, the cancel requests of
  * evfd_op_cancel included: from the callback of a cancelled request, their completions may not be reaped
- * yet; try again later, e.g. through evfd_ring_call), -EXDEV (not called on the owner thread). The ring
+ * yet; evfd_ring_close frees the ring when they have been), -EXDEV (not called on the owner thread),
+ * -EALREADY (evfd_ring_close was called). The ring
  * pointer is invalid afterwards, unless a move or ring call naming it is still queued (those keep the memory
  * alive and then report -ENODEV). Called from one of the ring's own callbacks, the ring goes when that
  * callback returns.
  */
 int evfd_ring_free(struct evfd_ring *ring);
+
+/*
+ * evfd_ring_close - free @ring once nothing is in flight on it, and say when it is gone
+ * @done: called as @done(loop, @arg) on the thread of the loop that owns the ring when it goes, from that
+ *        loop's inbox (never from within evfd_ring_close), after the ring is destroyed; or NULL
+ *
+ * Owner thread only. For a caller that has stopped submitting and cancelled what it had in flight, but cannot
+ * tell when the last completion has been reaped (its own requests', or the cancels that evfd_op_cancel and
+ * re-arming after a move issue, whose completions may come in a later drain): instead of retrying
+ * evfd_ring_free until it stops saying -EBUSY, the ring goes right after that completion. Callbacks still run
+ * for the requests that complete meanwhile; from this call on, evfd_ring_submit says -ESHUTDOWN (cancelling
+ * stays allowed). A ring that never runs idle is never freed. The ring pointer is invalid once @done runs
+ * (or, with no @done, as soon as it may have gone), as after evfd_ring_free; a move queued meanwhile takes the
+ * closing ring along and it goes on the new owner. Returns 0, -EINVAL, -EXDEV (not the owner thread),
+ * -EALREADY (already closing), or -ENOMEM (nothing changed).
+ */
+int evfd_ring_close(struct evfd_ring *ring, evfd_loop_fn done, void *arg);
 
 /* evfd_ring_submit flags */
 #define EVFD_OP_PINNED 0x1u   /* never cancel and re-arm this request on a move (see below) */
@@ -190,8 +208,9 @@ int evfd_ring_free(struct evfd_ring *ring);
  * requests with EVFD_OP_PINNED. A request cancelled by a move reports nothing to @cb. Re-arming READ and
  * WRITE assumes a socket, pipe or regular file; pin requests on a device whose blocking read a signal would
  * interrupt (-EINTR).
- * Returns 0, -EXDEV (not the owner thread), -EINVAL, -ENOMEM, or -EBUSY/-EAGAIN (the SQ was full and the
- * kernel would not take it until completions are reaped; try again from a later callback).
+ * Returns 0, -EXDEV (not the owner thread), -EINVAL, -ENOMEM, -ESHUTDOWN (evfd_ring_close was called), or
+ * -EBUSY/-EAGAIN (the SQ was full and the kernel would not take it until completions are reaped; try again
+ * from a later callback).
  */
 int evfd_ring_submit(struct evfd_ring *ring, const struct io_uring_sqe *sqe, evfd_op_cb cb, void *arg,
 		     unsigned flags, struct evfd_op **opp);

@@ -140,6 +140,8 @@ struct evfd_ring {
 	bool migrate_scan;                     /* look again for requests to re-arm */
 	bool in_drain;
 	bool closing;                          /* freed by a callback while draining: destroy afterwards */
+	bool close_requested;                  /* evfd_ring_close: free once nothing is in flight */
+	struct evfd_msg *close_msg;            /* its done callback, posted to the owner once the ring is gone */
 
 	atomic_uint owner_id;
 	atomic_uint_fast64_t n_inflight, moves, submitted, completed, rearmed;

@@ -293,6 +293,13 @@ static void ring_complete(struct evfd_ring *r, const struct io_uring_cqe *cqe)
 		op_release(r, op);
 }
 
+static bool ring_idle(const struct evfd_ring *r)
+{
+	return !r->inflight && !r->npending && !r->backlog;
+}
+
+static void ring_close_now(struct evfd_ring *r);
+
 /* Reap everything the CQ holds, overflowed completions included. Owner thread only. Returns false when a
  * callback freed the ring (it is gone now). */
 bool evfd__ring_drain(struct evfd_ring *r)
@@ -312,6 +319,9 @@ bool evfd__ring_drain(struct evfd_ring *r)
 			break;
 		(void)io_uring_get_events(&r->uring);
 	}
+	/* Still inside the drain: a ring that evfd_ring_close let go is destroyed just below. */
+	if (r->close_requested && !r->closing && ring_idle(r))
+		ring_close_now(r);
 	r->in_drain = false;
 	if (r->closing) {
 		evfd__ring_destroy(r);
@@ -384,6 +394,8 @@ int evfd_ring_submit(struct evfd_ring *r, const struct io_uring_sqe *sqe, evfd_o
 		return -EINVAL;
 	if (!on_owner_thread(r))
 		return -EXDEV;
+	if (r->close_requested)
+		return -ESHUTDOWN;
 	op = op_alloc(r);
 	if (!op)
 		return -ENOMEM;
@@ -565,24 +577,75 @@ void evfd__ring_destroy(struct evfd_ring *r)
 	evfd__ring_unref(r);
 }
 
+/* Free an idle ring on its owner thread: gone for everyone at once (the loop no longer counts it, moves and
+ * calls find it dead); from a callback of this ring, its drain finishes the job when the callback returns. */
+static void ring_release(struct evfd_ring *r)
+{
+	evfd__loop_unlink_ring(evfd__tls_loop, r);
+	atomic_store(&r->dead, true);
+	atomic_store(&r->owner, NULL);
+	evfd__binding_retract(r);
+	if (r->in_drain)
+		r->closing = true;
+	else
+		evfd__ring_destroy(r);
+}
+
+/* evfd_ring_close's ring has nothing in flight any more: free it and tell the caller through the owner's
+ * inbox, which runs the callback after the ring is destroyed (at the latest at the end of this drain). */
+static void ring_close_now(struct evfd_ring *r)
+{
+	struct evfd_msg *m = r->close_msg;
+	struct evfd_loop *l = evfd__tls_loop;
+
+	r->close_msg = NULL;
+	ring_release(r);
+	if (!m)
+		return;
+	/* The owner is running, so its inbox is open (it closes only once no ring is left to drain); should that
+	 * ever change, calling back at once is better than never. */
+	if (evfd__loop_post(l, m) < 0) {
+		m->call.fn(l, m->call.arg);
+		free(m);
+	}
+}
+
 int evfd_ring_free(struct evfd_ring *r)
 {
 	if (!r)
 		return 0;
 	if (!on_owner_thread(r))
 		return -EXDEV;
-	if (r->inflight || r->npending || r->backlog)
+	if (r->close_requested)
+		return -EALREADY;
+	if (!ring_idle(r))
 		return -EBUSY;
-	/* Gone for everyone at once: the loop no longer counts it, moves and calls find it dead. */
-	evfd__loop_unlink_ring(evfd__tls_loop, r);
-	atomic_store(&r->dead, true);
-	atomic_store(&r->owner, NULL);
-	evfd__binding_retract(r);
-	/* From a callback of this ring: its drain finishes the job when the callback returns. */
-	if (r->in_drain)
-		r->closing = true;
-	else
-		evfd__ring_destroy(r);
+	ring_release(r);
+	return 0;
+}
+
+int evfd_ring_close(struct evfd_ring *r, evfd_loop_fn done, void *arg)
+{
+	struct evfd_msg *m = NULL;
+
+	if (!r)
+		return -EINVAL;
+	if (!on_owner_thread(r))
+		return -EXDEV;
+	if (r->close_requested)
+		return -EALREADY;
+	if (done) {
+		m = calloc(1, sizeof(*m));
+		if (!m)
+			return -ENOMEM;
+		m->kind = EVFD_MSG_CALL;
+		m->call.fn = done;
+		m->call.arg = arg;
+	}
+	r->close_requested = true;
+	r->close_msg = m;
+	if (ring_idle(r))
+		ring_close_now(r);
 	return 0;
 }
 

@@ -437,6 +437,118 @@ static void test_ring_call(struct evfd_loop *a, struct evfd_loop *b)
 	free_ring(b, &c);
 }
 
+/* evfd_ring_close: the ring goes once the last completion (the caller's and the library's cancels) has been
+ * reaped, the callback says so on the owner's thread afterwards, and a ring that moves while closing goes on
+ * its new owner. */
+struct close_ctx {
+	struct ctx c;
+	struct result closed;
+	atomic_uint_fast64_t recv_done_before_close;   /* the recv's callback ran before the close callback */
+	int close_err, again_err, submit_err, free_err;
+	bool closed_inside;                            /* the close callback ran inside evfd_ring_close */
+};
+
+static void closed_cb(struct evfd_loop *loop, void *arg)
+{
+	struct close_ctx *cc = arg;
+	struct evfd_loop_stats ls;
+
+	evfd_loop_stats(loop, &ls);
+	cc->closed.thread_loop = evfd_loop_current();
+	cc->closed.flags = ls.rings;
+	atomic_store(&cc->recv_done_before_close, atomic_load(&cc->c.res[0].calls));
+	atomic_fetch_add(&cc->closed.calls, 1);
+}
+
+static void do_recv_close(struct evfd_loop *loop, void *arg)
+{
+	struct close_ctx *cc = arg;
+	struct io_uring_sqe sqe = { 0 };
+
+	io_uring_prep_recv(&sqe, cc->c.fds[0], cc->c.buf, sizeof(cc->c.buf), 0);
+	cc->c.err = evfd_ring_submit(cc->c.ring, &sqe, record_cb, &cc->c.res[0], 0, &cc->c.op);
+	if (cc->c.err)
+		return;
+	if (cc->c.op && cc->c.res[1].res == 1)   /* this round cancels at once */
+		cc->c.err2 = evfd_op_cancel(cc->c.ring, cc->c.op);
+	cc->close_err = evfd_ring_close(cc->c.ring, closed_cb, cc);
+	cc->closed_inside = atomic_load(&cc->closed.calls) != 0;
+	cc->again_err = evfd_ring_close(cc->c.ring, closed_cb, cc);
+	cc->free_err = evfd_ring_free(cc->c.ring);
+	io_uring_prep_nop(&sqe);
+	cc->submit_err = evfd_ring_submit(cc->c.ring, &sqe, record_cb, &cc->c.res[2], 0, NULL);
+}
+
+static void do_cancel_close(struct evfd_loop *loop, void *arg)
+{
+	struct close_ctx *cc = arg;
+
+	cc->c.err2 = evfd_op_cancel(cc->c.ring, cc->c.op);
+}
+
+static void do_close_idle(struct evfd_loop *loop, void *arg)
+{
+	struct close_ctx *cc = arg;
+
+	cc->close_err = evfd_ring_close(cc->c.ring, closed_cb, cc);
+	cc->closed_inside = atomic_load(&cc->closed.calls) != 0;
+}
+
+static void check_close_calls(struct close_ctx *cc, const char *what)
+{
+	TU_CHECK(cc->close_err == 0, "%s: evfd_ring_close: %s", what, strerror(-cc->close_err));
+	TU_CHECK(cc->again_err == -EALREADY, "%s: a second close: %d", what, cc->again_err);
+	TU_CHECK(cc->free_err == -EALREADY, "%s: evfd_ring_free of a closing ring: %d", what, cc->free_err);
+	TU_CHECK(cc->submit_err == -ESHUTDOWN, "%s: submit to a closing ring: %d", what, cc->submit_err);
+	TU_CHECK(!cc->closed_inside, "%s: the close callback ran inside evfd_ring_close", what);
+}
+
+static void test_close(struct evfd_loop *a, struct evfd_loop *b)
+{
+	struct close_ctx cc = { 0 };
+	struct result moved = { 0 };
+
+	/* A recv cancelled just before: the ring goes after its -ECANCELED and the cancel's own completion. */
+	cc.c.ring = new_ring(a, NULL);
+	cc.c.res[1].res = 1;
+	TU_CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, cc.c.fds) == 0, "socketpair");
+	tu_run_on(a, do_recv_close, &cc);
+	TU_CHECK(cc.c.err == 0 && cc.c.err2 == 0, "recv and cancel: %d %d", cc.c.err, cc.c.err2);
+	check_close_calls(&cc, "cancelled recv");
+	TU_CHECK(tu_wait_u64(&cc.closed.calls, 1, 5000), "the closing ring never went");
+	TU_CHECK(cc.c.res[0].res == -ECANCELED, "the cancelled recv reported %d", cc.c.res[0].res);
+	TU_CHECK(atomic_load(&cc.recv_done_before_close) == 1, "the close callback ran before the recv's");
+	TU_CHECK(cc.closed.thread_loop == a && cc.closed.flags == 0, "closed on the wrong loop, or still counted");
+	close(cc.c.fds[0]);
+	close(cc.c.fds[1]);
+
+	/* Closing with a recv still pending, then moved: the ring goes on its new owner once that cancels. */
+	memset(&cc, 0, sizeof(cc));
+	cc.c.ring = new_ring(a, NULL);
+	TU_CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, cc.c.fds) == 0, "socketpair");
+	tu_run_on(a, do_recv_close, &cc);
+	check_close_calls(&cc, "pending recv");
+	usleep(20000);
+	TU_CHECK(atomic_load(&cc.closed.calls) == 0, "a ring with a recv in flight went");
+	TU_CHECK(evfd_ring_move(cc.c.ring, b, moved_cb, &moved) == 0, "move a closing ring");
+	TU_CHECK(tu_wait_u64(&moved.calls, 1, 5000) && moved.res == 0, "the closing ring did not move: %d", moved.res);
+	tu_run_on(b, do_cancel_close, &cc);
+	TU_CHECK(cc.c.err2 == 0, "cancel on the new owner: %s", strerror(-cc.c.err2));
+	TU_CHECK(tu_wait_u64(&cc.closed.calls, 1, 5000), "the moved closing ring never went");
+	TU_CHECK(cc.closed.thread_loop == b, "a moved ring closed off its new owner");
+	TU_CHECK(cc.c.res[0].res == -ECANCELED, "the recv reported %d", cc.c.res[0].res);
+	close(cc.c.fds[0]);
+	close(cc.c.fds[1]);
+
+	/* An idle ring goes at once, but the callback still comes from the loop, later. */
+	memset(&cc, 0, sizeof(cc));
+	cc.c.ring = new_ring(a, NULL);
+	tu_run_on(a, do_close_idle, &cc);
+	TU_CHECK(cc.close_err == 0 && !cc.closed_inside, "idle close: %d, inside %d", cc.close_err, cc.closed_inside);
+	TU_CHECK(tu_wait_u64(&cc.closed.calls, 1, 5000), "the idle closing ring never reported");
+	TU_CHECK(evfd_ring_close(NULL, NULL, NULL) == -EINVAL, "close NULL");
+}
+
 static void test_retire_args(struct evfd_loop *a, struct evfd_loop *b)
 {
 	TU_CHECK(evfd_loop_retire(a, a, NULL, NULL) == -EINVAL, "retire to itself");
@@ -506,6 +618,8 @@ int main(void)
 	printf("ok attached loop\n");
 	test_ring_call(a, b);
 	printf("ok ring call follows the owner\n");
+	test_close(a, b);
+	printf("ok close: the ring goes after its last completion, on its owner, also after a move\n");
 	test_retire_args(a, b);
 	printf("ok retire arguments\n");
 	test_enosys(a);
