@@ -87,6 +87,4 @@ void evfdd_notify_ready(struct daemon *d, const char *status);
 /* inspect.c: the control socket's core functions. */
 extern const struct evfdd_control_ops evfdd_inspect_ops;
 
-uint64_t evfdd_now_usec(int clock);
-
 #endif

@@ -12,6 +12,7 @@
 #include "control.h"
 #include "daemon.h"
 #include "log.h"
+#include "util.h"
 
 /* Exit codes (evfdd(8)): 0 success, 1 configuration or start-up error, 2 usage. */
 enum { EXIT_CONFIG = 1, EXIT_STARTUP = 1 };
@@ -171,7 +172,7 @@ static int run(struct daemon *d)
 	char err[512];
 
 	signal(SIGPIPE, SIG_IGN);
-	d->start_usec = evfdd_now_usec(CLOCK_MONOTONIC);
+	d->start_usec = util_now_us(CLOCK_MONOTONIC);
 	d->ev = ev_default_loop(EVFLAG_AUTO);
 	if (!d->ev)
 		fatalx("cannot create the main event loop");

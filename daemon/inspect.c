@@ -8,6 +8,7 @@
 #include <unistd.h>
 #include "daemon.h"
 #include "log.h"
+#include "util.h"
 
 static void add_int(struct json_object *o, const char *k, uint64_t v)
 {
@@ -86,7 +87,7 @@ static struct json_object *status(void *arg)
 	counts_json(t, &sum);
 	add_str(o, "version", PACKAGE_VERSION);
 	add_int(o, "pid", (uint64_t)getpid());
-	add_int(o, "uptime_usec", evfdd_now_usec(CLOCK_MONOTONIC) - d->start_usec);
+	add_int(o, "uptime_usec", util_now_us(CLOCK_MONOTONIC) - d->start_usec);
 	add_str(o, "config", d->cfg->source);
 	add_str(o, "state", state_name(d->state));
 	add_int(o, "workers", evfdd_workers_loops(d->workers));

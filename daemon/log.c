@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "log.h"
+#include "util.h"
 
 static atomic_int log_level_cur = LOG_INFO;
 static atomic_bool log_journal;
@@ -210,17 +211,9 @@ void log_ratelimit_destroy(struct log_ratelimit *rl)
 	pthread_mutex_destroy(&rl->lock);
 }
 
-static uint64_t log_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 bool log_ratelimit(struct log_ratelimit *rl, unsigned long *suppressed)
 {
-	uint64_t now = log_now_ns();
+	uint64_t now = util_now_ns(CLOCK_MONOTONIC);
 	bool ok;
 
 	/* An interval of 0 means no limit. */

@@ -8,6 +8,7 @@
 #include <time.h>
 #include "daemon.h"
 #include "log.h"
+#include "util.h"
 
 #define STATUS_PERIOD 2.0   /* seconds */
 
@@ -39,7 +40,7 @@ void evfdd_notify_status(struct daemon *d, const char *what)
 void evfdd_notify_reloading(struct daemon *d)
 {
 	sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading the configuration",
-		   (unsigned long long)evfdd_now_usec(CLOCK_MONOTONIC));
+		   (unsigned long long)util_now_us(CLOCK_MONOTONIC));
 	d->last_status[0] = 0;
 }
 

@@ -28,6 +28,7 @@
 #include <unistd.h>
 #include "log.h"
 #include "relay.h"
+#include "util.h"
 
 #define RELAY_BGID 1
 #define TICK_MS 1000
@@ -113,14 +114,6 @@ struct evfdd_relay {
 	void (*done)(struct evfdd_relay *, void *);
 	void *done_arg;
 };
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 struct evfdd_svc *evfdd_svc_ref(struct evfdd_svc *s)
 {
@@ -223,7 +216,7 @@ static void lru_append(struct conn *c)
 
 static void conn_touch(struct conn *c)
 {
-	c->last_ns = now_ns();
+	c->last_ns = util_now_ns(CLOCK_MONOTONIC);
 	if (c->acc->lru_tail != c) {
 		lru_unlink(c);
 		lru_append(c);
@@ -410,7 +403,7 @@ static void conn_flush_check(struct conn *c)
 	if (c->flush_op || half_from(c, c->dead)->state != H_DONE)
 		return;
 	if (side_tcp(c, alive) && ioctl(side_fd(c, alive), SIOCOUTQ, &queued) == 0 && queued > 0 &&
-	    now_ns() < c->flush_end_ns) {
+	    util_now_ns(CLOCK_MONOTONIC) < c->flush_end_ns) {
 		c->flush_ts.tv_sec = 0;
 		c->flush_ts.tv_nsec = RESET_POLL_MS * 1000000LL;
 		io_uring_prep_timeout(&sqe, &c->flush_ts, 0, 0);
@@ -448,7 +441,7 @@ static void conn_side_failed(struct conn *c, enum side s, int err)
 	}
 	c->flushing = true;
 	c->dead = s;
-	c->flush_end_ns = now_ns() + RESET_FLUSH_MS * 1000000ull;
+	c->flush_end_ns = util_now_ns(CLOCK_MONOTONIC) + RESET_FLUSH_MS * 1000000ull;
 	half_stop(s == CLIENT ? &c->down : &c->up);
 	conn_settle(c);
 }
@@ -729,7 +722,7 @@ static void conn_new(struct acceptor *a, int fd)
 		atomic_store_explicit(rl->nconns_pub, rl->nconns, memory_order_relaxed);
 	if (rl->balance)
 		atomic_fetch_add_explicit(&rl->balance->conns, 1, memory_order_relaxed);
-	c->last_ns = now_ns();
+	c->last_ns = util_now_ns(CLOCK_MONOTONIC);
 	lru_append(c);
 	if (svc->tcp_nodelay && a->client_tcp)
 		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -905,7 +898,7 @@ static void tick_arm(struct evfdd_relay *rl);
 static void tick_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
 {
 	struct evfdd_relay *rl = arg;
-	uint64_t now = now_ns();
+	uint64_t now = util_now_ns(CLOCK_MONOTONIC);
 	struct acceptor *a, *anext;
 
 	rl->pending--;

@@ -19,20 +19,13 @@
 #include <unistd.h>
 #include "daemon.h"
 #include "log.h"
+#include "util.h"
 
 /* Per ring: 256 buffers of 64 KiB. A buffer is held only while its data is in flight, so this caps the
  * memory a ring uses for data at 16 MiB whatever the number of connections; 64 KiB keeps bulk transfers at
  * few requests per byte. */
 #define RELAY_BUFFERS 256
 #define RELAY_BUFFER_SIZE (64 * 1024)
-
-uint64_t evfdd_now_usec(int clock)
-{
-	struct timespec ts;
-
-	clock_gettime(clock, &ts);
-	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 /* ---- services ------------------------------------------------------------------------------------- */
 
@@ -197,11 +190,11 @@ static void reload_finish(struct daemon *d, struct evfdd_reload_result *r)
 	char status[256];
 	size_t i;
 
-	r->time_usec = evfdd_now_usec(CLOCK_REALTIME);
+	r->time_usec = util_now_us(CLOCK_REALTIME);
 	d->reloads++;
 	if (r->ok) {
 		log_notice("reload %u done in %.1f ms: %s", d->reloads,
-			   (double)(evfdd_now_usec(CLOCK_MONOTONIC) - d->reload_t0) / 1000.0, r->summary);
+			   (double)(util_now_us(CLOCK_MONOTONIC) - d->reload_t0) / 1000.0, r->summary);
 		snprintf(status, sizeof(status), "reloaded: %s", r->summary);
 	} else {
 		log_errx("reload %u failed; still running on the previous configuration (%s):", d->reloads,
@@ -351,7 +344,7 @@ static void reload_begin(struct daemon *d)
 	d->waiters = d->pending_waiters;
 	d->pending_waiters = NULL;
 	d->state = DAEMON_RELOADING;
-	d->reload_t0 = evfdd_now_usec(CLOCK_MONOTONIC);
+	d->reload_t0 = util_now_us(CLOCK_MONOTONIC);
 	evfdd_notify_reloading(d);
 
 	cfg = load(d, &r);

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "log.h"
+#include "util.h"
 #include "workers.h"
 
 enum ring_state {
@@ -43,7 +44,6 @@ struct ring_slot {
 	struct loop_slot *loop;          /* main: where it is or is headed; NULL on the main loop */
 	enum ring_state state;           /* main */
 	bool moving;                     /* main */
-	unsigned free_tries;             /* owner thread */
 	atomic_uint nconns;
 };
 
@@ -72,38 +72,67 @@ struct evfdd_workers {
 
 /* ---- messages ------------------------------------------------------------------------------------- */
 
-struct msg {
-	struct evfdd_workers *w;
-	struct ring_slot *ring;
-	struct loop_slot *loop;
-	int err;
-	uint64_t seq;
-	unsigned id;
-	struct evfdd_relay_service *svcs;
+/* What the main thread sends a ring's owner, one kind per request; the owner reports back with the same
+ * message, or with the slot alone when that says everything. */
+struct services_msg {                /* start a relay, or give it a new set of services */
+	struct ring_slot *slot;
+	struct evfdd_relay_service *svcs;   /* a reference of its own to each service and listener */
 	unsigned nsvcs;
-	/* a move asked by evfdd_workers_move */
-	void (*move_done)(void *arg, unsigned from, unsigned to, uint64_t usec);
-	void *move_arg;
+	int err;                         /* the start's result */
+};
+
+struct stop_msg {
+	struct ring_slot *slot;
+	bool abort;
+};
+
+struct move_msg {
+	struct ring_slot *slot;
+	/* a move asked through evfdd_workers_move; NULL for the moves of an apply */
+	void (*done)(void *arg, unsigned from, unsigned to, uint64_t usec);
+	void *arg;
 	unsigned from;
 	uint64_t t0;
 };
 
-static struct msg *msg_new(struct evfdd_workers *w, struct ring_slot *ring)
+struct hb_msg {
+	struct evfdd_workers *w;
+	unsigned loop_id;
+	uint64_t seq;
+};
+
+static void *msg_alloc(size_t size)
 {
-	struct msg *m = calloc(1, sizeof(*m));
+	void *m = calloc(1, size);
 
 	if (!m)
 		fatalx("out of memory");
-	m->w = w;
-	m->ring = ring;
 	return m;
 }
 
-static void msg_free(struct msg *m)
+/* A services message carrying a copy of @svcs with a reference of its own to each service and listener. */
+static struct services_msg *services_msg_new(struct ring_slot *slot, const struct evfdd_relay_service *svcs,
+					     unsigned n)
+{
+	struct services_msg *m = msg_alloc(sizeof(*m));
+	unsigned i;
+
+	m->slot = slot;
+	m->svcs = msg_alloc((n ? n : 1) * sizeof(*m->svcs));
+	for (i = 0; i < n; i++) {
+		m->svcs[i].svc = evfdd_svc_ref(svcs[i].svc);
+		m->svcs[i].lst = evfdd_listener_ref(svcs[i].lst);
+	}
+	m->nsvcs = n;
+	return m;
+}
+
+/* Whatever references the message still holds (none once a relay took them). */
+static void services_msg_free(struct services_msg *m)
 {
 	unsigned i;
 
-	for (i = 0; m->svcs && i < m->nsvcs; i++) {
+	for (i = 0; i < m->nsvcs; i++) {
 		evfdd_svc_unref(m->svcs[i].svc);
 		evfdd_listener_unref(m->svcs[i].lst);
 	}
@@ -111,34 +140,11 @@ static void msg_free(struct msg *m)
 	free(m);
 }
 
-/* A copy of @svcs with a reference of its own to each service and listener. */
-static void msg_set_services(struct msg *m, const struct evfdd_relay_service *svcs, unsigned n)
-{
-	unsigned i;
-
-	m->svcs = calloc(n ? n : 1, sizeof(*m->svcs));
-	if (!m->svcs)
-		fatalx("out of memory");
-	for (i = 0; i < n; i++) {
-		m->svcs[i].svc = evfdd_svc_ref(svcs[i].svc);
-		m->svcs[i].lst = evfdd_listener_ref(svcs[i].lst);
-	}
-	m->nsvcs = n;
-}
-
-static void post_main(struct msg *m, evfd_loop_fn fn)
+static void post_main(struct evfdd_workers *w, evfd_loop_fn fn, void *arg)
 {
 	/* The main loop outlives every worker; only memory can fail, and then the plan is lost. */
-	if (evfd_loop_call(m->w->main, fn, m) < 0)
+	if (evfd_loop_call(w->main, fn, arg) < 0)
 		fatalx("cannot report to the main loop: out of memory");
-}
-
-static uint64_t now_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
 /* ---- bookkeeping on the main thread --------------------------------------------------------------- */
@@ -193,60 +199,46 @@ static struct loop_slot *loop_by_id(const struct evfdd_workers *w, unsigned id)
 	return NULL;
 }
 
-static void *grow(void *arr, size_t *cap, size_t need, size_t size)
-{
-	void *p;
-	size_t n;
-
-	if (need <= *cap)
-		return arr;
-	n = *cap ? *cap * 2 : 8;
-	while (n < need)
-		n *= 2;
-	p = realloc(arr, n * size);
-	if (!p)
-		return NULL;
-	*cap = n;
-	return p;
-}
-
 /* ---- ring life on the owner thread, and the reports it sends ------------------------------------- */
-
-static void ring_free_on_owner(struct evfd_ring *ring, int err, void *arg);
 
 static void gone_on_main(struct evfd_loop *loop, void *arg)
 {
-	struct msg *m = arg;
+	struct ring_slot *slot = arg;
 
-	ring_remove(m->w, m->ring);
-	msg_free(m);
+	ring_remove(slot->w, slot);
 }
 
-/* The relay has stopped: free its ring. */
-static void stopped_on_main(struct evfd_loop *loop, void *arg)
+/* The ring is destroyed (evfd_ring_close told its owner): report it. */
+static void ring_gone(struct evfd_loop *loop, void *arg)
 {
-	struct msg *m = arg;
-	struct ring_slot *slot = m->ring;
+	struct ring_slot *slot = arg;
 
-	msg_free(m);
-	slot->state = R_CLOSING;
-	if (evfd_ring_call(slot->ring, ring_free_on_owner, slot) < 0)
-		fatalx("cannot reach a ring to free it");
+	post_main(slot->w, gone_on_main, slot);
 }
 
-static void ring_free_on_owner(struct evfd_ring *ring, int err, void *arg)
+/* The relay's last request has completed, but the cancels libevfd issued for it may not have been reaped yet:
+ * libevfd frees the ring once they have, and says so. */
+static void ring_close_on_owner(struct evfd_ring *ring, int err, void *arg)
 {
 	struct ring_slot *slot = arg;
 
 	if (!err)
-		err = evfd_ring_free(ring);
-	/* The relay's own cancels can still be in flight (their completions arrive in the same or the next
-	 * drain): try again after the loop has reaped them. They complete at once, so this ends quickly. */
-	if (err == -EBUSY && ++slot->free_tries < 10000 && evfd_ring_call(ring, ring_free_on_owner, slot) == 0)
-		return;
-	if (err < 0)
-		log_errx("freeing ring %u: %s", slot->id, strerror(-err));
-	post_main(msg_new(slot->w, slot), gone_on_main);
+		err = evfd_ring_close(ring, ring_gone, slot);
+	if (err < 0) {
+		log_errx("closing ring %u: %s", slot->id, strerror(-err));
+		post_main(slot->w, gone_on_main, slot);
+	}
+}
+
+/* The relay has stopped: from now on the main thread never names the ring again (R_CLOSING), then the owner
+ * closes it. */
+static void stopped_on_main(struct evfd_loop *loop, void *arg)
+{
+	struct ring_slot *slot = arg;
+
+	slot->state = R_CLOSING;
+	if (evfd_ring_call(slot->ring, ring_close_on_owner, slot) < 0)
+		fatalx("cannot reach ring %u to close it", slot->id);
 }
 
 static void relay_stopped(struct evfdd_relay *rl, void *arg)
@@ -255,14 +247,14 @@ static void relay_stopped(struct evfdd_relay *rl, void *arg)
 
 	evfdd_relay_free(rl);
 	slot->relay = NULL;
-	post_main(msg_new(slot->w, slot), stopped_on_main);
+	post_main(slot->w, stopped_on_main, slot);
 }
 
 static void started_on_main(struct evfd_loop *loop, void *arg)
 {
-	struct msg *m = arg;
-	struct evfdd_workers *w = m->w;
-	struct ring_slot *slot = m->ring;
+	struct services_msg *m = arg;
+	struct ring_slot *slot = m->slot;
+	struct evfdd_workers *w = slot->w;
 
 	if (m->err) {
 		/* The owner freed the ring already. */
@@ -273,99 +265,108 @@ static void started_on_main(struct evfd_loop *loop, void *arg)
 	} else if (slot->state == R_STARTING) {
 		slot->state = R_RUNNING;
 	}
-	msg_free(m);
+	services_msg_free(m);
 	apply_step_done(w);
 }
 
 static void ring_start(struct evfd_ring *ring, int err, void *arg)
 {
-	struct msg *m = arg;
-	struct ring_slot *slot = m->ring;
+	struct services_msg *m = arg;
+	struct ring_slot *slot = m->slot;
 
 	if (!err) {
 		err = evfdd_relay_start(ring, m->svcs, m->nsvcs, &slot->w->relay, &slot->nconns, &slot->relay);
-		free(m->svcs);   /* the relay took the references, also on failure */
-		m->svcs = NULL;
-		m->nsvcs = 0;
+		m->nsvcs = 0;   /* the relay took the references, also on failure */
 		if (err < 0 && evfd_ring_free(ring) < 0)
 			log_errx("ring %u: cannot free it after a failed start", slot->id);
 	}
 	m->err = err;
-	post_main(m, started_on_main);
+	post_main(slot->w, started_on_main, m);
 }
 
 static void updated_on_main(struct evfd_loop *loop, void *arg)
 {
-	struct msg *m = arg;
-	struct evfdd_workers *w = m->w;
+	struct services_msg *m = arg;
+	struct evfdd_workers *w = m->slot->w;
 
-	msg_free(m);
+	services_msg_free(m);
 	apply_step_done(w);
 }
 
 static void ring_update(struct evfd_ring *ring, int err, void *arg)
 {
-	struct msg *m = arg;
-	struct ring_slot *slot = m->ring;
+	struct services_msg *m = arg;
+	struct ring_slot *slot = m->slot;
 
 	if (!err && slot->relay) {
 		evfdd_relay_update(slot->relay, m->svcs, m->nsvcs);
-		free(m->svcs);   /* the references now belong to the relay */
-		m->svcs = NULL;
-		m->nsvcs = 0;
+		m->nsvcs = 0;   /* the references now belong to the relay */
 	}
-	post_main(m, updated_on_main);
+	post_main(slot->w, updated_on_main, m);
 }
 
 static void ring_stop(struct evfd_ring *ring, int err, void *arg)
 {
-	struct msg *m = arg;
-	struct ring_slot *slot = m->ring;
-	bool abort = m->err;
+	struct stop_msg *m = arg;
+	struct ring_slot *slot = m->slot;
+	bool abort = m->abort;
 
-	msg_free(m);
+	free(m);
 	if (!err && slot->relay)
 		evfdd_relay_stop(slot->relay, abort, relay_stopped, slot);
 }
 
 static void moved_on_main(struct evfd_loop *loop, void *arg)
 {
-	struct msg *m = arg;
-	struct evfdd_workers *w = m->w;
-	struct ring_slot *slot = m->ring;
+	struct move_msg *m = arg;
+	struct ring_slot *slot = m->slot;
+	struct evfdd_workers *w = slot->w;
 
 	slot->moving = false;
-	if (m->move_done) {
+	if (m->done) {
 		w->moves--;
-		m->move_done(m->move_arg, m->from, slot->loop->id, now_us() - m->t0);
+		m->done(m->arg, m->from, slot->loop->id, util_now_us(CLOCK_MONOTONIC) - m->t0);
 	} else {
 		apply_step_done(w);
 	}
-	msg_free(m);
+	free(m);
 }
 
 static void ring_moved(struct evfd_ring *ring, int err, void *arg)
 {
-	struct msg *m = arg;
+	struct move_msg *m = arg;
 
 	if (err)
-		log_errx("ring %u: move failed: %s", m->ring->id, strerror(-err));
-	post_main(m, moved_on_main);
+		log_errx("ring %u: move failed: %s", m->slot->id, strerror(-err));
+	post_main(m->slot->w, moved_on_main, m);
 }
 
-/* Send @slot to @to (main thread). */
-static void ring_send(struct evfdd_workers *w, struct ring_slot *slot, struct loop_slot *to, struct msg *m)
+/* Send @slot to @to (main thread); @m says who waits for it, or is NULL for a move of an apply. */
+static void ring_send(struct ring_slot *slot, struct loop_slot *to, struct move_msg *m)
 {
+	if (!m) {
+		m = msg_alloc(sizeof(*m));
+		m->slot = slot;
+	}
 	slot->loop = to;
 	slot->moving = true;
 	if (evfd_ring_move(slot->ring, to->loop, ring_moved, m) < 0)
 		fatalx("cannot move ring %u: out of memory", slot->id);
 }
 
-static void ring_call_or_die(struct ring_slot *slot, evfd_move_cb fn, struct msg *m)
+static void ring_call_or_die(struct ring_slot *slot, evfd_move_cb fn, void *m)
 {
 	if (evfd_ring_call(slot->ring, fn, m) < 0)
 		fatalx("cannot reach ring %u: out of memory", slot->id);
+}
+
+static void ring_send_stop(struct ring_slot *slot, bool abort)
+{
+	struct stop_msg *m = msg_alloc(sizeof(*m));
+
+	m->slot = slot;
+	m->abort = abort;
+	ring_call_or_die(slot, ring_stop, m);
 }
 
 /* ---- loops ---------------------------------------------------------------------------------------- */
@@ -379,9 +380,8 @@ static void tid_on_loop(struct evfd_loop *loop, void *arg)
 
 static void retired_on_main(struct evfd_loop *loop, void *arg)
 {
-	struct msg *m = arg;
-	struct evfdd_workers *w = m->w;
-	struct loop_slot *ls = m->loop;
+	struct loop_slot *ls = arg;
+	struct evfdd_workers *w = ls->w;
 	size_t r;
 
 	/* libevfd handed whatever was still here (a ring being freed) to the successor. */
@@ -392,13 +392,14 @@ static void retired_on_main(struct evfd_loop *loop, void *arg)
 	if (evfd_loop_free(ls->loop) < 0)
 		log_errx("worker loop %u still busy after retiring; leaving it", ls->id);
 	loop_remove(w, ls);
-	msg_free(m);
 	apply_step_done(w);
 }
 
 static void retired_on_loop(struct evfd_loop *loop, void *arg)
 {
-	post_main(arg, retired_on_main);
+	struct loop_slot *ls = arg;
+
+	post_main(ls->w, retired_on_main, ls);
 }
 
 static int loop_spawn(struct evfdd_workers *w, struct loop_slot **out)
@@ -505,22 +506,19 @@ static unsigned place_rings(struct evfdd_workers *w, struct loop_slot **stay, un
 		for (i = 0; i < nstay && have[i] >= quota[i]; i++)
 			;
 		have[i]++;
-		ring_send(w, s, stay[i], msg_new(w, s));
+		ring_send(s, stay[i], NULL);
 		moves++;
 	}
 	for (j = 0; j < nfresh; j++) {
 		struct ring_slot *s = fresh[j];
-		struct msg *m;
 
 		for (i = 0; i < nstay && have[i] >= quota[i]; i++)
 			;
 		have[i]++;
 		/* Moved first, then started where it lands: the start message follows the move. The move's
 		 * report counts as the start's, the start's own report arrives later. */
-		ring_send(w, s, stay[i], msg_new(w, s));
-		m = msg_new(w, s);
-		msg_set_services(m, svcs, nsvcs);
-		ring_call_or_die(s, ring_start, m);
+		ring_send(s, stay[i], NULL);
+		ring_call_or_die(s, ring_start, services_msg_new(s, svcs, nsvcs));
 		moves += 2;
 	}
 	/* Draining rings left on retiring loops. */
@@ -533,7 +531,7 @@ static unsigned place_rings(struct evfdd_workers *w, struct loop_slot **stay, un
 		for (i = 1; i < nstay; i++)
 			if (rings_on(w, stay[i]) < rings_on(w, stay[best]))
 				best = i;
-		ring_send(w, s, stay[best], msg_new(w, s));
+		ring_send(s, stay[best], NULL);
 		moves++;
 	}
 	free(quota);
@@ -579,10 +577,11 @@ int evfdd_workers_apply(struct evfdd_workers *w, unsigned loops, unsigned rings,
 			goto undo;
 		nfresh_rings++;
 	}
-	w->loops = grow(w->loops, &w->loops_cap, w->nloops + nfresh_loops, sizeof(*w->loops));
-	w->rings = grow(w->rings, &w->rings_cap, w->nrings + nfresh_rings, sizeof(*w->rings));
-	if (!w->loops || !w->rings)
-		fatalx("out of memory");
+	if (util_grow((void **)&w->loops, &w->loops_cap, w->nloops + nfresh_loops, sizeof(*w->loops)) < 0 ||
+	    util_grow((void **)&w->rings, &w->rings_cap, w->nrings + nfresh_rings, sizeof(*w->rings)) < 0) {
+		err = -ENOMEM;
+		goto undo;
+	}
 
 	/* Commit. */
 	w->applying = true;
@@ -605,18 +604,15 @@ int evfdd_workers_apply(struct evfdd_workers *w, unsigned loops, unsigned rings,
 	/* Surplus rings drain; the others accept on the new services. */
 	for (r = 0, i = 0; r < w->nrings; r++) {
 		struct ring_slot *s = w->rings[r];
-		struct msg *m;
 
 		if (s->state != R_RUNNING)
 			continue;
-		m = msg_new(w, s);
 		if (i++ >= rings) {
 			s->state = R_DRAINING;
-			ring_call_or_die(s, ring_stop, m);
+			ring_send_stop(s, false);
 			continue;
 		}
-		msg_set_services(m, svcs, nsvcs);
-		ring_call_or_die(s, ring_update, m);
+		ring_call_or_die(s, ring_update, services_msg_new(s, svcs, nsvcs));
 		w->apply_pending++;
 	}
 	for (i = 0; i < nfresh_rings; i++) {
@@ -629,15 +625,12 @@ int evfdd_workers_apply(struct evfdd_workers *w, unsigned loops, unsigned rings,
 	/* Retire the surplus loops; their rings are on their way out already (moves queue ahead). */
 	for (r = 0; r < w->nloops; r++) {
 		struct loop_slot *ls = w->loops[r];
-		struct msg *m;
 
 		if (!ls->retiring || ls->retire_sent)
 			continue;
 		ls->retire_sent = true;
 		ls->successor = stay[0];
-		m = msg_new(w, NULL);
-		m->loop = ls;
-		if (evfd_loop_retire(ls->loop, stay[0]->loop, retired_on_loop, m) < 0)
+		if (evfd_loop_retire(ls->loop, stay[0]->loop, retired_on_loop, ls) < 0)
 			fatalx("cannot retire worker loop %u", ls->id);
 		w->apply_pending++;
 	}
@@ -671,7 +664,7 @@ int evfdd_workers_move(struct evfdd_workers *w, unsigned ring_id, unsigned loop_
 {
 	struct ring_slot *slot = NULL;
 	struct loop_slot *to;
-	struct msg *m;
+	struct move_msg *m;
 	size_t r;
 
 	for (r = 0; r < w->nrings; r++)
@@ -684,13 +677,14 @@ int evfdd_workers_move(struct evfdd_workers *w, unsigned ring_id, unsigned loop_
 		return -ESRCH;
 	if (w->applying || w->stopping || slot->moving || slot->state != R_RUNNING)
 		return -EBUSY;
-	m = msg_new(w, slot);
-	m->move_done = done;
-	m->move_arg = arg;
+	m = msg_alloc(sizeof(*m));
+	m->slot = slot;
+	m->done = done;
+	m->arg = arg;
 	m->from = slot->loop ? slot->loop->id : 0;
-	m->t0 = now_us();
+	m->t0 = util_now_us(CLOCK_MONOTONIC);
 	w->moves++;
-	ring_send(w, slot, to, m);
+	ring_send(slot, to, m);
 	return 0;
 }
 
@@ -723,15 +717,12 @@ void evfdd_workers_stop(struct evfdd_workers *w, bool abort, void (*done)(void *
 	}
 	for (r = 0; r < w->nrings; r++) {
 		struct ring_slot *s = w->rings[r];
-		struct msg *m;
 
 		if (s->state == R_CLOSING || (s->state == R_DRAINING && !abort))
 			continue;
 		if (s->state == R_RUNNING)
 			s->state = R_DRAINING;
-		m = msg_new(w, s);
-		m->err = abort;
-		ring_call_or_die(s, ring_stop, m);
+		ring_send_stop(s, abort);
 	}
 }
 
@@ -836,17 +827,19 @@ int evfdd_workers_ring_info(const struct evfdd_workers *w, struct evfdd_ring_inf
 
 static void hb_on_main(struct evfd_loop *loop, void *arg)
 {
-	struct msg *m = arg;
-	struct loop_slot *ls = loop_by_id(m->w, m->id);
+	struct hb_msg *m = arg;
+	struct loop_slot *ls = loop_by_id(m->w, m->loop_id);
 
 	if (ls && m->seq > ls->hb_acked)
 		ls->hb_acked = m->seq;
-	msg_free(m);
+	free(m);
 }
 
 static void hb_on_loop(struct evfd_loop *loop, void *arg)
 {
-	post_main(arg, hb_on_main);
+	struct hb_msg *m = arg;
+
+	post_main(m->w, hb_on_main, m);
 }
 
 bool evfdd_workers_heartbeat(struct evfdd_workers *w)
@@ -857,18 +850,19 @@ bool evfdd_workers_heartbeat(struct evfdd_workers *w)
 	w->hb_seq++;
 	for (i = 0; i < w->nloops; i++) {
 		struct loop_slot *ls = w->loops[i];
-		struct msg *m;
+		struct hb_msg *m;
 
 		if (ls->retiring)
 			continue;
 		if (ls->hb_acked < ls->hb_sent)
 			alive = false;
-		m = msg_new(w, NULL);
-		m->id = ls->id;
+		m = msg_alloc(sizeof(*m));
+		m->w = w;
+		m->loop_id = ls->id;
 		m->seq = w->hb_seq;
 		ls->hb_sent = w->hb_seq;
 		if (evfd_loop_call(ls->loop, hb_on_loop, m) < 0)
-			msg_free(m);
+			free(m);
 	}
 	return alive;
 }

@@ -10,7 +10,7 @@
  *
  * Under libFuzzer (clang), from the top of a configured tree:
  *	clang -g -O1 -fsanitize=fuzzer,address,undefined -DEVFDD_FUZZING -include config.h \
- *		tests/fuzz-config.c daemon/config.c daemon/log.c -linih -o /tmp/fuzz-config
+ *		tests/fuzz-config.c daemon/config.c daemon/log.c daemon/util.c -linih -o /tmp/fuzz-config
  *	mkdir -p /tmp/fuzz-work
  *	/tmp/fuzz-config -max_total_time=60 -max_len=8192 /tmp/fuzz-work tests/fuzz-corpus/config
  * (new inputs go to /tmp/fuzz-work; copy the interesting ones into tests/fuzz-corpus/config).
