@@ -1,81 +1,63 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* The daemon's state on the main thread, shared by its start-up (evfdd.c), reloads (reload.c), systemd
- * notifications (notify.c) and the answers to the control socket (inspect.c). Main thread only. */
+/*
+ * The daemon's state. evfdd.c owns it and alone decides what happens next (daemon_step: start-up, reloads,
+ * moves, stopping); inspect.c reads it to answer the control socket, notify.c to tell systemd. Main thread
+ * only.
+ */
 #ifndef EVFDD_DAEMON_H
 #define EVFDD_DAEMON_H
 
 #include <ev.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include "config.h"
+#include <sys/queue.h>
 #include "control.h"
 #include "evfd.h"
-#include "listen.h"
-#include "relay.h"
-#include "workers.h"
+#include "reload.h"
 
-enum daemon_state { DAEMON_STARTING, DAEMON_RUNNING, DAEMON_RELOADING, DAEMON_STOPPING };
-
-struct evfdd_reload_result {
-	uint64_t time_usec;              /* CLOCK_REALTIME */
-	bool ok;
-	char **errors;
-	size_t nerrors;
-	char *summary;
+enum daemon_state {
+	DAEMON_STARTING,                 /* the data plane is coming up */
+	DAEMON_RUNNING,
+	DAEMON_RELOADING,                /* a reload is being applied */
+	DAEMON_STOPPING,                 /* no longer accepting; waiting for connections, then exiting */
 };
 
-/* Someone waiting for a reload's result (the control socket's Reload); NULL cb for a signal. */
-struct evfdd_reload_waiter {
-	struct evfdd_reload_waiter *next;
+/* A control client waiting for the outcome of a reload. */
+struct reload_waiter {
+	TAILQ_ENTRY(reload_waiter) link;
 	evfdd_control_done_fn done;
 	void *cookie;
 };
 
+TAILQ_HEAD(reload_waiters, reload_waiter);
+
 struct daemon {
-	const char *config_path;         /* what a reload reads */
-	bool explicit_path;              /* -c given: the file must exist */
-	struct evfdd_config *cfg;        /* in force */
+	struct evfdd_plane plane;        /* what runs: configuration, listeners, services, workers */
 	struct evfd_loop *main;
 	struct ev_loop *ev;
-	struct evfdd_listen *listen;
-	struct evfdd_relay_service *svcs; /* in force: one reference each */
-	unsigned nsvcs;
-	struct evfdd_workers *workers;
 	struct evfdd_control *control;
-	enum daemon_state state;
 	uint64_t start_usec;             /* CLOCK_MONOTONIC */
 
-	/* reloads: one at a time; requests meanwhile coalesce into one more */
-	bool reload_pending;
-	struct evfdd_reload_waiter *waiters, *pending_waiters;
+	/* The lifecycle: one state and what is pending; daemon_step takes the next step. */
+	enum daemon_state state;
+	bool reload_pending;             /* runs once nothing else does (requests meanwhile coalesce) */
+	bool stop_pending;               /* SIGTERM or SIGINT: stops once nothing else runs */
+	bool abort_pending;              /* a second signal, or shutdown_timeout: cut what is open */
+	bool aborted;
+	struct reload_waiters waiters;         /* of the reload running */
+	struct reload_waiters next_waiters;    /* of the one to come */
 	unsigned reloads;
 	struct evfdd_reload_result last;
 	bool have_last;
-	uint64_t reload_t0;
-	char *next_summary;              /* of the reload being applied */
-
-	/* stopping */
-	ev_signal sigterm, sigint, sighup;
-	ev_timer shutdown_timer;
-	bool stop_requested, stopping, aborting;
 	int exit_code;
 
-	/* systemd */
+	ev_signal sigterm, sigint, sighup;
+	ev_timer shutdown_timer;
+
+	/* systemd (notify.c) */
 	ev_timer status_timer, watchdog_timer;
 	char last_status[256];
 };
-
-/* reload.c: apply @d->cfg at start-up (@done when the data plane is up, err < 0 if it failed), and
- * reloads afterwards. */
-int evfdd_reload_initial(struct daemon *d, char *err, size_t errlen);
-void evfdd_reload_request(struct daemon *d, evfdd_control_done_fn done, void *cookie);
-void evfdd_reload_kick(struct daemon *d);   /* start a reload that waited for start-up or a ring move */
-struct json_object *evfdd_reload_result_json(const struct daemon *d);   /* the last one, or NULL */
-void evfdd_reload_free(struct daemon *d);   /* at exit: answer waiters, free the last result */
-/* Called by the daemon when the data plane is up after evfdd_reload_initial. */
-void evfdd_daemon_started(struct daemon *d, int err);
-/* Called by reload.c when a reload has finished (so that a deferred stop can begin). */
-void evfdd_daemon_reload_finished(struct daemon *d);
 
 /* notify.c: sd_notify, the STATUS= line and the watchdog. */
 void evfdd_notify_start(struct daemon *d);
@@ -83,8 +65,23 @@ void evfdd_notify_stop(struct daemon *d);
 void evfdd_notify_status(struct daemon *d, const char *what);
 void evfdd_notify_reloading(struct daemon *d);
 void evfdd_notify_ready(struct daemon *d, const char *status);
+void evfdd_notify_stopping(struct daemon *d);
 
-/* inspect.c: the control socket's core functions. */
-extern const struct evfdd_control_ops evfdd_inspect_ops;
+/* inspect.c: every answer of the control socket (JSON) and every io.evfdd error name. The four readers
+ * take the struct daemon as @arg, as struct evfdd_control_ops wants them. */
+struct json_object *evfdd_inspect_status(void *arg);
+struct json_object *evfdd_inspect_loops(void *arg);
+struct json_object *evfdd_inspect_rings(void *arg);
+struct json_object *evfdd_inspect_services(void *arg);
+/* Answer a Reload with @r: the reply, or the error ReloadFailed. */
+void evfdd_inspect_reload_answer(evfdd_control_done_fn done, void *cookie, const struct evfdd_reload_result *r);
+/* Answer a MoveRing that moved @ring from loop @from to loop @to in @usec. */
+void evfdd_inspect_move_answer(evfdd_control_done_fn done, void *cookie, unsigned ring, unsigned from,
+			       unsigned to, uint64_t usec);
+/* Answer a MoveRing that could not run: @err from evfdd_workers_move (-ENOENT, -ESRCH, -EBUSY...), or
+ * -EAGAIN while a reload is applied. */
+void evfdd_inspect_move_refused(evfdd_control_done_fn done, void *cookie, int err, uint64_t ring, uint64_t loop);
+/* Answer any call that came while evfdd is stopping. */
+void evfdd_inspect_shutting_down(evfdd_control_done_fn done, void *cookie);
 
 #endif

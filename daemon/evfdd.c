@@ -1,6 +1,13 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* evfdd: start-up, signals and shutdown. The main thread runs an evfd loop on libev's default loop (signals,
- * sd_notify, the control socket, reloads); the data plane runs on worker loops (workers.c, relay.c). */
+/*
+ * evfdd: the daemon's lifecycle. The main thread runs an evfd loop on libev's default loop: signals, sd_notify,
+ * the control socket, reloads; the data plane runs on worker loops (workers.c, relay.c).
+ *
+ * This file owns the lifecycle and is the only place that decides what happens next. Every event (a signal, a
+ * control request, a reload or a move that finished, the data plane up or gone) is reported here by a callback
+ * this file registered, changes the state or what is pending, and ends in daemon_step, which takes the next
+ * step. No other module calls into this one.
+ */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -17,6 +24,8 @@
 /* Exit codes (evfdd(8)): 0 success, 1 configuration or start-up error, 2 usage. */
 enum { EXIT_CONFIG = 1, EXIT_STARTUP = 1 };
 
+static void daemon_step(struct daemon *d);
+
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -30,6 +39,8 @@ static void usage(FILE *f)
 		"SIGHUP reloads the configuration, SIGTERM and SIGINT stop gracefully; evfdctl(8) talks to\n"
 		"the running daemon. See evfdd(8) and evfdd.conf(5).\n", EVFDD_CONFIG_PATH);
 }
+
+/* ---- stopping --------------------------------------------------------------------------------------- */
 
 static void workers_gone(void *arg)
 {
@@ -47,78 +58,137 @@ static void shutdown_timeout_cb(struct ev_loop *ev, ev_timer *w, int revents)
 	size_t n = 0, i;
 
 	/* Say what is really left: the rings' own connection counts cover every service, removed ones too. */
-	if (evfdd_workers_ring_info(d->workers, &rings, &n) == 0)
+	if (evfdd_workers_ring_info(d->plane.workers, &rings, &n) == 0)
 		for (i = 0; i < n; i++)
 			open += rings[i].connections;
 	free(rings);
 	if (open)
 		log_warnx("%lu connection%s still open after shutdown_timeout (%u ms); closing %s", open,
-			  open == 1 ? "" : "s", d->cfg->shutdown_timeout_ms, open == 1 ? "it" : "them");
+			  open == 1 ? "" : "s", d->plane.cfg->shutdown_timeout_ms, open == 1 ? "it" : "them");
 	else
 		log_warnx("no connection is open, but %zu ring%s still shutting down after shutdown_timeout "
-			  "(%u ms); stopping them now", n, n == 1 ? " is" : "s are", d->cfg->shutdown_timeout_ms);
-	d->aborting = true;
-	evfdd_workers_stop(d->workers, true, workers_gone, d);
+			  "(%u ms); stopping them now", n, n == 1 ? " is" : "s are", d->plane.cfg->shutdown_timeout_ms);
+	d->abort_pending = true;
+	daemon_step(d);
 }
 
-/* Stop accepting and let connections finish, or (@abort) cut them. Never while a reload or a move is being
- * applied: the signal is remembered and acted on when it has finished, a few milliseconds later. */
-static void stop_begin(struct daemon *d, bool abort)
+/* Stop accepting and let the connections finish, within shutdown_timeout. */
+static void stop_begin(struct daemon *d)
 {
-	if (evfdd_workers_busy(d->workers) || d->state != DAEMON_RUNNING) {
-		d->stop_requested = true;
-		d->aborting = d->aborting || abort;
-		return;
-	}
-	if (!d->stopping) {
-		d->stopping = true;
-		d->state = DAEMON_STOPPING;
-		log_notice("no longer accepting; waiting up to %u ms for open connections",
-			   d->cfg->shutdown_timeout_ms);
-		sd_notify(0, "STOPPING=1");
-		evfdd_notify_status(d, "stopping");
-		ev_timer_init(&d->shutdown_timer, shutdown_timeout_cb, d->cfg->shutdown_timeout_ms / 1000.0, 0.);
-		d->shutdown_timer.data = d;
-		ev_timer_start(d->ev, &d->shutdown_timer);
-	}
-	if (abort || d->aborting) {
-		d->aborting = true;
-		ev_timer_stop(d->ev, &d->shutdown_timer);
-	}
-	evfdd_workers_stop(d->workers, d->aborting, workers_gone, d);
+	d->state = DAEMON_STOPPING;
+	log_notice("no longer accepting; waiting up to %u ms for open connections", d->plane.cfg->shutdown_timeout_ms);
+	evfdd_notify_stopping(d);
+	ev_timer_init(&d->shutdown_timer, shutdown_timeout_cb, d->plane.cfg->shutdown_timeout_ms / 1000.0, 0.);
+	d->shutdown_timer.data = d;
+	ev_timer_start(d->ev, &d->shutdown_timer);
+	evfdd_workers_stop(d->plane.workers, false, workers_gone, d);
 }
 
-static void stop_cb(struct ev_loop *ev, ev_signal *w, int revents)
+/* Cut every connection still open. */
+static void stop_abort(struct daemon *d)
 {
-	struct daemon *d = w->data;
+	d->aborted = true;
+	ev_timer_stop(d->ev, &d->shutdown_timer);
+	evfdd_workers_stop(d->plane.workers, true, workers_gone, d);
+}
 
-	if (d->stopping || d->stop_requested) {
-		if (!d->aborting) {
-			log_notice("second %s: closing every connection now", strsignal(w->signum));
-			stop_begin(d, true);
+/* ---- reloading -------------------------------------------------------------------------------------- */
+
+static void waiters_answer(struct reload_waiters *list, const struct evfdd_reload_result *r)
+{
+	struct reload_waiter *w;
+
+	while ((w = TAILQ_FIRST(list))) {
+		TAILQ_REMOVE(list, w, link);
+		if (r)
+			evfdd_inspect_reload_answer(w->done, w->cookie, r);
+		else
+			evfdd_inspect_shutting_down(w->done, w->cookie);
+		free(w);
+	}
+}
+
+static void reload_done(void *arg, struct evfdd_reload_result *r)
+{
+	struct daemon *d = arg;
+	char status[256];
+	size_t i;
+
+	d->reloads++;
+	if (r->ok) {
+		log_notice("reload %u done in %.1f ms: %s", d->reloads, (double)r->duration_usec / 1000.0, r->summary);
+		snprintf(status, sizeof(status), "reloaded: %s", r->summary);
+	} else {
+		log_errx("reload %u failed; still running on the previous configuration (%s):", d->reloads,
+			 d->plane.cfg->source);
+		for (i = 0; i < r->nerrors; i++)
+			log_errx("  %s", r->errors[i].message);
+		snprintf(status, sizeof(status), "reload failed, running on the previous configuration: %s",
+			 r->nerrors ? r->errors[0].message : "unknown error");
+	}
+	evfdd_reload_result_clear(&d->last);
+	d->last = *r;                    /* the result's strings are ours now */
+	memset(r, 0, sizeof(*r));
+	d->have_last = true;
+	d->state = DAEMON_RUNNING;
+	evfdd_notify_ready(d, status);
+	waiters_answer(&d->waiters, &d->last);
+	daemon_step(d);
+}
+
+static void reload_begin(struct daemon *d)
+{
+	d->reload_pending = false;
+	TAILQ_CONCAT(&d->waiters, &d->next_waiters, link);
+	d->state = DAEMON_RELOADING;
+	evfdd_notify_reloading(d);
+	evfdd_reload_run(&d->plane, reload_done, d);
+}
+
+/* ---- the decision ----------------------------------------------------------------------------------- */
+
+/*
+ * Take the next step, after any event. One thing at a time: a reload or a ring move being applied finishes
+ * first; then a stop that was asked for comes before a reload (which it makes moot); a forced stop cuts the
+ * connections as soon as the stop has begun.
+ */
+static void daemon_step(struct daemon *d)
+{
+	switch (d->state) {
+	case DAEMON_STARTING:
+	case DAEMON_RELOADING:
+		return;                  /* their end calls again */
+	case DAEMON_RUNNING:
+		if (evfdd_workers_busy(d->plane.workers))
+			return;          /* a ring move: its end calls again */
+		if (d->stop_pending) {
+			d->stop_pending = false;
+			stop_begin(d);
+			if (d->reload_pending)
+				log_notice("not reloading: stopping");
+			d->reload_pending = false;
+			waiters_answer(&d->next_waiters, NULL);
+		} else if (d->reload_pending) {
+			reload_begin(d);
+			return;
+		} else {
+			return;
 		}
+		/* A forced stop may have come with it. */
+		__attribute__((fallthrough));
+	case DAEMON_STOPPING:
+		if (d->abort_pending && !d->aborted)
+			stop_abort(d);
 		return;
 	}
-	log_notice("%s: stopping", strsignal(w->signum));
-	stop_begin(d, false);
 }
 
-void evfdd_daemon_reload_finished(struct daemon *d)
-{
-	if (d->stop_requested && !d->stopping && !evfdd_workers_busy(d->workers))
-		stop_begin(d, d->aborting);
-}
+/* ---- events ----------------------------------------------------------------------------------------- */
 
-static void hup_cb(struct ev_loop *ev, ev_signal *w, int revents)
+static void started(void *arg, int err)
 {
-	struct daemon *d = w->data;
+	struct daemon *d = arg;
 
-	log_info("SIGHUP: reloading the configuration");
-	evfdd_reload_request(d, NULL, NULL);
-}
-
-void evfdd_daemon_started(struct daemon *d, int err)
-{
 	if (err) {
 		log_errx("starting the data plane: a ring's relay failed: %s", strerror(-err));
 		d->exit_code = EXIT_STARTUP;
@@ -126,16 +196,121 @@ void evfdd_daemon_started(struct daemon *d, int err)
 		return;
 	}
 	d->state = DAEMON_RUNNING;
-	log_notice("evfdd %s ready: %u services, %u workers, %u rings (%s)", PACKAGE_VERSION, d->nsvcs,
-		   d->cfg->workers, d->cfg->rings, d->cfg->source);
+	log_notice("evfdd %s ready: %u services, %u workers, %u rings (%s)", PACKAGE_VERSION, d->plane.nsvcs,
+		   d->plane.cfg->workers, d->plane.cfg->rings, d->plane.cfg->source);
 	evfdd_notify_ready(d, "running");
 	evfdd_notify_status(d, "running");
-	/* A signal that came during start-up. */
-	if (d->stop_requested)
-		stop_begin(d, d->aborting);
-	else
-		evfdd_reload_kick(d);
+	daemon_step(d);                  /* a signal that came during start-up */
 }
+
+static void stop_cb(struct ev_loop *ev, ev_signal *w, int revents)
+{
+	struct daemon *d = w->data;
+
+	if (d->state == DAEMON_STOPPING || d->stop_pending) {
+		if (!d->abort_pending)
+			log_notice("second %s: closing every connection now", strsignal(w->signum));
+		d->abort_pending = true;
+	} else {
+		log_notice("%s: stopping", strsignal(w->signum));
+		d->stop_pending = true;
+		if (d->state != DAEMON_RUNNING || evfdd_workers_busy(d->plane.workers))
+			log_info("stopping once the %s has finished",
+				 d->state == DAEMON_STARTING ? "start-up" : d->state == DAEMON_RELOADING ? "reload" :
+				 "ring move");
+	}
+	daemon_step(d);
+}
+
+/* A reload asked by SIGHUP (@done NULL) or the control socket. */
+static void reload_request(struct daemon *d, evfdd_control_done_fn done, void *cookie)
+{
+	struct reload_waiter *w;
+
+	if (d->state == DAEMON_STOPPING || d->stop_pending) {
+		if (done)
+			evfdd_inspect_shutting_down(done, cookie);
+		else
+			log_notice("SIGHUP while stopping: not reloading");
+		return;
+	}
+	if (done) {
+		w = calloc(1, sizeof(*w));
+		if (!w)
+			fatalx("out of memory");
+		w->done = done;
+		w->cookie = cookie;
+		TAILQ_INSERT_TAIL(&d->next_waiters, w, link);
+	}
+	/* Coalesce: whatever is running now, one more reload reads the file afterwards. */
+	if (d->state != DAEMON_RUNNING || evfdd_workers_busy(d->plane.workers))
+		log_info("reload requested while %s; it follows", d->state == DAEMON_RELOADING ? "reloading" :
+			 d->state == DAEMON_STARTING ? "starting" : "a ring moves");
+	d->reload_pending = true;
+	daemon_step(d);
+}
+
+static void hup_cb(struct ev_loop *ev, ev_signal *w, int revents)
+{
+	log_info("SIGHUP: reloading the configuration");
+	reload_request(w->data, NULL, NULL);
+}
+
+static void control_reload(void *arg, evfdd_control_done_fn done, void *cookie)
+{
+	reload_request(arg, done, cookie);
+}
+
+struct move_request {
+	struct daemon *d;
+	unsigned ring;
+	evfdd_control_done_fn done;
+	void *cookie;
+};
+
+static void moved(void *arg, unsigned from, unsigned to, uint64_t usec)
+{
+	struct move_request *m = arg;
+
+	log_info("ring %u moved from loop %u to loop %u in %llu us (control socket)", m->ring, from, to,
+		 (unsigned long long)usec);
+	evfdd_inspect_move_answer(m->done, m->cookie, m->ring, from, to, usec);
+	daemon_step(m->d);               /* a reload or a stop may have waited for this move */
+	free(m);
+}
+
+static void control_move(void *arg, uint64_t ring, uint64_t loop, evfdd_control_done_fn done, void *cookie)
+{
+	struct daemon *d = arg;
+	struct move_request *m;
+	int err;
+
+	if (d->state == DAEMON_STOPPING || d->stop_pending) {
+		evfdd_inspect_shutting_down(done, cookie);
+		return;
+	}
+	if (ring > UINT32_MAX || loop > UINT32_MAX) {
+		evfdd_inspect_move_refused(done, cookie, ring > UINT32_MAX ? -ENOENT : -ESRCH, ring, loop);
+		return;
+	}
+	if (d->state != DAEMON_RUNNING) {
+		evfdd_inspect_move_refused(done, cookie, -EAGAIN, ring, loop);
+		return;
+	}
+	m = calloc(1, sizeof(*m));
+	if (!m) {
+		evfdd_inspect_move_refused(done, cookie, -ENOMEM, ring, loop);
+		return;
+	}
+	*m = (struct move_request){ .d = d, .ring = (unsigned)ring, .done = done, .cookie = cookie };
+	err = evfdd_workers_move(d->plane.workers, (unsigned)ring, (unsigned)loop, moved, m);
+	if (err < 0) {
+		free(m);
+		evfdd_inspect_move_refused(done, cookie, err, ring, loop);
+	}
+}
+
+/* ---- start-up --------------------------------------------------------------------------------------- */
 
 static int load_config(const char *path, bool explicit_path, struct evfdd_config **cfg)
 {
@@ -152,14 +327,23 @@ static int load_config(const char *path, bool explicit_path, struct evfdd_config
 	return r;
 }
 
+static const struct evfdd_control_ops control_ops = {
+	.status = evfdd_inspect_status,
+	.loops = evfdd_inspect_loops,
+	.rings = evfdd_inspect_rings,
+	.services = evfdd_inspect_services,
+	.move = control_move,
+	.reload = control_reload,
+};
+
 static int control_open(struct daemon *d, int fd)
 {
-	char *path = d->cfg->control ? strdup(d->cfg->control) : evfdd_control_default_path();
+	char *path = d->plane.cfg->control ? strdup(d->plane.cfg->control) : evfdd_control_default_path();
 	int r;
 
 	if (!path)
 		fatalx("out of memory");
-	r = evfdd_control_start(&d->control, d->ev, fd, path, &evfdd_inspect_ops, d);
+	r = evfdd_control_start(&d->control, d->ev, fd, path, &control_ops, d);
 	if (r == 0 && fd < 0)
 		log_info("control socket %s", path);
 	free(path);
@@ -173,6 +357,9 @@ static int run(struct daemon *d)
 
 	signal(SIGPIPE, SIG_IGN);
 	d->start_usec = util_now_us(CLOCK_MONOTONIC);
+	d->state = DAEMON_STARTING;
+	TAILQ_INIT(&d->waiters);
+	TAILQ_INIT(&d->next_waiters);
 	d->ev = ev_default_loop(EVFLAG_AUTO);
 	if (!d->ev)
 		fatalx("cannot create the main event loop");
@@ -186,11 +373,11 @@ static int run(struct daemon *d)
 	ev_signal_start(d->ev, &d->sigterm);
 	ev_signal_start(d->ev, &d->sigint);
 	ev_signal_start(d->ev, &d->sighup);
-	if (evfdd_listen_new(&d->listen, d->cfg, &control_fd) < 0)
+	if (evfdd_listen_new(&d->plane.listen, d->plane.cfg, &control_fd) < 0)
 		goto out;
 	if (control_open(d, control_fd) < 0)
 		goto out;
-	if (evfdd_reload_initial(d, err, sizeof(err)) < 0) {
+	if (evfdd_reload_initial(&d->plane, started, d, err, sizeof(err)) < 0) {
 		if (err[0])
 			log_errx("%s", err);
 		goto out;
@@ -211,13 +398,16 @@ out:
 	ev_timer_stop(d->ev, &d->shutdown_timer);
 	evfdd_control_free(d->control);
 	/* After a start-up failure with rings already running, the process exits without waiting for them. */
-	if (rc == 0 || !d->workers || !evfdd_workers_rings(d->workers)) {
-		evfdd_workers_free(d->workers);
-		d->workers = NULL;
+	if (rc == 0 || !d->plane.workers || !evfdd_workers_rings(d->plane.workers)) {
+		evfdd_workers_free(d->plane.workers);
+		d->plane.workers = NULL;
 	}
-	evfdd_reload_free(d);
-	evfdd_listen_free(d->listen);
-	if (!d->workers && evfd_loop_free(d->main) < 0 && rc == 0)
+	waiters_answer(&d->waiters, NULL);
+	waiters_answer(&d->next_waiters, NULL);
+	evfdd_reload_result_clear(&d->last);
+	evfdd_reload_plane_clear(&d->plane);
+	evfdd_listen_free(d->plane.listen);
+	if (!d->plane.workers && evfd_loop_free(d->main) < 0 && rc == 0)
 		log_warnx("main loop still busy at exit");
 	return rc;
 }
@@ -262,17 +452,17 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	if (load_config(path, explicit_path, &d.cfg) < 0)
+	if (load_config(path, explicit_path, &d.plane.cfg) < 0)
 		return EXIT_CONFIG;
 	if (check) {
 		printf("configuration OK\n");
-		evfdd_config_free(d.cfg);
+		evfdd_config_free(d.plane.cfg);
 		return 0;
 	}
-	log_setlevel(d.cfg->log_level);
-	d.config_path = path;
-	d.explicit_path = explicit_path;
+	log_setlevel(d.plane.cfg->log_level);
+	d.plane.config_path = path;
+	d.plane.explicit_path = explicit_path;
 	rc = run(&d);
-	evfdd_config_free(d.cfg);
+	evfdd_config_free(d.plane.cfg);
 	return rc;
 }

@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* The core functions behind the control socket's io.evfdd methods (daemon/io.evfdd.varlink): reading the
- * daemon's state, moving a ring, reloading. control.c does the transport; this file knows the daemon. */
+/*
+ * The control socket's answers: every reply of io.evfdd (daemon/io.evfdd.varlink) built as JSON, and every
+ * io.evfdd error name. control.c carries the calls; evfdd.c decides what a move or a reload does; this file
+ * only reads the daemon's state and says it.
+ */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +12,8 @@
 #include "daemon.h"
 #include "log.h"
 #include "util.h"
+
+#define IFACE "io.evfdd."
 
 static void add_int(struct json_object *o, const char *k, uint64_t v)
 {
@@ -35,78 +40,71 @@ static const char *state_name(enum daemon_state s)
 	return "stopping";
 }
 
-/* A service's counters, or the sum of several. */
-struct counts {
-	uint64_t open, total, closed, ends[EVFDD_END_COUNT], bytes_up, bytes_down;
-};
-
-static void counts_add(struct counts *t, const struct evfdd_svc_stats *st)
-{
-	unsigned k;
-
-	t->open += atomic_load(&st->open);
-	t->total += atomic_load(&st->total);
-	t->closed += atomic_load(&st->closed);
-	for (k = 0; k < EVFDD_END_COUNT; k++)
-		t->ends[k] += atomic_load(&st->ends[k]);
-	t->bytes_up += atomic_load(&st->bytes_up);
-	t->bytes_down += atomic_load(&st->bytes_down);
-}
-
-/* The counters as io.evfdd's Totals and Service carry them: ends by reason, and the three sums that the
- * interface had before the reasons (refused, connect_errors, aborted; evfdd(8) says which reasons each holds). */
-static void counts_json(struct json_object *o, const struct counts *t)
+/* The counters as io.evfdd's Totals and Service carry them: every counter of service.h by its name, the
+ * ends in an object of their own, and the three sums the interface had before the end reasons (evfdd(8) says
+ * which reasons each holds). */
+static void counts_json(struct json_object *o, const struct evfdd_counts *t)
 {
 	struct json_object *ends = json_object_new_object();
-	const uint64_t *e = t->ends;
+	const uint64_t *e = t->v + EVFDD_CTR_ENDS;
 	unsigned k;
 
-	for (k = 0; k < EVFDD_END_COUNT; k++)
-		add_int(ends, evfdd_end_names[k], e[k]);
 	add_int(o, "open", t->open);
-	add_int(o, "total", t->total);
-	add_int(o, "closed", t->closed);
+	for (k = 0; k < EVFDD_CTR_COUNT; k++)
+		add_int(evfdd_counter_info[k].end ? ends : o, evfdd_counter_info[k].name, t->v[k]);
 	add_int(o, "refused", e[EVFDD_END_LIMIT] + e[EVFDD_END_NO_RESOURCES]);
 	add_int(o, "connect_errors", e[EVFDD_END_CONNECT_FAILED]);
 	add_int(o, "aborted", e[EVFDD_END_CLIENT_RESET] + e[EVFDD_END_BACKEND_RESET] + e[EVFDD_END_CLIENT_ERROR] +
 		e[EVFDD_END_BACKEND_ERROR] + e[EVFDD_END_IDLE_TIMEOUT] + e[EVFDD_END_SHUTDOWN]);
-	add_int(o, "bytes_up", t->bytes_up);
-	add_int(o, "bytes_down", t->bytes_down);
 	json_object_object_add(o, "ends", ends);
 }
 
-static struct json_object *status(void *arg)
+/* io.evfdd's ReloadResult. */
+static struct json_object *reload_json(const struct evfdd_reload_result *r)
+{
+	struct json_object *o = json_object_new_object(), *errs = json_object_new_array();
+	size_t i;
+
+	for (i = 0; i < r->nerrors; i++)
+		json_object_array_add(errs, json_object_new_string(r->errors[i].message));
+	add_int(o, "time_usec", r->time_usec);
+	json_object_object_add(o, "ok", json_object_new_boolean(r->ok));
+	json_object_object_add(o, "errors", errs);
+	add_str(o, "summary", r->summary ? r->summary : "");
+	return o;
+}
+
+struct json_object *evfdd_inspect_status(void *arg)
 {
 	struct daemon *d = arg;
-	struct json_object *o = json_object_new_object(), *t = json_object_new_object(), *last;
-	struct counts sum = { 0 };
+	struct json_object *o = json_object_new_object(), *t = json_object_new_object();
+	struct evfdd_counts sum = { 0 };
 	unsigned i;
 
-	for (i = 0; i < d->nsvcs; i++)
-		counts_add(&sum, d->svcs[i].svc->st);
+	for (i = 0; i < d->plane.nsvcs; i++)
+		evfdd_svc_stats_read(d->plane.svcs[i].svc->st, &sum);
 	counts_json(t, &sum);
 	add_str(o, "version", PACKAGE_VERSION);
 	add_int(o, "pid", (uint64_t)getpid());
 	add_int(o, "uptime_usec", util_now_us(CLOCK_MONOTONIC) - d->start_usec);
-	add_str(o, "config", d->cfg->source);
+	add_str(o, "config", d->plane.cfg->source);
 	add_str(o, "state", state_name(d->state));
-	add_int(o, "workers", evfdd_workers_loops(d->workers));
-	add_int(o, "rings", evfdd_workers_rings(d->workers));
+	add_int(o, "workers", evfdd_workers_loops(d->plane.workers));
+	add_int(o, "rings", evfdd_workers_rings(d->plane.workers));
 	add_int(o, "reloads", d->reloads);
-	last = evfdd_reload_result_json(d);
-	json_object_object_add(o, "last_reload", last);   /* NULL: JSON null */
+	json_object_object_add(o, "last_reload", d->have_last ? reload_json(&d->last) : NULL);   /* JSON null */
 	json_object_object_add(o, "totals", t);
 	return o;
 }
 
-static struct json_object *loops(void *arg)
+struct json_object *evfdd_inspect_loops(void *arg)
 {
 	struct daemon *d = arg;
 	struct json_object *o, *a;
 	struct evfdd_loop_info *v;
 	size_t n, i;
 
-	if (evfdd_workers_loop_info(d->workers, &v, &n) < 0)
+	if (evfdd_workers_loop_info(d->plane.workers, &v, &n) < 0)
 		return NULL;
 	o = json_object_new_object();
 	a = json_object_new_array();
@@ -129,14 +127,14 @@ static struct json_object *loops(void *arg)
 	return o;
 }
 
-static struct json_object *rings(void *arg)
+struct json_object *evfdd_inspect_rings(void *arg)
 {
 	struct daemon *d = arg;
 	struct json_object *o, *a;
 	struct evfdd_ring_info *v;
 	size_t n, i;
 
-	if (evfdd_workers_ring_info(d->workers, &v, &n) < 0)
+	if (evfdd_workers_ring_info(d->plane.workers, &v, &n) < 0)
 		return NULL;
 	o = json_object_new_object();
 	a = json_object_new_array();
@@ -159,22 +157,22 @@ static struct json_object *rings(void *arg)
 	return o;
 }
 
-static struct json_object *services(void *arg)
+struct json_object *evfdd_inspect_services(void *arg)
 {
 	struct daemon *d = arg;
 	struct json_object *o = json_object_new_object(), *a = json_object_new_array();
 	unsigned i;
 
-	for (i = 0; i < d->nsvcs; i++) {
-		const struct evfdd_svc *s = d->svcs[i].svc;
+	for (i = 0; i < d->plane.nsvcs; i++) {
+		const struct evfdd_svc *s = d->plane.svcs[i].svc;
 		struct json_object *j = json_object_new_object();
-		struct counts c = { 0 };
+		struct evfdd_counts c = { 0 };
 
 		add_str(j, "name", s->name);
 		add_str(j, "listen", s->listen_text);
 		json_object_object_add(j, "activated", json_object_new_boolean(s->activated));
 		add_str(j, "forward", s->forward_text);
-		counts_add(&c, s->st);
+		evfdd_svc_stats_read(s->st, &c);
 		counts_json(j, &c);
 		json_object_array_add(a, j);
 	}
@@ -182,94 +180,49 @@ static struct json_object *services(void *arg)
 	return o;
 }
 
-struct move_req {
-	struct daemon *d;
-	unsigned ring;
-	evfdd_control_done_fn done;
-	void *cookie;
-};
-
-static void moved(void *arg, unsigned from, unsigned to, uint64_t usec)
+void evfdd_inspect_reload_answer(evfdd_control_done_fn done, void *cookie, const struct evfdd_reload_result *r)
 {
-	struct move_req *m = arg;
 	struct json_object *p = json_object_new_object();
 
-	log_info("ring %u moved from loop %u to loop %u in %llu us (control socket)", m->ring, from, to,
-		 (unsigned long long)usec);
-	add_int(p, "ring", m->ring);
+	json_object_object_add(p, "reload", reload_json(r));
+	done(cookie, r->ok ? NULL : IFACE "ReloadFailed", p);
+}
+
+void evfdd_inspect_move_answer(evfdd_control_done_fn done, void *cookie, unsigned ring, unsigned from,
+			       unsigned to, uint64_t usec)
+{
+	struct json_object *p = json_object_new_object();
+
+	add_int(p, "ring", ring);
 	add_int(p, "from", from);
 	add_int(p, "loop", to);
 	add_int(p, "usec", usec);
-	m->done(m->cookie, NULL, p);
-	evfdd_reload_kick(m->d);   /* a reload may have waited for this move */
-	free(m);
+	done(cookie, NULL, p);
 }
 
-static void move(void *arg, uint64_t ring, uint64_t loop, evfdd_control_done_fn done, void *cookie)
+void evfdd_inspect_move_refused(evfdd_control_done_fn done, void *cookie, int err, uint64_t ring, uint64_t loop)
 {
-	struct daemon *d = arg;
-	struct move_req *m;
 	struct json_object *p = json_object_new_object();
-	int err = -ENOMEM;
 
-	if (d->stopping || d->stop_requested) {
-		json_object_put(p);
-		done(cookie, "io.evfdd.ShuttingDown", NULL);
-		return;
-	}
-	if (ring > UINT32_MAX) {
-		add_int(p, "ring", ring);
-		done(cookie, "io.evfdd.NoSuchRing", p);
-		return;
-	}
-	if (loop > UINT32_MAX) {
-		add_int(p, "loop", loop);
-		done(cookie, "io.evfdd.NoSuchLoop", p);
-		return;
-	}
-	m = calloc(1, sizeof(*m));
-	if (m) {
-		m->d = d;
-		m->ring = (unsigned)ring;
-		m->done = done;
-		m->cookie = cookie;
-		err = d->state == DAEMON_RUNNING ? evfdd_workers_move(d->workers, (unsigned)ring, (unsigned)loop,
-								      moved, m) : -EBUSY;
-	}
-	if (!err) {
-		json_object_put(p);
-		return;
-	}
-	free(m);
 	switch (err) {
 	case -ENOENT:
 		add_int(p, "ring", ring);
-		done(cookie, "io.evfdd.NoSuchRing", p);
-		break;
+		done(cookie, IFACE "NoSuchRing", p);
+		return;
 	case -ESRCH:
 		add_int(p, "loop", loop);
-		done(cookie, "io.evfdd.NoSuchLoop", p);
-		break;
+		done(cookie, IFACE "NoSuchLoop", p);
+		return;
 	default:
 		add_int(p, "ring", ring);
-		add_str(p, "reason", err == -EBUSY ? (d->state != DAEMON_RUNNING ? "a reload is in progress" :
-						      "the ring is draining or already moving") :
-			strerror(-err));
-		done(cookie, "io.evfdd.RingBusy", p);
-		break;
+		add_str(p, "reason", err == -EAGAIN ? "a reload is in progress" :
+			err == -EBUSY ? "the ring is draining or already moving" : strerror(-err));
+		done(cookie, IFACE "RingBusy", p);
+		return;
 	}
 }
 
-static void reload(void *arg, evfdd_control_done_fn done, void *cookie)
+void evfdd_inspect_shutting_down(evfdd_control_done_fn done, void *cookie)
 {
-	evfdd_reload_request(arg, done, cookie);
+	done(cookie, IFACE "ShuttingDown", NULL);
 }
-
-const struct evfdd_control_ops evfdd_inspect_ops = {
-	.status = status,
-	.loops = loops,
-	.rings = rings,
-	.services = services,
-	.move = move,
-	.reload = reload,
-};

@@ -14,15 +14,15 @@
 
 static void status_line(struct daemon *d, const char *what, char *buf, size_t len)
 {
-	unsigned long open = 0, total = 0;
+	struct evfdd_counts c = { 0 };
 	unsigned i;
 
-	for (i = 0; i < d->nsvcs; i++) {
-		open += atomic_load(&d->svcs[i].svc->st->open);
-		total += atomic_load(&d->svcs[i].svc->st->total);
-	}
-	snprintf(buf, len, "%s: %lu open connections (%lu total), %u rings on %u loops%s", what, open, total,
-		 d->workers ? evfdd_workers_rings(d->workers) : 0, d->workers ? evfdd_workers_loops(d->workers) : 0,
+	for (i = 0; i < d->plane.nsvcs; i++)
+		evfdd_svc_stats_read(d->plane.svcs[i].svc->st, &c);
+	snprintf(buf, len, "%s: %llu open connections (%llu total), %u rings on %u loops%s", what,
+		 (unsigned long long)c.open, (unsigned long long)c.v[EVFDD_CTR_TOTAL],
+		 d->plane.workers ? evfdd_workers_rings(d->plane.workers) : 0,
+		 d->plane.workers ? evfdd_workers_loops(d->plane.workers) : 0,
 		 d->have_last && !d->last.ok ? "; last reload failed" : "");
 }
 
@@ -50,6 +50,12 @@ void evfdd_notify_ready(struct daemon *d, const char *status)
 	sd_notifyf(0, "READY=1\nSTATUS=%s", status);
 }
 
+void evfdd_notify_stopping(struct daemon *d)
+{
+	sd_notify(0, "STOPPING=1");
+	evfdd_notify_status(d, "stopping");
+}
+
 static void status_cb(struct ev_loop *ev, ev_timer *t, int revents)
 {
 	struct daemon *d = t->data;
@@ -66,7 +72,7 @@ static void watchdog_cb(struct ev_loop *ev, ev_timer *t, int revents)
 	struct daemon *d = t->data;
 	unsigned long missed;
 
-	if (!d->workers || evfdd_workers_heartbeat(d->workers))
+	if (!d->plane.workers || evfdd_workers_heartbeat(d->plane.workers))
 		sd_notify(0, "WATCHDOG=1");
 	else if (log_ratelimit(&rl, &missed))
 		log_warnx("a worker loop has not answered for a watchdog period; withholding WATCHDOG=1 so that "

@@ -38,12 +38,6 @@
 #define RESET_FLUSH_MS 1000
 #define RESET_POLL_MS 5
 
-const char *const evfdd_end_names[EVFDD_END_COUNT] = {
-#define END_NAME(id, name) [EVFDD_END_##id] = #name,
-	EVFDD_END_REASONS(END_NAME)
-#undef END_NAME
-};
-
 enum half_state { H_IDLE, H_RECV, H_SEND, H_WAITBUF, H_DONE };
 enum side { CLIENT, BACKEND };
 
@@ -65,6 +59,7 @@ struct acceptor {
 	struct evfdd_relay *rl;
 	struct acceptor *next;
 	struct evfdd_svc *svc;
+	struct evfdd_svc_block *blk;     /* this ring's counters for the service: only its owner writes them */
 	struct evfdd_listener *lst;      /* NULL once retired and nothing is in flight on it */
 	struct evfd_op *op, *retry_op;
 	bool armed, retrying, retired;
@@ -114,52 +109,6 @@ struct evfdd_relay {
 	void (*done)(struct evfdd_relay *, void *);
 	void *done_arg;
 };
-
-struct evfdd_svc *evfdd_svc_ref(struct evfdd_svc *s)
-{
-	atomic_fetch_add(&s->refs, 1);
-	return s;
-}
-
-void evfdd_svc_unref(struct evfdd_svc *s)
-{
-	if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
-		free(s->backends);
-		free(s->listen_text);
-		free(s->forward_text);
-		evfdd_svc_stats_unref(s->st);
-		free(s);
-	}
-}
-
-struct evfdd_svc_stats *evfdd_svc_stats_new(void)
-{
-	struct evfdd_svc_stats *st = calloc(1, sizeof(*st));
-
-	if (!st)
-		return NULL;
-	atomic_init(&st->refs, 1);
-	log_ratelimit_init(&st->connect_rl, 10000, 5);
-	log_ratelimit_init(&st->accept_rl, 10000, 5);
-	log_ratelimit_init(&st->limit_rl, 10000, 5);
-	return st;
-}
-
-struct evfdd_svc_stats *evfdd_svc_stats_ref(struct evfdd_svc_stats *st)
-{
-	atomic_fetch_add(&st->refs, 1);
-	return st;
-}
-
-void evfdd_svc_stats_unref(struct evfdd_svc_stats *st)
-{
-	if (st && atomic_fetch_sub(&st->refs, 1) == 1) {
-		log_ratelimit_destroy(&st->connect_rl);
-		log_ratelimit_destroy(&st->accept_rl);
-		log_ratelimit_destroy(&st->limit_rl);
-		free(st);
-	}
-}
 
 static void acceptor_maybe_free(struct acceptor *a);
 
@@ -239,16 +188,12 @@ static void conn_free(struct conn *c)
 {
 	struct evfdd_relay *rl = c->acc->rl;
 	struct acceptor *a = c->acc;
-	struct evfdd_svc_stats *st = c->svc->st;
 
 	lru_unlink(c);
 	sock_close(c->cfd, c->rst_client);
 	sock_close(c->bfd, c->rst_backend);
-	if (c->end < EVFDD_END_COUNT)
-		atomic_fetch_add(&st->ends[c->end], 1);
-	else
-		atomic_fetch_add(&st->closed, 1);
-	atomic_fetch_sub(&st->open, 1);
+	evfdd_svc_count(a->blk, c->end < EVFDD_END_COUNT ? evfdd_counter_end(c->end) : EVFDD_CTR_CLOSED, 1);
+	atomic_fetch_sub(&c->svc->st->open, 1);
 	evfdd_svc_unref(c->svc);
 	free(c);
 	rl->nconns--;
@@ -260,9 +205,14 @@ static void conn_free(struct conn *c)
 	relay_maybe_done(rl);
 }
 
+static bool conn_echo(const struct conn *c)
+{
+	return c->svc->kind == EVFDD_SVC_ECHO;
+}
+
 static bool conn_finished(const struct conn *c)
 {
-	return c->up.state == H_DONE && (c->svc->echo || c->down.state == H_DONE);
+	return c->up.state == H_DONE && (conn_echo(c) || c->down.state == H_DONE);
 }
 
 static void conn_flush_check(struct conn *c);
@@ -363,7 +313,7 @@ static void conn_cut(struct conn *c, enum evfdd_end why, bool rst)
 	if (c->flush_op)
 		(void)evfd_op_cancel(c->acc->rl->ring, c->flush_op);
 	half_stop(&c->up);
-	if (!c->svc->echo)
+	if (!conn_echo(c))
 		half_stop(&c->down);
 	if (c->cfd >= 0 && !c->rst_client)
 		shutdown(c->cfd, SHUT_RDWR);
@@ -435,7 +385,7 @@ static void conn_side_failed(struct conn *c, enum side s, int err)
 		conn_settle(c);
 		return;
 	}
-	if (c->flushing || c->svc->echo || c->bfd < 0 || c->connect_op) {
+	if (c->flushing || conn_echo(c) || c->bfd < 0 || c->connect_op) {
 		conn_cut(c, why, false);
 		return;
 	}
@@ -479,10 +429,7 @@ static void half_send_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe,
 			conn_side_failed(c, side_of_fd(c, h->to), cqe->res < 0 ? cqe->res : -EPIPE);
 		return;
 	}
-	if (h == &c->up)
-		atomic_fetch_add_explicit(&c->svc->st->bytes_up, (uint64_t)cqe->res, memory_order_relaxed);
-	else
-		atomic_fetch_add_explicit(&c->svc->st->bytes_down, (uint64_t)cqe->res, memory_order_relaxed);
+	evfdd_svc_count(c->acc->blk, h == &c->up ? EVFDD_CTR_BYTES_UP : EVFDD_CTR_BYTES_DOWN, (uint64_t)cqe->res);
 	h->off += (unsigned)cqe->res;
 	conn_touch(c);
 	if (h->off < h->len) {
@@ -591,7 +538,7 @@ static void buf_recycle(struct evfdd_relay *rl, unsigned bid)
 static void conn_start_relay(struct conn *c)
 {
 	c->up.state = H_IDLE;
-	if (half_recv(&c->up) && !c->svc->echo)
+	if (half_recv(&c->up) && !conn_echo(c))
 		half_recv(&c->down);
 }
 
@@ -690,9 +637,11 @@ static void conn_new(struct acceptor *a, int fd)
 	struct conn *c;
 	int one = 1;
 
-	atomic_fetch_add(&svc->st->total, 1);
-	if (atomic_load(&svc->st->open) >= svc->max_connections) {
-		atomic_fetch_add(&svc->st->ends[EVFDD_END_LIMIT], 1);
+	evfdd_svc_count(a->blk, EVFDD_CTR_TOTAL, 1);
+	/* Counted in first, so that rings accepting at once cannot all slip under the limit. */
+	if (atomic_fetch_add(&svc->st->open, 1) >= svc->max_connections) {
+		atomic_fetch_sub(&svc->st->open, 1);
+		evfdd_svc_count(a->blk, evfdd_counter_end(EVFDD_END_LIMIT), 1);
 		if (log_ratelimit(&svc->st->limit_rl, &missed))
 			log_warnx("[%s] max_connections (%u) reached; closing a new connection (%lu similar "
 				  "messages suppressed)", svc->name, svc->max_connections, missed);
@@ -701,14 +650,14 @@ static void conn_new(struct acceptor *a, int fd)
 	}
 	c = calloc(1, sizeof(*c));
 	if (!c) {
-		atomic_fetch_add(&svc->st->ends[EVFDD_END_NO_RESOURCES], 1);
+		atomic_fetch_sub(&svc->st->open, 1);
+		evfdd_svc_count(a->blk, evfdd_counter_end(EVFDD_END_NO_RESOURCES), 1);
 		if (log_ratelimit(&svc->st->limit_rl, &missed))
 			log_warnx("[%s] out of memory for a connection; closing it (%lu similar messages suppressed)",
 				  svc->name, missed);
 		close(fd);
 		return;
 	}
-	atomic_fetch_add(&svc->st->open, 1);
 	c->acc = a;
 	c->svc = evfdd_svc_ref(svc);
 	c->cfd = fd;
@@ -730,7 +679,7 @@ static void conn_new(struct acceptor *a, int fd)
 		/* Accepted after a forced stop began: it is cut like the others. */
 		c->up.state = c->down.state = H_DONE;
 		conn_cut(c, EVFDD_END_SHUTDOWN, true);
-	} else if (svc->echo) {
+	} else if (svc->kind == EVFDD_SVC_ECHO) {
 		c->up.to = fd;
 		c->down.state = H_DONE;
 		conn_start_relay(c);
@@ -761,6 +710,7 @@ static void acceptor_maybe_free(struct acceptor *a)
 	for (p = &rl->accs; *p != a; p = &(*p)->next)
 		;
 	*p = a->next;
+	evfdd_svc_block_free(a->svc->st, a->blk);
 	evfdd_svc_unref(a->svc);
 	free(a);
 }
@@ -876,8 +826,11 @@ static void acceptor_add(struct evfdd_relay *rl, struct evfdd_relay_service *rs)
 	socklen_t len = sizeof(int);
 	int domain = 0;
 
-	if (!a) {
+	if (a)
+		a->blk = evfdd_svc_block_new(rs->svc->st);
+	if (!a || !a->blk) {
 		log_warnx("[%s] out of memory: a ring does not accept on this service", rs->svc->name);
+		free(a);
 		evfdd_svc_unref(rs->svc);
 		evfdd_listener_unref(rs->lst);
 		return;
@@ -1107,6 +1060,7 @@ void evfdd_relay_free(struct evfdd_relay *rl)
 	for (a = rl->accs; a; a = next) {
 		next = a->next;
 		evfdd_listener_unref(a->lst);
+		evfdd_svc_block_free(a->svc->st, a->blk);
 		evfdd_svc_unref(a->svc);
 		free(a);
 	}

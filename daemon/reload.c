@@ -1,15 +1,5 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/*
- * Applying a configuration: at start-up, and on every reload (SIGHUP or the control socket's Reload).
- *
- * A reload runs on the main thread, never on a data-plane loop: it parses the file (config.c has no side
- * effects), prepares what can fail (listeners bound, loops spawned, rings created) and only then commits:
- * rings accept on the new services, surplus rings drain, rings move so that they are spread evenly, surplus
- * loops retire. Connections keep the service they started with. Nothing waits for in-flight I/O.
- *
- * One reload at a time. Requests that arrive meanwhile coalesce into one more reload after it, which reads
- * the file again, so the last configuration written is always the one applied.
- */
+/* Applying a configuration: at start-up, and on every reload; see reload.h. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -17,8 +7,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include "daemon.h"
 #include "log.h"
+#include "reload.h"
 #include "util.h"
 
 /* Per ring: 256 buffers of 64 KiB. A buffer is held only while its data is in flight, so this caps the
@@ -27,91 +17,51 @@
 #define RELAY_BUFFERS 256
 #define RELAY_BUFFER_SIZE (64 * 1024)
 
+/* One reload in progress: what it will commit, and whom to tell. */
+struct reload_run {
+	struct evfdd_plane *p;
+	struct evfdd_reload_result r;
+	uint64_t t0;                     /* CLOCK_MONOTONIC, µs */
+	evfdd_reload_done_fn done;
+	void *arg;
+};
+
 /* ---- services ------------------------------------------------------------------------------------- */
 
-static struct evfdd_svc *svc_build(const struct evfdd_service *s, struct evfdd_listener *lst,
-				   struct evfdd_svc_stats *st)
-{
-	struct evfdd_svc *svc = calloc(1, sizeof(*svc));
-	size_t i;
-
-	if (!svc)
-		fatalx("out of memory");
-	snprintf(svc->name, sizeof(svc->name), "%s", s->name);
-	svc->activated = lst->activated;
-	svc->listen_text = strdup(lst->activated ? "activated" : s->listen.text);
-	svc->forward_text = strdup(s->forward.text);
-	svc->echo = s->forward.kind == EVFDD_ENDPOINT_ECHO;
-	svc->tcp_nodelay = s->tcp_nodelay;
-	svc->connect_timeout_ms = s->connect_timeout_ms;
-	svc->idle_timeout_ms = s->idle_timeout_ms;
-	svc->max_connections = s->max_connections;
-	svc->st = st ? evfdd_svc_stats_ref(st) : evfdd_svc_stats_new();
-	atomic_init(&svc->refs, 1);
-	if (!svc->listen_text || !svc->forward_text || !svc->st)
-		fatalx("out of memory");
-	if (!svc->echo) {
-		svc->backends = calloc(s->forward.naddrs, sizeof(*svc->backends));
-		if (!svc->backends)
-			fatalx("out of memory");
-		for (i = 0; i < s->forward.naddrs; i++) {
-			memcpy(&svc->backends[i].addr, &s->forward.addrs[i].u.storage, s->forward.addrs[i].len);
-			svc->backends[i].len = s->forward.addrs[i].len;
-		}
-		svc->nbackends = (unsigned)s->forward.naddrs;
-	}
-	return svc;
-}
-
-/* Whether @old serves exactly what @s with @lst asks for, so that rings can keep accepting on it. */
-static bool svc_same(const struct evfdd_svc *old, struct evfdd_listener *old_lst, const struct evfdd_service *s,
-		     struct evfdd_listener *lst)
-{
-	const struct evfdd_svc *n;
-	bool same;
-
-	if (old_lst != lst || strcmp(old->forward_text, s->forward.text) ||
-	    (!lst->activated && strcmp(old->listen_text, s->listen.text)))
-		return false;
-	n = svc_build(s, lst, old->st);
-	same = n->echo == old->echo && n->tcp_nodelay == old->tcp_nodelay &&
-	       n->connect_timeout_ms == old->connect_timeout_ms && n->idle_timeout_ms == old->idle_timeout_ms &&
-	       n->max_connections == old->max_connections && n->nbackends == old->nbackends &&
-	       (!n->nbackends || !memcmp(n->backends, old->backends, n->nbackends * sizeof(*n->backends)));
-	evfdd_svc_unref((struct evfdd_svc *)n);
-	return same;
-}
-
 /* The services of @cfg over @lsts (one reference each, handed over), reusing the running ones that did not
- * change; counts what changed for the summary. */
-static struct evfdd_relay_service *services_build(struct daemon *d, const struct evfdd_config *cfg,
-						  struct evfdd_listener **lsts, unsigned counts[4])
+ * change; counts what changed in @r. */
+static struct evfdd_relay_service *services_build(const struct evfdd_plane *p, const struct evfdd_config *cfg,
+						  struct evfdd_listener **lsts, struct evfdd_reload_result *r)
 {
 	struct evfdd_relay_service *v = calloc(cfg->nservices, sizeof(*v));
 	size_t i, j;
 
 	if (!v)
 		fatalx("out of memory");
-	memset(counts, 0, 4 * sizeof(*counts));   /* added, removed, changed, unchanged */
 	for (i = 0; i < cfg->nservices; i++) {
 		const struct evfdd_service *s = &cfg->services[i];
 		const struct evfdd_relay_service *old = NULL;
 
-		for (j = 0; j < d->nsvcs && !old; j++)
-			if (!strcmp(d->svcs[j].svc->name, s->name))
-				old = &d->svcs[j];
+		for (j = 0; j < p->nsvcs && !old; j++)
+			if (!strcmp(p->svcs[j].svc->name, s->name))
+				old = &p->svcs[j];
 		v[i].lst = lsts[i];
-		if (old && svc_same(old->svc, old->lst, s, lsts[i])) {
+		if (old && old->lst == lsts[i] && evfdd_svc_same(old->svc, s, lsts[i]->activated)) {
 			v[i].svc = evfdd_svc_ref(old->svc);
-			counts[3]++;
-		} else {
-			v[i].svc = svc_build(s, lsts[i], old ? old->svc->st : NULL);
-			counts[old ? 2 : 0]++;
+			r->unchanged++;
+			continue;
 		}
+		v[i].svc = evfdd_svc_new(s, lsts[i]->activated, old ? old->svc->st : NULL);
+		if (!v[i].svc)
+			fatalx("out of memory");
+		if (old)
+			r->changed++;
+		else
+			r->added++;
 	}
-	for (j = 0; j < d->nsvcs; j++)
-		if (!evfdd_config_service(cfg, d->svcs[j].svc->name))
-			counts[1]++;
+	for (j = 0; j < p->nsvcs; j++)
+		if (!evfdd_config_service(cfg, p->svcs[j].svc->name))
+			r->removed++;
 	return v;
 }
 
@@ -128,108 +78,67 @@ static void services_free(struct evfdd_relay_service *v, unsigned n)
 
 /* ---- results -------------------------------------------------------------------------------------- */
 
-static void result_clear(struct evfdd_reload_result *r)
+void evfdd_reload_result_clear(struct evfdd_reload_result *r)
 {
 	size_t i;
 
-	for (i = 0; i < r->nerrors; i++)
-		free(r->errors[i]);
+	for (i = 0; i < r->nerrors; i++) {
+		free(r->errors[i].file);
+		free(r->errors[i].message);
+	}
 	free(r->errors);
+	free(r->source);
 	free(r->summary);
 	memset(r, 0, sizeof(*r));
 }
 
-static void result_add_error(struct evfdd_reload_result *r, const char *fmt, ...)
+static void result_add_error(struct evfdd_reload_result *r, const char *file, unsigned line, const char *fmt, ...)
+	LOG_PRINTF(4, 5);
+static void result_add_error(struct evfdd_reload_result *r, const char *file, unsigned line, const char *fmt, ...)
 {
-	char **v = realloc(r->errors, (r->nerrors + 1) * sizeof(*v));
+	struct evfdd_reload_error *e;
 	va_list ap;
 	int n;
 
-	if (!v)
+	e = realloc(r->errors, (r->nerrors + 1) * sizeof(*e));
+	if (!e)
 		fatalx("out of memory");
-	r->errors = v;
+	r->errors = e;
+	e += r->nerrors;
+	memset(e, 0, sizeof(*e));
+	e->line = line;
+	if (file && !(e->file = strdup(file)))
+		fatalx("out of memory");
 	va_start(ap, fmt);
-	n = vasprintf(&v[r->nerrors], fmt, ap);
+	n = vasprintf(&e->message, fmt, ap);
 	va_end(ap);
 	if (n < 0)
 		fatalx("out of memory");
 	r->nerrors++;
 }
 
-static struct json_object *result_json(const struct evfdd_reload_result *r)
+static void result_summary(struct evfdd_reload_result *r, const char *fmt, ...) LOG_PRINTF(2, 3);
+static void result_summary(struct evfdd_reload_result *r, const char *fmt, ...)
 {
-	struct json_object *o = json_object_new_object(), *errs = json_object_new_array();
-	size_t i;
-
-	for (i = 0; i < r->nerrors; i++)
-		json_object_array_add(errs, json_object_new_string(r->errors[i]));
-	json_object_object_add(o, "time_usec", json_object_new_int64((int64_t)r->time_usec));
-	json_object_object_add(o, "ok", json_object_new_boolean(r->ok));
-	json_object_object_add(o, "errors", errs);
-	json_object_object_add(o, "summary", json_object_new_string(r->summary ? r->summary : ""));
-	return o;
-}
-
-static void answer_waiters(struct evfdd_reload_waiter *w, const struct evfdd_reload_result *r)
-{
-	while (w) {
-		struct evfdd_reload_waiter *next = w->next;
-		struct json_object *p = json_object_new_object();
-
-		json_object_object_add(p, "reload", result_json(r));
-		w->done(w->cookie, r->ok ? NULL : "io.evfdd.ReloadFailed", p);
-		free(w);
-		w = next;
-	}
-}
-
-static void reload_begin(struct daemon *d);
-
-static void reload_finish(struct daemon *d, struct evfdd_reload_result *r)
-{
-	char status[256];
-	size_t i;
-
-	r->time_usec = util_now_us(CLOCK_REALTIME);
-	d->reloads++;
-	if (r->ok) {
-		log_notice("reload %u done in %.1f ms: %s", d->reloads,
-			   (double)(util_now_us(CLOCK_MONOTONIC) - d->reload_t0) / 1000.0, r->summary);
-		snprintf(status, sizeof(status), "reloaded: %s", r->summary);
-	} else {
-		log_errx("reload %u failed; still running on the previous configuration (%s):", d->reloads,
-			 d->cfg->source);
-		for (i = 0; i < r->nerrors; i++)
-			log_errx("  %s", r->errors[i]);
-		snprintf(status, sizeof(status), "reload failed, running on the previous configuration: %s",
-			 r->nerrors ? r->errors[0] : "unknown error");
-	}
-	result_clear(&d->last);
-	d->last = *r;
-	d->have_last = true;
-	d->state = DAEMON_RUNNING;
-	evfdd_notify_ready(d, status);
-	answer_waiters(d->waiters, &d->last);
-	d->waiters = NULL;
-	evfdd_daemon_reload_finished(d);
-	if (!d->stop_requested && d->reload_pending && !evfdd_workers_busy(d->workers))
-		reload_begin(d);
-}
-
-static void reload_fail(struct daemon *d, const char *fmt, ...) LOG_PRINTF(2, 3);
-static void reload_fail(struct daemon *d, const char *fmt, ...)
-{
-	struct evfdd_reload_result r = { 0 };
 	va_list ap;
-	char *msg;
+	int n;
 
+	free(r->summary);
 	va_start(ap, fmt);
-	if (vasprintf(&msg, fmt, ap) < 0)
-		fatalx("out of memory");
+	n = vasprintf(&r->summary, fmt, ap);
 	va_end(ap);
-	result_add_error(&r, "%s", msg);
-	r.summary = msg;
-	reload_finish(d, &r);
+	if (n < 0)
+		fatalx("out of memory");
+}
+
+/* The reload is over: hand the result on. The run goes with it. */
+static void run_finish(struct reload_run *run)
+{
+	run->r.time_usec = util_now_us(CLOCK_REALTIME);
+	run->r.duration_usec = util_now_us(CLOCK_MONOTONIC) - run->t0;
+	run->done(run->arg, &run->r);
+	evfdd_reload_result_clear(&run->r);
+	free(run);
 }
 
 /* ---- applying ------------------------------------------------------------------------------------- */
@@ -260,33 +169,25 @@ static const char *uring_hint(int err)
 	}
 }
 
-static void initial_done(void *arg, int err)
+int evfdd_reload_initial(struct evfdd_plane *p, void (*done)(void *arg, int err), void *arg, char *err,
+			 size_t errlen)
 {
-	evfdd_daemon_started(arg, err);
-}
-
-/* Bind, build and start @cfg's services on a fresh data plane. */
-int evfdd_reload_initial(struct daemon *d, char *err, size_t errlen)
-{
-	const struct evfdd_relay_params rp = { .buffers = RELAY_BUFFERS, .buffer_size = RELAY_BUFFER_SIZE };
-	struct evfdd_listener **lsts = calloc(d->cfg->nservices, sizeof(*lsts));
-	unsigned counts[4];
+	static const struct evfdd_relay_params rp = { .buffers = RELAY_BUFFERS, .buffer_size = RELAY_BUFFER_SIZE };
+	struct evfdd_listener **lsts = calloc(p->cfg->nservices, sizeof(*lsts));
+	struct evfdd_reload_result counts = { 0 };
 	int r;
 
-	if (!lsts)
+	if (!lsts || evfdd_workers_new(&p->workers, &rp) < 0)
 		fatalx("out of memory");
-	d->state = DAEMON_STARTING;
-	if (evfdd_workers_new(&d->workers, &rp) < 0)
-		fatalx("out of memory");
-	r = evfdd_listen_prepare(d->listen, d->cfg, lsts, err, errlen);
+	r = evfdd_listen_prepare(p->listen, p->cfg, lsts, err, errlen);
 	if (r < 0) {
 		err[0] = 0;   /* logged already, every problem */
 		goto out;
 	}
-	evfdd_listen_commit(d->listen, lsts, d->cfg->nservices);
-	d->svcs = services_build(d, d->cfg, lsts, counts);
-	d->nsvcs = (unsigned)d->cfg->nservices;
-	r = evfdd_workers_apply(d->workers, d->cfg->workers, d->cfg->rings, d->svcs, d->nsvcs, initial_done, d);
+	evfdd_listen_commit(p->listen, lsts, p->cfg->nservices);
+	p->svcs = services_build(p, p->cfg, lsts, &counts);
+	p->nsvcs = (unsigned)p->cfg->nservices;
+	r = evfdd_workers_apply(p->workers, p->cfg->workers, p->cfg->rings, p->svcs, p->nsvcs, done, arg);
 	if (r < 0)
 		snprintf(err, errlen, "cannot set up io_uring: %s; %s", strerror(-r), uring_hint(r));
 out:
@@ -296,164 +197,114 @@ out:
 
 static void apply_done(void *arg, int err)
 {
-	struct daemon *d = arg;
-	struct evfdd_reload_result r = { 0 };
+	struct reload_run *run = arg;
 
-	r.ok = !err;
-	r.summary = d->next_summary;
-	d->next_summary = NULL;
+	run->r.ok = !err;
 	if (err)
-		result_add_error(&r, "a new ring failed to start (%s); %s; running with fewer rings", strerror(-err),
-				 uring_hint(err));
-	reload_finish(d, &r);
+		result_add_error(&run->r, NULL, 0, "a new ring failed to start (%s); %s; running with fewer rings",
+				 strerror(-err), uring_hint(err));
+	run_finish(run);
 }
 
-static struct evfdd_config *load(struct daemon *d, struct evfdd_reload_result *r)
+/* Parse the file; on errors, every one goes into @r. */
+static struct evfdd_config *load(const struct evfdd_plane *p, struct evfdd_reload_result *r)
 {
 	struct evfdd_config_errors errs = { 0 };
 	struct evfdd_config *cfg = NULL;
-	const char *path = d->config_path;
+	const char *path = p->config_path;
 	size_t i;
 
 	/* Started without -c and without the default file: the file may have appeared since. */
-	if (!d->explicit_path && access(path, F_OK) < 0 && errno == ENOENT)
+	if (!p->explicit_path && access(path, F_OK) < 0 && errno == ENOENT)
 		path = NULL;
 	log_info("reloading %s", path ? path : EVFDD_CONFIG_DEFAULT_NAME);
 	if (evfdd_config_load(path, &cfg, &errs) < 0) {
 		for (i = 0; i < errs.count; i++)
-			result_add_error(r, "%s", errs.list[i].message);
+			result_add_error(r, errs.list[i].file, errs.list[i].line, "%s", errs.list[i].message);
 		if (errs.omitted)
-			result_add_error(r, "(%zu more errors)", errs.omitted);
+			result_add_error(r, path, 0, "(%zu more errors)", errs.omitted);
 		cfg = NULL;
 	}
 	evfdd_config_errors_free(&errs);
 	return cfg;
 }
 
-static void reload_begin(struct daemon *d)
+void evfdd_reload_run(struct evfdd_plane *p, evfdd_reload_done_fn done, void *arg)
 {
-	struct evfdd_reload_result r = { 0 };
+	struct reload_run *run = calloc(1, sizeof(*run));
 	struct evfdd_listener **lsts = NULL;
 	struct evfdd_relay_service *svcs;
 	struct evfdd_config *cfg;
-	unsigned counts[4], old_workers = d->cfg->workers, old_rings = d->cfg->rings;
+	unsigned line = 0;
 	char err[512];
 	int e;
 
-	d->reload_pending = false;
-	d->waiters = d->pending_waiters;
-	d->pending_waiters = NULL;
-	d->state = DAEMON_RELOADING;
-	d->reload_t0 = util_now_us(CLOCK_MONOTONIC);
-	evfdd_notify_reloading(d);
-
-	cfg = load(d, &r);
+	if (!run)
+		fatalx("out of memory");
+	run->p = p;
+	run->done = done;
+	run->arg = arg;
+	run->t0 = util_now_us(CLOCK_MONOTONIC);
+	run->r.workers_before = run->r.workers_after = p->cfg->workers;
+	run->r.rings_before = run->r.rings_after = p->cfg->rings;
+	cfg = load(p, &run->r);
 	if (!cfg) {
-		r.summary = strdup("the configuration has errors; nothing changed");
-		reload_finish(d, &r);
+		result_summary(&run->r, "the configuration has errors; nothing changed");
+		run_finish(run);
 		return;
 	}
-	if ((cfg->control || d->cfg->control) &&
-	    (!cfg->control || !d->cfg->control || strcmp(cfg->control, d->cfg->control)))
+	if (!(run->r.source = strdup(cfg->source)))
+		fatalx("out of memory");
+	if ((cfg->control || p->cfg->control) &&
+	    (!cfg->control || !p->cfg->control || strcmp(cfg->control, p->cfg->control)))
 		log_warnx("%s: [evfdd] control changed; the control socket moves at the next restart only",
 			  cfg->source);
 	lsts = calloc(cfg->nservices, sizeof(*lsts));
 	if (!lsts)
 		fatalx("out of memory");
-	if (evfdd_listen_prepare(d->listen, cfg, lsts, err, sizeof(err)) < 0) {
-		free(lsts);
-		evfdd_config_free(cfg);
-		reload_fail(d, "%s; nothing changed", err);
-		return;
+	if (evfdd_listen_prepare(p->listen, cfg, lsts, err, sizeof(err)) < 0) {
+		/* The message begins "FILE:LINE:": keep the line for the result. */
+		(void)sscanf(err + strlen(cfg->source), ":%u:", &line);
+		result_add_error(&run->r, cfg->source, line, "%s", err);
+		result_summary(&run->r, "a listener cannot be set up; nothing changed");
+		goto fail;
 	}
-	svcs = services_build(d, cfg, lsts, counts);
-	e = evfdd_workers_apply(d->workers, cfg->workers, cfg->rings, svcs, (unsigned)cfg->nservices, apply_done, d);
+	svcs = services_build(p, cfg, lsts, &run->r);
+	e = evfdd_workers_apply(p->workers, cfg->workers, cfg->rings, svcs, (unsigned)cfg->nservices, apply_done,
+				run);
 	if (e < 0) {
 		services_free(svcs, (unsigned)cfg->nservices);   /* drops the listeners' references too */
-		free(lsts);
-		evfdd_config_free(cfg);
-		reload_fail(d, "cannot start %u workers and %u rings: %s; %s; nothing changed", cfg->workers,
-			    cfg->rings, strerror(-e), uring_hint(e));
-		return;
+		result_add_error(&run->r, NULL, 0, "cannot start %u workers and %u rings: %s; %s", cfg->workers,
+				 cfg->rings, strerror(-e), uring_hint(e));
+		result_summary(&run->r, "the new workers or rings cannot be started; nothing changed");
+		run->r.added = run->r.removed = run->r.changed = run->r.unchanged = 0;
+		goto fail;
 	}
-	/* Committed: the rings have their own references now. */
-	evfdd_listen_commit(d->listen, lsts, cfg->nservices);
+	/* Committed: the rings have their own references now. apply_done finishes the run. */
+	run->r.workers_after = cfg->workers;
+	run->r.rings_after = cfg->rings;
+	result_summary(&run->r, "%s: workers %u -> %u, rings %u -> %u; services: %u added, %u removed, "
+		       "%u changed, %u unchanged", cfg->source, run->r.workers_before, cfg->workers,
+		       run->r.rings_before, cfg->rings, run->r.added, run->r.removed, run->r.changed,
+		       run->r.unchanged);
+	evfdd_listen_commit(p->listen, lsts, cfg->nservices);
 	free(lsts);
-	services_free(d->svcs, d->nsvcs);
-	d->svcs = svcs;
-	d->nsvcs = (unsigned)cfg->nservices;
-	evfdd_config_free(d->cfg);
-	d->cfg = cfg;
+	services_free(p->svcs, p->nsvcs);
+	p->svcs = svcs;
+	p->nsvcs = (unsigned)cfg->nservices;
+	evfdd_config_free(p->cfg);
+	p->cfg = cfg;
 	log_setlevel(cfg->log_level);
-	if (asprintf(&d->next_summary, "%s: workers %u -> %u, rings %u -> %u; services: %u added, %u removed, "
-		     "%u changed, %u unchanged", cfg->source, old_workers, cfg->workers, old_rings, cfg->rings,
-		     counts[0], counts[1], counts[2], counts[3]) < 0)
-		fatalx("out of memory");
+	return;
+fail:
+	free(lsts);
+	evfdd_config_free(cfg);
+	run_finish(run);
 }
 
-/* ---- requests ------------------------------------------------------------------------------------- */
-
-void evfdd_reload_request(struct daemon *d, evfdd_control_done_fn done, void *cookie)
+void evfdd_reload_plane_clear(struct evfdd_plane *p)
 {
-	if (d->stop_requested || d->stopping) {
-		if (done)
-			done(cookie, "io.evfdd.ShuttingDown", NULL);
-		else
-			log_notice("SIGHUP while stopping: not reloading");
-		return;
-	}
-	if (done) {
-		struct evfdd_reload_waiter *w = calloc(1, sizeof(*w));
-
-		if (!w)
-			fatalx("out of memory");
-		w->done = done;
-		w->cookie = cookie;
-		w->next = d->pending_waiters;
-		d->pending_waiters = w;
-	}
-	/* Coalesce: whatever is running now, one more reload reads the file afterwards. */
-	d->reload_pending = true;
-	if (d->state == DAEMON_RUNNING && !evfdd_workers_busy(d->workers))
-		reload_begin(d);
-	else
-		log_info("reload requested while %s; it follows", d->state == DAEMON_RELOADING ? "reloading" :
-			 d->state == DAEMON_STARTING ? "starting" : "a ring moves");
-}
-
-/* Start a reload (or a stop) that had to wait for start-up or a ring move to finish. */
-void evfdd_reload_kick(struct daemon *d)
-{
-	/* A stop that waited for the same thing comes first. */
-	if (d->stop_requested) {
-		evfdd_daemon_reload_finished(d);
-		return;
-	}
-	if (d->reload_pending && d->state == DAEMON_RUNNING && !d->stop_requested && !d->stopping &&
-	    !evfdd_workers_busy(d->workers))
-		reload_begin(d);
-}
-
-void evfdd_reload_free(struct daemon *d)
-{
-	struct evfdd_reload_waiter *w = d->pending_waiters;
-
-	while (w) {
-		struct evfdd_reload_waiter *next = w->next;
-
-		w->done(w->cookie, "io.evfdd.ShuttingDown", NULL);
-		free(w);
-		w = next;
-	}
-	d->pending_waiters = NULL;
-	services_free(d->svcs, d->nsvcs);
-	d->svcs = NULL;
-	d->nsvcs = 0;
-	free(d->next_summary);
-	result_clear(&d->last);
-}
-
-struct json_object *evfdd_reload_result_json(const struct daemon *d)
-{
-	return d->have_last ? result_json(&d->last) : NULL;
+	services_free(p->svcs, p->nsvcs);
+	p->svcs = NULL;
+	p->nsvcs = 0;
 }

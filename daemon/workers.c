@@ -157,6 +157,11 @@ static void apply_step_done(struct evfdd_workers *w)
 	w->apply_done(w->apply_arg, w->apply_err);
 }
 
+static void apply_release_on_main(struct evfd_loop *loop, void *arg)
+{
+	apply_step_done(arg);
+}
+
 static void ring_remove(struct evfdd_workers *w, struct ring_slot *slot)
 {
 	size_t i;
@@ -634,7 +639,12 @@ int evfdd_workers_apply(struct evfdd_workers *w, unsigned loops, unsigned rings,
 			fatalx("cannot retire worker loop %u", ls->id);
 		w->apply_pending++;
 	}
-	apply_step_done(w);
+	/* Nothing asynchronous to wait for (no ring running, none new): still report from the loop, so that @done
+	 * never runs before this returns. */
+	if (w->apply_pending == 1)
+		post_main(w, apply_release_on_main, w);
+	else
+		apply_step_done(w);
 	goto out;
 undo:
 	for (i = 0; i < nfresh_rings; i++) {

@@ -19,7 +19,8 @@ int evfdd_workers_new(struct evfdd_workers **out, const struct evfdd_relay_param
  * evfdd_workers_apply - reshape to @loops loops and @rings accepting rings, each accepting on @svcs
  * @svcs: @nsvcs services with their listeners; every ring takes references of its own
  * @done: runs once every running ring accepts on @svcs, new rings have started, moves have finished and
- *        retired loops have ended; err is the first relay that failed to start (that ring is gone), or 0
+ *        retired loops have ended; err is the first relay that failed to start (that ring is gone), or 0.
+ *        Never before evfdd_workers_apply has returned.
  *
  * What can fail (spawning loops, creating rings) happens first: on failure, returns a negative errno
  * (-ENOSYS, -EPERM, -ENOMEM, -EOPNOTSUPP... from libevfd) with nothing changed and @done not called.

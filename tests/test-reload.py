@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import random
+import re
 import resource
 import selectors
 import shutil
@@ -1280,12 +1281,15 @@ def case_stop_stuck_loop():
         text = d.text()[at:]
         if "connection still open" in text or "connections still open" in text:
             fail("with no connection open, the stop blamed connections:\n" + text)
-        if "no connection is open, but %d rings are still shutting down" % loops[0]["rings"] not in text:
-            fail("the shutdown_timeout message does not name the %d rings of the frozen loop:\n%s"
-                 % (loops[0]["rings"], text))
+        # At least the frozen loop's rings are left (the others go when their loop gets to it: slowly in a
+        # sanitizer build).
+        m = re.search(r"no connection is open, but (\d+) rings are still shutting down", text)
+        if not m or not loops[0]["rings"] <= int(m.group(1)) <= 8:
+            fail("the shutdown_timeout message does not name the rings left (at least the %d of the frozen "
+                 "loop):\n%s" % (loops[0]["rings"], text))
     d.wait_exit(timeout=60)
-    print("ok a stop held up by a frozen loop: \"no connection is open, but %d rings are still shutting down\", "
-          "exit 0 once it ran again" % loops[0]["rings"], flush=True)
+    print("ok a stop held up by a frozen loop: \"no connection is open, but %s rings are still shutting down\", "
+          "exit 0 once it ran again" % m.group(1), flush=True)
 
 
 CASES = (case_reload_under_load, case_rings_up_down, case_services, case_bad_config, case_notify_order,
