@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/queue.h>
 #include <time.h>
 #include <unistd.h>
 #include "log.h"
@@ -50,14 +51,14 @@ struct half {
 	struct evfd_op *op;
 	unsigned bid;
 	unsigned len, off;
-	struct half *wnext;              /* waiting for a buffer */
+	TAILQ_ENTRY(half) wait;          /* while H_WAITBUF: in the relay's queue for a buffer */
 };
 
 /* Accepting on one service's listener. Lives while it accepts or has connections: a reload that drops its
  * service retires it (no more accepting, the listener reference goes at once) and the connections finish. */
 struct acceptor {
 	struct evfdd_relay *rl;
-	struct acceptor *next;
+	TAILQ_ENTRY(acceptor) link;
 	struct evfdd_svc *svc;
 	struct evfdd_svc_block *blk;     /* this ring's counters for the service: only its owner writes them */
 	struct evfdd_listener *lst;      /* NULL once retired and nothing is in flight on it */
@@ -67,7 +68,7 @@ struct acceptor {
 	bool out_of_fds;                 /* a backend socket failed with EMFILE/ENFILE: pause accepting */
 	bool client_tcp;                 /* the listener is TCP (its connections can be reset) */
 	struct __kernel_timespec retry_ts;
-	struct conn *lru_head, *lru_tail;   /* oldest activity first */
+	TAILQ_HEAD(conn_lru, conn) lru;  /* its connections, oldest activity first */
 };
 
 struct conn {
@@ -83,7 +84,7 @@ struct conn {
 	enum side dead;
 	uint64_t last_ns;
 	uint64_t flush_end_ns;
-	struct conn *prev, *next;
+	TAILQ_ENTRY(conn) lru;
 	struct evfd_op *connect_op, *flush_op;
 	struct __kernel_timespec cto, flush_ts;
 	struct half up, down;
@@ -94,8 +95,8 @@ struct evfdd_relay {
 	struct io_uring_buf_ring *br;
 	unsigned char *pool;
 	unsigned nbufs, bufsz, mask;
-	struct half *wait_head, *wait_tail;
-	struct acceptor *accs;
+	TAILQ_HEAD(, half) waiting;      /* halves waiting for a buffer, first come first served */
+	TAILQ_HEAD(, acceptor) accs;     /* new ones first */
 	unsigned pending;                /* relay-level requests in flight (accepts, ticks) */
 	unsigned nconns;
 	atomic_uint *nconns_pub;
@@ -135,40 +136,14 @@ static unsigned char *buf_addr(struct evfdd_relay *rl, unsigned bid)
 
 static bool half_recv(struct half *h);
 
-static void lru_unlink(struct conn *c)
-{
-	struct acceptor *a = c->acc;
-
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		a->lru_head = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
-	else
-		a->lru_tail = c->prev;
-	c->prev = c->next = NULL;
-}
-
-static void lru_append(struct conn *c)
-{
-	struct acceptor *a = c->acc;
-
-	c->prev = a->lru_tail;
-	c->next = NULL;
-	if (a->lru_tail)
-		a->lru_tail->next = c;
-	else
-		a->lru_head = c;
-	a->lru_tail = c;
-}
-
 static void conn_touch(struct conn *c)
 {
+	struct acceptor *a = c->acc;
+
 	c->last_ns = util_now_ns(CLOCK_MONOTONIC);
-	if (c->acc->lru_tail != c) {
-		lru_unlink(c);
-		lru_append(c);
+	if (TAILQ_LAST(&a->lru, conn_lru) != c) {
+		TAILQ_REMOVE(&a->lru, c, lru);
+		TAILQ_INSERT_TAIL(&a->lru, c, lru);
 	}
 }
 
@@ -189,7 +164,7 @@ static void conn_free(struct conn *c)
 	struct evfdd_relay *rl = c->acc->rl;
 	struct acceptor *a = c->acc;
 
-	lru_unlink(c);
+	TAILQ_REMOVE(&a->lru, c, lru);
 	sock_close(c->cfd, c->rst_client);
 	sock_close(c->bfd, c->rst_backend);
 	evfdd_svc_count(a->blk, c->end < EVFDD_END_COUNT ? evfdd_counter_end(c->end) : EVFDD_CTR_CLOSED, 1);
@@ -274,7 +249,6 @@ static bool half_toward_dead(const struct half *h)
 static void half_stop(struct half *h)
 {
 	struct evfdd_relay *rl = h->c->acc->rl;
-	struct half **w;
 
 	if ((h->state == H_RECV || h->state == H_SEND) && h->op) {
 		(void)evfd_op_cancel(rl->ring, h->op);
@@ -282,13 +256,7 @@ static void half_stop(struct half *h)
 	}
 	if (h->state != H_WAITBUF)
 		return;
-	for (w = &rl->wait_head; *w && *w != h; w = &(*w)->wnext)
-		;
-	if (*w)
-		*w = h->wnext;
-	rl->wait_tail = NULL;
-	for (struct half *x = rl->wait_head; x; x = x->wnext)
-		rl->wait_tail = x;
+	TAILQ_REMOVE(&rl->waiting, h, wait);
 	h->state = H_DONE;
 }
 
@@ -484,12 +452,7 @@ static void half_recv_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe,
 	if (cqe->res == -ENOBUFS) {
 		/* Every buffer of the ring is carrying data: wait for one to come back. */
 		h->state = H_WAITBUF;
-		h->wnext = NULL;
-		if (rl->wait_tail)
-			rl->wait_tail->wnext = h;
-		else
-			rl->wait_head = h;
-		rl->wait_tail = h;
+		TAILQ_INSERT_TAIL(&rl->waiting, h, wait);
 		conn_settle(c);
 		return;
 	}
@@ -525,11 +488,9 @@ static void buf_recycle(struct evfdd_relay *rl, unsigned bid)
 
 	io_uring_buf_ring_add(rl->br, buf_addr(rl, bid), rl->bufsz, (unsigned short)bid, rl->mask, 0);
 	io_uring_buf_ring_advance(rl->br, 1);
-	h = rl->wait_head;
+	h = TAILQ_FIRST(&rl->waiting);
 	if (h) {
-		rl->wait_head = h->wnext;
-		if (!rl->wait_head)
-			rl->wait_tail = NULL;
+		TAILQ_REMOVE(&rl->waiting, h, wait);
 		half_recv(h);
 	}
 }
@@ -672,7 +633,7 @@ static void conn_new(struct acceptor *a, int fd)
 	if (rl->balance)
 		atomic_fetch_add_explicit(&rl->balance->conns, 1, memory_order_relaxed);
 	c->last_ns = util_now_ns(CLOCK_MONOTONIC);
-	lru_append(c);
+	TAILQ_INSERT_TAIL(&a->lru, c, lru);
 	if (svc->tcp_nodelay && a->client_tcp)
 		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	if (rl->aborting) {
@@ -697,7 +658,6 @@ static void acceptor_arm(struct acceptor *a);
 static void acceptor_maybe_free(struct acceptor *a)
 {
 	struct evfdd_relay *rl = a->rl;
-	struct acceptor **p;
 
 	if (!a->retired && !rl->stopping)
 		return;
@@ -705,11 +665,9 @@ static void acceptor_maybe_free(struct acceptor *a)
 		return;
 	evfdd_listener_unref(a->lst);
 	a->lst = NULL;
-	if (!a->retired || a->lru_head)
+	if (!a->retired || !TAILQ_EMPTY(&a->lru))
 		return;
-	for (p = &rl->accs; *p != a; p = &(*p)->next)
-		;
-	*p = a->next;
+	TAILQ_REMOVE(&rl->accs, a, link);
 	evfdd_svc_block_free(a->svc->st, a->blk);
 	evfdd_svc_unref(a->svc);
 	free(a);
@@ -839,8 +797,8 @@ static void acceptor_add(struct evfdd_relay *rl, struct evfdd_relay_service *rs)
 	a->svc = rs->svc;
 	a->lst = rs->lst;
 	a->client_tcp = getsockopt(a->lst->fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 && domain != AF_UNIX;
-	a->next = rl->accs;
-	rl->accs = a;
+	TAILQ_INIT(&a->lru);
+	TAILQ_INSERT_HEAD(&rl->accs, a, link);
 	acceptor_arm(a);
 }
 
@@ -857,16 +815,16 @@ static void tick_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void
 	rl->pending--;
 	rl->tick_op = NULL;
 	rl->hold++;
-	for (a = rl->accs; a && !rl->stopping; a = anext) {
+	for (a = TAILQ_FIRST(&rl->accs); a && !rl->stopping; a = anext) {
 		uint64_t idle = (uint64_t)a->svc->idle_timeout_ms * 1000000u;
 		struct conn *c, *next;
 
-		/* Aborting a retired acceptor's last connection frees it. */
-		anext = a->next;
+		/* Cutting a retired acceptor's last connection frees it. */
+		anext = TAILQ_NEXT(a, link);
 		if (!idle)
 			continue;
-		for (c = a->lru_head; c && now - c->last_ns >= idle; c = next) {
-			next = c->next;
+		for (c = TAILQ_FIRST(&a->lru); c && now - c->last_ns >= idle; c = next) {
+			next = TAILQ_NEXT(c, lru);
 			if (c->cutting)
 				continue;
 			log_debug("[%s] closing a connection idle for %u ms", a->svc->name, a->svc->idle_timeout_ms);
@@ -939,6 +897,8 @@ int evfdd_relay_start(struct evfd_ring *ring, struct evfdd_relay_service *svcs, 
 		goto fail;
 	}
 	rl->ring = ring;
+	TAILQ_INIT(&rl->accs);
+	TAILQ_INIT(&rl->waiting);
 	rl->nbufs = p->buffers;
 	rl->bufsz = p->buffer_size;
 	rl->nconns_pub = nconns;
@@ -990,9 +950,9 @@ void evfdd_relay_update(struct evfdd_relay *rl, struct evfdd_relay_service *svcs
 		services_drop(svcs, nsvcs);
 		return;
 	}
-	old = rl->accs;
+	old = TAILQ_FIRST(&rl->accs);
 	for (i = 0; i < nsvcs; i++) {
-		for (a = old; a; a = a->next)
+		for (a = old; a; a = TAILQ_NEXT(a, link))
 			if (!a->retired && a->svc == svcs[i].svc)
 				break;
 		if (a) {   /* unchanged: keep accepting as before */
@@ -1003,7 +963,7 @@ void evfdd_relay_update(struct evfdd_relay *rl, struct evfdd_relay_service *svcs
 	}
 	/* New acceptors sit in front of @old: retire what the new list no longer names. */
 	for (a = old; a; a = next) {
-		next = a->next;
+		next = TAILQ_NEXT(a, link);
 		if (a->retired)
 			continue;
 		for (i = 0; i < nsvcs; i++)
@@ -1032,14 +992,14 @@ void evfdd_relay_stop(struct evfdd_relay *rl, bool abort, void (*done)(struct ev
 	rl->done_arg = arg;
 	/* Accepting stops first: connections still queued stay in the listening socket, which systemd keeps
 	 * for the next instance when it was activated. */
-	for (a = rl->accs; a; a = anext) {
-		anext = a->next;   /* a retired acceptor goes with its last connection */
+	for (a = TAILQ_FIRST(&rl->accs); a; a = anext) {
+		anext = TAILQ_NEXT(a, link);   /* a retired acceptor goes with its last connection */
 		acceptor_quiet(a);
 		if (abort) {
 			struct conn *c, *next;
 
-			for (c = a->lru_head; c; c = next) {
-				next = c->next;
+			for (c = TAILQ_FIRST(&a->lru); c; c = next) {
+				next = TAILQ_NEXT(c, lru);
 				conn_cut(c, EVFDD_END_SHUTDOWN, true);
 			}
 		}
@@ -1052,13 +1012,13 @@ void evfdd_relay_stop(struct evfdd_relay *rl, bool abort, void (*done)(struct ev
 
 void evfdd_relay_free(struct evfdd_relay *rl)
 {
-	struct acceptor *a, *next;
+	struct acceptor *a;
 
 	if (!rl)
 		return;
 	(void)io_uring_unregister_buf_ring(evfd_ring_uring(rl->ring), RELAY_BGID);
-	for (a = rl->accs; a; a = next) {
-		next = a->next;
+	while ((a = TAILQ_FIRST(&rl->accs))) {
+		TAILQ_REMOVE(&rl->accs, a, link);
 		evfdd_listener_unref(a->lst);
 		evfdd_svc_block_free(a->svc->st, a->blk);
 		evfdd_svc_unref(a->svc);
