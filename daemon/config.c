@@ -1125,7 +1125,7 @@ out:
 	cfg_errors_sort(errs);
 	if (ps.failed) {
 		evfdd_config_free(cfg);
-		return -1;
+		return -EINVAL;
 	}
 	*out = cfg;
 	return 0;
@@ -1152,6 +1152,41 @@ int evfdd_config_load_string(const char *text, const char *name, struct evfdd_co
 	return evfdd_config_load_buffer(text, strlen(text), name, 0, out, errs);
 }
 
+/* What a file that is not a regular one is, for the message that refuses it. */
+static const char *cfg_file_type(mode_t m)
+{
+	switch (m & S_IFMT) {
+	case S_IFDIR:
+		return "a directory";
+	case S_IFIFO:
+		return "a FIFO (named pipe)";
+	case S_IFCHR:
+		return "a character device";
+	case S_IFBLK:
+		return "a block device";
+	case S_IFSOCK:
+		return "a socket";
+	default:
+		return "not a regular file";
+	}
+}
+
+/* Only a regular file is read (a symbolic link to one is fine): a FIFO would block open and read, and with
+ * them the main thread, the control socket and signals; a device can be endless or act on being opened. */
+static bool cfg_file_regular(const struct stat *st, const char *path, struct evfdd_config_errors *errs,
+			     bool *oom)
+{
+	char what[512];
+
+	if (S_ISREG(st->st_mode))
+		return true;
+	snprintf(what, sizeof(what), "%s, not a regular file; evfdd reads its configuration only from a regular "
+		 "file (a symbolic link to one is fine): put the configuration in a regular file there",
+		 cfg_file_type(st->st_mode));
+	cfg_errors_add(errs, oom, path, 0, NULL, NULL, what);
+	return false;
+}
+
 /* One cleanup exit: the fd and the buffer. */
 int evfdd_config_load(const char *path, struct evfdd_config **out, struct evfdd_config_errors *errs)
 {
@@ -1160,7 +1195,7 @@ int evfdd_config_load(const char *path, struct evfdd_config **out, struct evfdd_
 	size_t len = 0, cap = 0;
 	bool oom = false;
 	struct stat st;
-	int fd = -1, rc = -1, e;
+	int fd = -1, rc = -EINVAL, e;
 	ssize_t n;
 
 	if (!path)
@@ -1171,7 +1206,12 @@ int evfdd_config_load(const char *path, struct evfdd_config **out, struct evfdd_
 	memset(errs, 0, sizeof(*errs));
 	*out = NULL;
 
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	/* Looked at before opening, so that a device is not even opened; what was opened is checked again
+	 * below, and that check is the one that counts. O_NONBLOCK: a FIFO put there in between cannot block
+	 * open itself. */
+	if (stat(path, &st) == 0 && !cfg_file_regular(&st, path, errs, &oom))
+		goto out;
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd < 0) {
 		e = errno;
 		snprintf(what, sizeof(what), "cannot open: %s (%s)%s", strerror(e),
@@ -1181,8 +1221,17 @@ int evfdd_config_load(const char *path, struct evfdd_config **out, struct evfdd_
 		cfg_errors_add(errs, &oom, path, 0, NULL, NULL, what);
 		goto out;
 	}
+	if (fstat(fd, &st) < 0) {
+		e = errno;
+		snprintf(what, sizeof(what), "cannot stat: %s (%s)", strerror(e),
+			 strerrorname_np(e) ? strerrorname_np(e) : "?");
+		cfg_errors_add(errs, &oom, path, 0, NULL, NULL, what);
+		goto out;
+	}
+	if (!cfg_file_regular(&st, path, errs, &oom))
+		goto out;
 	/* A regular file's size is known: refuse a huge one before reading it. */
-	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > EVFDD_CONFIG_MAX_FILE) {
+	if (st.st_size > EVFDD_CONFIG_MAX_FILE) {
 		snprintf(what, sizeof(what), "file too large (%lld bytes, at most %d); is this the right "
 			 "file?", (long long)st.st_size, EVFDD_CONFIG_MAX_FILE);
 		cfg_errors_add(errs, &oom, path, 0, NULL, NULL, what);
@@ -1194,7 +1243,7 @@ int evfdd_config_load(const char *path, struct evfdd_config **out, struct evfdd_
 			cap = cap ? cap * 2 : 16384;
 			if (cap > EVFDD_CONFIG_MAX_FILE + 1)
 				cap = EVFDD_CONFIG_MAX_FILE + 1;
-			if (len == cap) {
+			if (len == cap) {	/* it grew after fstat */
 				snprintf(what, sizeof(what), "file too large (more than %d bytes); is "
 					 "this the right file?", EVFDD_CONFIG_MAX_FILE);
 				cfg_errors_add(errs, &oom, path, 0, NULL, NULL, what);

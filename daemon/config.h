@@ -132,11 +132,13 @@ enum {
 
 /*
  * evfdd_config_load - read, parse and validate a configuration file
- * @path: the file; NULL for the embedded default
+ * @path: the file; NULL for the embedded default. Only a regular file (or a symbolic link to one) is read:
+ *        a FIFO, a device, a directory or a socket there is an error naming its type, found without
+ *        blocking and without reading from it
  * @out: receives the configuration on success (free with evfdd_config_free), NULL on failure
  * @errs: receives every error found (free with evfdd_config_errors_free, also after success); may be NULL
  *
- * Returns 0, or -1 when at least one error was found.
+ * Returns 0, or -EINVAL when at least one error was found (@errs lists them all).
  */
 int evfdd_config_load(const char *path, struct evfdd_config **out, struct evfdd_config_errors *errs);
 

@@ -13,13 +13,13 @@
 #include "control.h"
 #include "listen.h"
 #include "log.h"
+#include "safepath.h"
 #include "varlink.h"
 /* static const char evfdd_varlink_interface[]: daemon/io.evfdd.varlink, made a C string at build time. */
 #include "io.evfdd.varlink.h"
 
 #define CONTROL_IFACE "io.evfdd"
 #define CONTROL_SOCKET_MODE 0660
-#define CONTROL_DIR_MODE 0755
 
 struct evfdd_control {
 	struct varlink_server *srv;
@@ -27,71 +27,34 @@ struct evfdd_control {
 	void *arg;
 	struct varlink_interface iface;
 	struct varlink_server_params params;
-	/* The socket file we bound, to unlink at the end if it is still ours; NULL for an activated socket. */
-	char *path;
-	bool bound;
-	dev_t dev;
-	ino_t ino;
+	/* The directory of the socket file we bound (checked), and an O_PATH descriptor of that file: it is
+	 * unlinked at the end if it is still ours. Unused for an activated socket. */
+	struct safepath sp;
+	int file_fd;
 	struct log_ratelimit denied_rl;
 };
 
-/* Create the directories above @path that are missing, and refuse a parent that another user owns: its
- * owner could swap our socket for theirs. */
-static int control_make_parent(const char *path)
+/* Check the directories above @path from / down, creating those that are missing (mode 0755), and refuse
+ * one that a user other than root and evfdd's own could change: that user could swap our socket for theirs,
+ * or for a link to a file of root's. Keeps the directory in c->sp. */
+static int control_make_parent(struct evfdd_control *c, const char *path)
 {
-	char *dir = strdup(path), *p, *slash;
-	struct stat st;
-	int r = 0;
+	char err[1024];
+	int r = safepath_open(&c->sp, path, SAFEPATH_MKDIR, err, sizeof(err));
 
-	if (!dir) {
-		log_errx("control socket %s: out of memory", path);
-		return -ENOMEM;
-	}
-	slash = strrchr(dir, '/');
-	if (!slash || slash == dir)	/* in the current directory, or in / */
-		goto out;
-	*slash = '\0';
-	/* mkdir -p: every prefix that ends before a slash, then the whole. */
-	for (p = dir + 1;; p++) {
-		char end = *p;
-
-		if (end != '/' && end != '\0')
-			continue;
-		*p = '\0';
-		if (mkdir(dir, CONTROL_DIR_MODE) < 0 && errno != EEXIST) {
-			r = -errno;
-			log_err("control socket %s: cannot create the directory %s; create it or set another path "
-				"with control = in [evfdd]", path, dir);
-			goto out;
-		}
-		*p = end;
-		if (!end)
-			break;
-	}
-	if (stat(dir, &st) < 0) {
-		r = -errno;
-		log_err("control socket %s: %s", path, dir);
-	} else if (!S_ISDIR(st.st_mode)) {
-		r = -ENOTDIR;
-		log_errx("control socket %s: %s is not a directory; set another path with control = in [evfdd]",
-			 path, dir);
-	} else if (st.st_uid != 0 && st.st_uid != geteuid()) {
-		r = -EPERM;
-		log_errx("control socket %s: the directory %s belongs to uid %u, neither root nor evfdd's uid %u; "
-			 "remove it or set another path with control = in [evfdd]", path, dir, (unsigned)st.st_uid,
-			 (unsigned)geteuid());
-	}
-out:
-	free(dir);
+	if (r < 0)
+		log_errx("control socket %s: %s; or set another path with control = in [evfdd]", path, err);
 	return r;
 }
 
-/* A socket file at @path (evfdd_listen_unix_clear): 0 when nothing is there (any more), -EADDRINUSE when
- * something answers; says which. */
-static int control_clear_path(const char *path, const struct sockaddr_un *sun, socklen_t len)
+/* A socket file at the control path (evfdd_listen_unix_clear): 0 when nothing is there (any more),
+ * -EADDRINUSE when something answers; says which. */
+static int control_clear_path(struct evfdd_control *c, const char *path)
 {
+	char err[1024] = "";
+	struct stat st;
 	bool replaced;
-	int r = evfdd_listen_unix_clear(sun, len, &replaced);
+	int r = evfdd_listen_unix_clear(&c->sp, &replaced, &st, err, sizeof(err));
 
 	switch (r) {
 	case 0:
@@ -99,12 +62,16 @@ static int control_clear_path(const char *path, const struct sockaddr_un *sun, s
 			log_info("control socket %s: replacing a stale socket file", path);
 		break;
 	case -EEXIST:
-		log_errx("control socket %s: the file exists and is not a socket; remove it or set another path "
-			 "with control = in [evfdd]", path);
+		log_errx("control socket %s: the file exists and is not a socket (a %s); evfdd will not remove it: "
+			 "remove it, or set another path with control = in [evfdd]", path,
+			 safepath_type_name(st.st_mode));
 		break;
 	case -EADDRINUSE:
 		log_errx("control socket %s: another process answers there (another evfdd?); stop it, or give this "
 			 "one another path with control = in [evfdd]", path);
+		break;
+	case -EPERM:
+		log_errx("control socket %s: %s", path, err);
 		break;
 	default:
 		errno = -r;
@@ -114,26 +81,21 @@ static int control_clear_path(const char *path, const struct sockaddr_un *sun, s
 	return r;
 }
 
-/* Bind and listen on @path; the socket file gets mode 0660. Returns the fd or a negative errno. */
+/* Bind and listen on @path; the socket file gets mode 0660 exactly. Returns the fd or a negative errno. */
 static int control_bind(struct evfdd_control *c, const char *path)
 {
-	struct sockaddr_un sun = { .sun_family = AF_UNIX };
-	bool bound = false;
-	socklen_t len;
 	struct stat st;
 	int fd = -1, r;
 
-	if (strlen(path) >= sizeof(sun.sun_path)) {
+	if (strlen(path) >= sizeof(((struct sockaddr_un *)NULL)->sun_path)) {
 		log_errx("control socket %s: the path is longer than %zu bytes; set a shorter one with control = "
-			 "in [evfdd]", path, sizeof(sun.sun_path) - 1);
+			 "in [evfdd]", path, sizeof(((struct sockaddr_un *)NULL)->sun_path) - 1);
 		return -ENAMETOOLONG;
 	}
-	memcpy(sun.sun_path, path, strlen(path) + 1);
-	len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path) + 1);
-	r = control_make_parent(path);
+	r = control_make_parent(c, path);
 	if (r < 0)
 		return r;
-	r = control_clear_path(path, &sun, len);
+	r = control_clear_path(c, path);
 	if (r < 0)
 		return r;
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -142,18 +104,12 @@ static int control_bind(struct evfdd_control *c, const char *path)
 		log_err("control socket %s: socket", path);
 		return r;
 	}
-	/* The file takes the socket inode's mode less the umask: no moment with a wider mode than 0660. */
-	(void)fchmod(fd, CONTROL_SOCKET_MODE);
-	if (bind(fd, (struct sockaddr *)&sun, len) < 0) {
-		r = -errno;
+	/* Start-up, before any worker thread: nothing else creates files while the umask is 0. */
+	r = safepath_bind(&c->sp, fd, CONTROL_SOCKET_MODE, &c->file_fd);
+	if (r < 0) {
+		errno = -r;
 		log_err("control socket %s: bind%s", path,
 			r == -EADDRINUSE ? "; another process created it just now: is another evfdd starting?" : "");
-		goto fail;
-	}
-	bound = true;
-	if (chmod(path, CONTROL_SOCKET_MODE) < 0 || lstat(path, &st) < 0) {
-		r = -errno;
-		log_err("control socket %s: chmod %o", path, CONTROL_SOCKET_MODE);
 		goto fail;
 	}
 	if (listen(fd, SOMAXCONN) < 0) {
@@ -161,13 +117,13 @@ static int control_bind(struct evfdd_control *c, const char *path)
 		log_err("control socket %s: listen", path);
 		goto fail;
 	}
-	c->bound = true;
-	c->dev = st.st_dev;
-	c->ino = st.st_ino;
 	return fd;
 fail:
-	if (bound)
-		unlink(path);
+	if (c->file_fd >= 0 && fstat(c->file_fd, &st) == 0)
+		safepath_unlink(&c->sp, &st);
+	if (c->file_fd >= 0)
+		close(c->file_fd);
+	c->file_fd = -1;
 	close(fd);
 	return r;
 }
@@ -388,13 +344,12 @@ int evfdd_control_start(struct evfdd_control **out, struct ev_loop *ev, int fd, 
 		.method = control_method, .arg = c,
 	};
 	log_ratelimit_init(&c->denied_rl, 10000, 5);
+	c->sp = (struct safepath)SAFEPATH_INIT;
+	c->file_fd = -1;
 	if (activated) {
 		r = control_check_activated(fd);
 		if (r < 0)
 			close(fd);
-	} else if (!(c->path = strdup(path))) {
-		log_errx("control socket %s: out of memory", path);
-		r = -ENOMEM;
 	} else {
 		fd = control_bind(c, path);
 		r = fd < 0 ? fd : 0;
@@ -423,9 +378,11 @@ void evfdd_control_free(struct evfdd_control *c)
 		return;
 	varlink_server_free(c->srv);
 	/* Only the file we bound, and only if a newer instance has not replaced it since. */
-	if (c->bound && lstat(c->path, &st) == 0 && st.st_dev == c->dev && st.st_ino == c->ino)
-		unlink(c->path);
+	if (c->file_fd >= 0 && fstat(c->file_fd, &st) == 0)
+		safepath_unlink(&c->sp, &st);
+	if (c->file_fd >= 0)
+		close(c->file_fd);
+	safepath_close(&c->sp);
 	log_ratelimit_destroy(&c->denied_rl);
-	free(c->path);
 	free(c);
 }

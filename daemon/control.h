@@ -33,8 +33,10 @@ struct evfdd_control_ops {
 /*
  * evfdd_control_start - serve the control socket on @ev
  * @fd: an activated listening socket (named "control"), or -1 to bind @path
- * @path: used when @fd < 0: bound with mode 0660; a stale socket file there is replaced; if another
- *        process answers there, nothing is bound and -EADDRINUSE is returned
+ * @path: used when @fd < 0: bound with mode 0660 exactly (whatever the umask); missing directories are
+ *        created with mode 0755; every directory from / down must belong to root or evfdd's euid and be
+ *        writable by no one else (safepath.h), else -EPERM; a stale socket file there is replaced; if
+ *        another process answers there, nothing is bound and -EADDRINUSE is returned
  *
  * Returns 0 or a negative errno, after logging what went wrong and what to do.
  */

@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <json-c/json.h>
 #include "control.h"
+#include "safepath.h"
 
 /* Exit codes (evfdctl(8)). */
 enum { EXIT_OK = 0, EXIT_ERROR_REPLY = 1, EXIT_USAGE = 2 };
@@ -53,7 +54,8 @@ static void usage(FILE *f)
 		"  -j, --json           print the answer as JSON\n"
 		"  -h, --help           show this help\n"
 		"  -V, --version        show the version\n\n"
-		"Exit status: 0 success, 1 evfdd answered with an error, 2 usage or connection error.\n"
+		"Exit status: 0 success, 1 evfdd answered with an error, 2 usage or connection error, or a\n"
+		"socket path that another user could have changed (evfdctl(8), TRUSTING THE SOCKET).\n"
 		"See evfdctl(8).\n", def ? def : env ? env : "?");
 	free(def);
 }
@@ -517,45 +519,70 @@ static bool parse_index(const char *s, int64_t *out)
 	return true;
 }
 
-static void connection_hint(const char *path, int err)
+/* Why connecting failed, and what to do: @what is strerror's text or a longer account of the same error. */
+static void connection_hint(const char *path, const char *what, int err)
 {
-	fprintf(stderr, "evfdctl: cannot connect to %s: %s; ", path, strerror(err));
+	fprintf(stderr, "evfdctl: cannot connect to %s: %s; ", path, what);
 	if (err == EACCES || err == EPERM)
 		fprintf(stderr, "the socket is for root and evfdd's group: run evfdctl as root or as a member of "
 			"that group\n");
+	else if (err == ENAMETOOLONG)
+		fprintf(stderr, "give a shorter path (at most %zu bytes without /proc)\n",
+			sizeof(((struct sockaddr_un *)NULL)->sun_path) - 1);
 	else
 		fprintf(stderr, "is evfdd running? is the socket path right (-s)?\n");
 }
 
+/*
+ * connect_to - connect to evfdd's control socket at @path, if it can be trusted
+ *
+ * Whoever can change a directory on the way to the socket can put a server of their own there and answer in
+ * evfdd's place (a Reload reported done to `systemctl reload`, made up status). So every directory from /
+ * down must belong to root or the invoking user and be writable by no one else (safepath.h); the socket's own
+ * directory may belong to another uid U only if the server turns out to run as U or root (a DynamicUser=
+ * service's runtime directory), checked before anything is sent. Returns the fd, or -1 after saying why.
+ */
 static int connect_to(const char *path, int timeout_sec)
 {
-	struct sockaddr_un sun = { .sun_family = AF_UNIX };
 	struct timeval tv = { .tv_sec = timeout_sec };
-	int fd, err;
+	struct safepath sp;
+	char err[1024] = "";
+	int fd = -1, r;
 
-	if (strlen(path) >= sizeof(sun.sun_path)) {
-		fprintf(stderr, "evfdctl: socket path %s is longer than %zu bytes\n", path, sizeof(sun.sun_path) - 1);
-		return -1;
-	}
-	memcpy(sun.sun_path, path, strlen(path) + 1);
+	r = safepath_open(&sp, path, SAFEPATH_FOLLOW | SAFEPATH_PEER_DIR, err, sizeof(err));
+	if (r < 0)
+		goto fail;
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		fprintf(stderr, "evfdctl: socket: %s\n", strerror(errno));
-		return -1;
+		goto out;
 	}
 	/* A daemon whose backlog is full makes connect wait: bounded by the send timeout. */
 	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
-		err = errno;
-		close(fd);
-		if (err == EAGAIN || err == EINPROGRESS)
-			fprintf(stderr, "evfdctl: %s did not accept the connection within %d s; is evfdd stuck?\n",
-				path, timeout_sec);
-		else
-			connection_hint(path, err);
-		return -1;
+	r = safepath_connect(&sp, fd, err, sizeof(err));
+	if (r == -EAGAIN || r == -EINPROGRESS) {
+		fprintf(stderr, "evfdctl: %s did not accept the connection within %d s; is evfdd stuck?\n", path,
+			timeout_sec);
+		goto out;
 	}
-	return fd;
+	if (r == 0)
+		r = safepath_check_peer(&sp, fd, err, sizeof(err));
+	if (r == 0) {
+		safepath_close(&sp);
+		return fd;
+	}
+fail:
+	if (r == -EPERM && err[0])
+		fprintf(stderr, "evfdctl: refusing the control socket %s, nothing was sent: %s\n", path, err);
+	else if (err[0] && r != -ENOENT && r != -EACCES)	/* @err says what to do */
+		fprintf(stderr, "evfdctl: cannot connect to %s: %s\n", path, err);
+	else
+		connection_hint(path, err[0] ? err : strerror(-r), -r);
+out:
+	if (fd >= 0)
+		close(fd);
+	safepath_close(&sp);
+	return -1;
 }
 
 static int64_t now_ms(void)

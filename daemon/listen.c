@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -18,74 +19,149 @@ struct evfdd_listen {
 
 #define CONTROL_FD_NAME "control"
 
-int evfdd_listen_unix_clear(const struct sockaddr_un *sun, socklen_t len, bool *replaced)
+int evfdd_listen_unix_clear(const struct safepath *sp, bool *replaced, struct stat *st, char *err,
+			    size_t errlen)
 {
-	struct stat st;
 	int fd, r;
 
 	*replaced = false;
-	if (lstat(sun->sun_path, &st) < 0)
-		return errno == ENOENT ? 0 : -errno;
-	if (!S_ISSOCK(st.st_mode))
+	r = safepath_stat(sp, st, err, errlen);
+	if (r < 0)
+		return r == -ENOENT ? 0 : r;
+	if (!S_ISSOCK(st->st_mode))
 		return -EEXIST;
 	/* Non-blocking: a live server with a full backlog answers EAGAIN instead of holding us up. */
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -errno;
-	r = connect(fd, (const struct sockaddr *)sun, len) == 0 ? 0 : -errno;
+	r = safepath_connect(sp, fd, err, errlen);
 	close(fd);
 	if (r == 0 || r == -EAGAIN)
 		return -EADDRINUSE;
 	if (r != -ECONNREFUSED)
+		return r == -ENOENT ? 0 : r;
+	/* Only the socket file looked at: whatever took its place meanwhile stays. */
+	r = safepath_unlink(sp, st);
+	if (r == -ESTALE)
+		return -EADDRINUSE;
+	if (r < 0 && r != -ENOENT)
 		return r;
-	if (unlink(sun->sun_path) < 0 && errno != ENOENT)
-		return -errno;
 	*replaced = true;
 	return 0;
 }
 
-static int listen_bind(const struct evfdd_service *svc)
+/*
+ * listen_bind_unix - bind @fd at @svc's Unix listen path, for listen_bind
+ * @file_fd: receives an O_PATH descriptor of the socket file, to change its mode on a reload
+ * @why: receives what went wrong, one line ending in what to do
+ *
+ * The directories are checked first (safepath_open): a user other than root and evfdd's own who could
+ * change one of them could swap the socket for a link to a file of root's. A stale socket file is replaced;
+ * nothing else is ever removed. The file is created with socket_mode exactly. Returns 0 or a negative errno.
+ */
+static int listen_bind_unix(const struct evfdd_service *svc, int fd, int *file_fd, char *why, size_t whylen)
+{
+	struct safepath sp;
+	struct stat st;
+	bool replaced;
+	int r;
+
+	r = safepath_open(&sp, svc->listen.addrs[0].u.un.sun_path, 0, why, whylen);
+	if (r < 0)
+		goto out;
+	r = evfdd_listen_unix_clear(&sp, &replaced, &st, why, whylen);
+	switch (r) {
+	case 0:
+		if (replaced)
+			log_info("[%s] replacing stale socket %s", svc->name, sp.path);
+		break;
+	case -EEXIST:
+		snprintf(why, whylen, "%s is a %s, not a socket; evfdd will not remove it: remove or move it "
+			 "yourself, or choose another listen path", sp.path, safepath_type_name(st.st_mode));
+		goto out;
+	case -EADDRINUSE:
+		snprintf(why, whylen, "another process answers on the socket %s; is another evfdd or server "
+			 "running there? stop it or choose another listen path", sp.path);
+		goto out;
+	case -EPERM:
+		goto out;	/* @why says whose file it is */
+	default:
+		snprintf(why, whylen, "cannot tell whether the socket file %s is in use: %s; remove it if it is "
+			 "stale", sp.path, strerror(-r));
+		goto out;
+	}
+	r = safepath_bind(&sp, fd, svc->socket_mode, file_fd);
+	if (r < 0)
+		snprintf(why, whylen, "bind: %s%s", strerror(-r), r == -EADDRINUSE ?
+			 "; something was created there just now: is another evfdd or server starting?" : "");
+out:
+	safepath_close(&sp);
+	return r;
+}
+
+/* A new listening socket for @svc; -1 after logging, with @why saying what went wrong for the caller. */
+static int listen_bind(const struct evfdd_service *svc, int *file_fd, char *why, size_t whylen)
 {
 	const struct evfdd_sockaddr *a = &svc->listen.addrs[0];
-	int fd, e, one = 1, v6only = svc->listen.v6only;
-	bool replaced;
+	int fd, r, one = 1, v6only = svc->listen.v6only;
 
+	*file_fd = -1;
 	/* Blocking on purpose: io_uring's accept waits by polling either way, and a non-blocking listener
 	 * would be handed -EAGAIN instead. */
 	fd = socket(a->u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
-		log_err("[%s] listen %s: socket", svc->name, svc->listen.text);
-		return -1;
+		snprintf(why, whylen, "socket: %s", strerror(errno));
+		goto fail;
 	}
 	if (svc->listen.kind == EVFDD_ENDPOINT_INET) {
 		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 		if (a->u.sa.sa_family == AF_INET6)
 			(void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof(v6only));
-	} else if (evfdd_listen_unix_clear(&a->u.un, a->len, &replaced) == 0 && replaced) {
-		/* Otherwise bind below says what is in the way. */
-		log_info("[%s] replacing stale socket %s", svc->name, a->u.un.sun_path);
-	}
-	if (bind(fd, &a->u.sa, a->len) < 0) {
-		e = errno;
-		log_err("[%s] listen %s: bind (line %u of the configuration)%s", svc->name, svc->listen.text,
-			svc->line, errno == EADDRINUSE ? "; is another evfdd or server running there?" : "");
-		errno = e;
-		goto fail;
-	}
-	if (svc->listen.kind == EVFDD_ENDPOINT_UNIX && chmod(a->u.un.sun_path, svc->socket_mode) < 0) {
-		log_err("[%s] listen %s: chmod %o", svc->name, svc->listen.text, (unsigned)svc->socket_mode);
-		goto fail;
+		if (bind(fd, &a->u.sa, a->len) < 0) {
+			snprintf(why, whylen, "bind: %s%s", strerror(errno), errno == EADDRINUSE ?
+				 "; is another evfdd or server running there?" : "");
+			goto fail;
+		}
+	} else {
+		r = listen_bind_unix(svc, fd, file_fd, why, whylen);
+		if (r < 0)
+			goto fail;
 	}
 	if (listen(fd, svc->backlog) < 0) {
-		log_err("[%s] listen %s: listen", svc->name, svc->listen.text);
+		snprintf(why, whylen, "listen: %s", strerror(errno));
 		goto fail;
 	}
 	return fd;
 fail:
-	e = errno;   /* for the caller's message; logging and close may change errno */
-	close(fd);
-	errno = e;
+	log_errx("[%s] listen %s (line %u of the configuration): %s", svc->name, svc->listen.text, svc->line, why);
+	if (*file_fd >= 0)
+		close(*file_fd);
+	*file_fd = -1;
+	if (fd >= 0)
+		close(fd);
 	return -1;
+}
+
+/* A kept Unix listener takes a changed socket_mode when its configuration is committed (a reload that fails
+ * changes nothing): applied to the inode evfdd bound (file_fd), never to whatever the path names now, which
+ * only evfdd and root could have changed but need not be its socket. */
+static void listen_apply_mode(struct evfdd_listener *l)
+{
+	const char *path = l->key.addr.u.un.sun_path;
+	int r;
+
+	if (l->file_fd < 0 || l->mode == l->next_mode)
+		return;
+	r = safepath_chmod_fd(l->file_fd, l->next_mode);
+	if (r < 0) {
+		errno = -r;
+		log_warn("listen %s: cannot change the socket's mode from %04o to %04o; it keeps %04o until evfdd "
+			 "restarts", path, (unsigned)l->mode, (unsigned)l->next_mode, (unsigned)l->mode);
+		l->next_mode = l->mode;
+		return;
+	}
+	log_info("listen %s: socket mode %04o -> %04o", path, (unsigned)l->mode, (unsigned)l->next_mode);
+	l->mode = l->next_mode;
 }
 
 static bool is_stream_listener(int fd)
@@ -113,6 +189,8 @@ void evfdd_listener_unref(struct evfdd_listener *l)
 	 * with a reload that binds the same path again. */
 	if (l->fd >= 0)
 		close(l->fd);
+	if (l->file_fd >= 0)
+		close(l->file_fd);
 	free(l->name);
 	free(l);
 }
@@ -125,6 +203,7 @@ static struct evfdd_listener *listener_new(int fd)
 		return NULL;
 	atomic_init(&l->refs, 1);
 	l->fd = fd;
+	l->file_fd = -1;
 	return l;
 }
 
@@ -208,7 +287,7 @@ int evfdd_listen_new(struct evfdd_listen **out, const struct evfdd_config *cfg, 
 	free(names);
 	if (errors) {
 		evfdd_listen_free(ls);
-		return -1;
+		return -EINVAL;
 	}
 	*out = ls;
 	return 0;
@@ -218,6 +297,7 @@ int evfdd_listen_prepare(struct evfdd_listen *ls, const struct evfdd_config *cfg
 			 char *err, size_t errlen)
 {
 	int errors = 0;
+	char why[1024];
 	size_t s, j;
 
 	if (errlen)
@@ -227,7 +307,7 @@ int evfdd_listen_prepare(struct evfdd_listen *ls, const struct evfdd_config *cfg
 	for (s = 0; s < cfg->nservices; s++) {
 		const struct evfdd_service *svc = &cfg->services[s];
 		struct evfdd_endpoint_key key;
-		int fd;
+		int fd, file_fd;
 
 		for (j = 0; j < ls->nactivated && !out[s]; j++)
 			if (!strcmp(ls->activated[j]->name, svc->name)) {
@@ -252,25 +332,24 @@ int evfdd_listen_prepare(struct evfdd_listen *ls, const struct evfdd_config *cfg
 				if (listen(out[s]->fd, svc->backlog) < 0)
 					log_warn("[%s] listen %s: listen(backlog %d)", svc->name, svc->listen.text,
 						 svc->backlog);
-				if (key.kind == EVFDD_ENDPOINT_UNIX &&
-				    chmod(key.addr.u.un.sun_path, svc->socket_mode) < 0)
-					log_warn("[%s] listen %s: chmod %o", svc->name, svc->listen.text,
-						 (unsigned)svc->socket_mode);
+				out[s]->next_mode = svc->socket_mode;
 			}
 		/* Two services of one configuration on one address fail to bind below, as they should. */
 		if (out[s])
 			continue;
-		fd = listen_bind(svc);
+		fd = listen_bind(svc, &file_fd, why, sizeof(why));
 		if (fd < 0) {
 			if (!errors++ && errlen)
-				snprintf(err, errlen, "%s:%u: [%s] listen %s: cannot bind: %s", cfg->source, svc->line,
-					 svc->name, svc->listen.text, strerror(errno));
+				snprintf(err, errlen, "%s:%u: [%s] listen %s: %s", cfg->source, svc->line, svc->name,
+					 svc->listen.text, why);
 			continue;
 		}
 		out[s] = listener_new(fd);
 		if (!out[s])
 			fatalx("out of memory");
 		out[s]->key = key;
+		out[s]->file_fd = file_fd;
+		out[s]->mode = out[s]->next_mode = svc->socket_mode;
 		log_info("[%s] listening on %s", svc->name, svc->listen.text);
 	}
 	if (!errors)
@@ -279,7 +358,7 @@ int evfdd_listen_prepare(struct evfdd_listen *ls, const struct evfdd_config *cfg
 		evfdd_listener_unref(out[s]);
 		out[s] = NULL;
 	}
-	return -1;
+	return -EINVAL;
 }
 
 void evfdd_listen_commit(struct evfdd_listen *ls, struct evfdd_listener *const *lsts, size_t n)
@@ -289,8 +368,10 @@ void evfdd_listen_commit(struct evfdd_listen *ls, struct evfdd_listener *const *
 
 	if (!cur)
 		fatalx("out of memory");
-	for (i = 0; i < n; i++)
+	for (i = 0; i < n; i++) {
 		cur[i] = evfdd_listener_ref(lsts[i]);
+		listen_apply_mode(cur[i]);
+	}
 	for (i = 0; i < ls->ncur; i++)
 		evfdd_listener_unref(ls->cur[i]);
 	free(ls->cur);

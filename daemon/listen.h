@@ -11,12 +11,16 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include "config.h"
+#include "safepath.h"
 
 /* One listening socket, shared by every ring that accepts on it. The fd closes with the last reference,
  * except an activated socket's, which belongs to systemd and stays open for the daemon's lifetime. */
 struct evfdd_listener {
 	atomic_uint refs;
 	int fd;
+	int file_fd;                     /* self-bound Unix socket: O_PATH of the file bound, for its mode */
+	mode_t mode;                     /* ... the mode it was given last */
+	mode_t next_mode;                /* ... and the one a reload being prepared asks for (main thread) */
 	bool activated;
 	char *name;                      /* FileDescriptorName= of an activated socket */
 	struct evfdd_endpoint_key {      /* what a self-bound socket is bound to */
@@ -32,24 +36,27 @@ void evfdd_listener_unref(struct evfdd_listener *l);   /* any thread */
 struct evfdd_listen;
 
 /* Take systemd's activated sockets (LISTEN_FDS), checking them against @cfg: a socket naming no service is
- * an error. @control_fd receives an activated fd named "control", or -1. Returns 0, or -1 after logging. */
+ * an error. @control_fd receives an activated fd named "control", or -1. Returns 0, or -EINVAL after logging. */
 int evfdd_listen_new(struct evfdd_listen **out, const struct evfdd_config *cfg, int *control_fd);
 
 /* The listeners @cfg's services need, in service order, one reference each in @out: the activated socket
  * named after the service, else the current listener on the same address, else a socket bound now. Changes
- * nothing on failure: returns -1 after logging every problem, the first also written to @err. */
+ * nothing on failure: returns -EINVAL after logging every problem, the first also written to @err. */
 int evfdd_listen_prepare(struct evfdd_listen *ls, const struct evfdd_config *cfg, struct evfdd_listener **out,
 			 char *err, size_t errlen);
 
 /* Make @lsts (as returned by evfdd_listen_prepare, @n of them) the current set; takes references of its
- * own, drops those of listeners no longer used. */
+ * own, drops those of listeners no longer used, and gives a kept Unix listener the socket_mode prepared. */
 void evfdd_listen_commit(struct evfdd_listen *ls, struct evfdd_listener *const *lsts, size_t n);
 
 void evfdd_listen_free(struct evfdd_listen *ls);
 
-/* Make way for binding a Unix socket at @sun: a socket file left by an earlier process that nothing answers
- * on any more is removed (*@replaced set). Returns 0 when the path is free now, -EADDRINUSE when a process
- * answers there, -EEXIST when the file is not a socket, or another negative errno. Logs nothing. */
-int evfdd_listen_unix_clear(const struct sockaddr_un *sun, socklen_t len, bool *replaced);
+/* Make way for binding a Unix socket at @sp (safepath_open'ed): a socket file left by an earlier process that
+ * nothing answers on any more is removed (*@replaced set); nothing else is ever removed. Returns 0 when the
+ * name is free now, -EADDRINUSE when a process answers there, -EEXIST when the file is not a socket (*@st
+ * says what it is), -EPERM (with @err) when it is another user's in a sticky directory, or another negative
+ * errno. Logs nothing. */
+int evfdd_listen_unix_clear(const struct safepath *sp, bool *replaced, struct stat *st, char *err,
+			    size_t errlen);
 
 #endif

@@ -71,7 +71,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		devnull = fopen("/dev/null", "w");
 	rc = evfdd_config_load_buffer((const char *)data, size, "fuzz.conf", EVFDD_CONFIG_NO_RESOLVE, &cfg,
 				      &errs);
-	FUZZ_ASSERT(rc == 0 || rc == -1);
+	FUZZ_ASSERT(rc == 0 || rc == -EINVAL);
 	if (rc == 0) {
 		FUZZ_ASSERT(cfg && errs.count == 0 && errs.omitted == 0);
 		check_config(cfg);

@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <syslog.h>
 #include <unistd.h>
 #include "../daemon/config.h"
@@ -80,7 +82,7 @@ static void expect_errors_at(int line, const char *text, ...)
 	rc = evfdd_config_load(write_text(text), &cfg, &errs);
 	if (rc != -1 || cfg != NULL)
 		dump(&errs);
-	CHECK(rc == -1 && cfg == NULL, "test at line %d: load returned %d", line, rc);
+	CHECK(rc == -EINVAL && cfg == NULL, "test at line %d: load returned %d", line, rc);
 	va_start(ap, text);
 	while ((want = va_arg(ap, const char *))) {
 		expand(want, exp, sizeof(exp));
@@ -619,14 +621,14 @@ static void test_bounded_input(void)
 
 	/* NUL bytes */
 	static const char nul[] = "[web]\nforward = echo\nlisten = 1\0002\nbacklog = x\n";
-	CHECK(evfdd_config_load(write_bytes(nul, sizeof(nul) - 1), &cfg, &errs) == -1, "NUL accepted");
+	CHECK(evfdd_config_load(write_bytes(nul, sizeof(nul) - 1), &cfg, &errs) == -EINVAL, "NUL accepted");
 	CHECK(errs.count == 2, "%zu", errs.count);
 	snprintf(want, sizeof(want), "%s:3: NUL byte; the file must be text", path);
 	CHECK(strcmp(errs.list[0].message, want) == 0, "%s", errs.list[0].message);
 	CHECK(errs.list[0].line == 3 && !errs.list[0].section && !errs.list[0].key, "fields");
 	CHECK(errs.list[1].line == 4, "line after NUL: %u", errs.list[1].line);
 	evfdd_config_errors_free(&errs);
-	CHECK(evfdd_config_load_buffer(nul, sizeof(nul) - 1, "mem", 0, &cfg, &errs) == -1, "buffer");
+	CHECK(evfdd_config_load_buffer(nul, sizeof(nul) - 1, "mem", 0, &cfg, &errs) == -EINVAL, "buffer");
 	CHECK(strcmp(errs.list[0].message, "mem:3: NUL byte; the file must be text") == 0, "%s",
 	      errs.list[0].message);
 	evfdd_config_errors_free(&errs);
@@ -641,25 +643,24 @@ static void test_bounded_input(void)
 	evfdd_config_free(cfg);
 	evfdd_config_errors_free(&errs);
 	write_bytes(big, EVFDD_CONFIG_MAX_FILE + 1);
-	CHECK(evfdd_config_load(path, &cfg, &errs) == -1 && errs.count == 1, "large file");
+	CHECK(evfdd_config_load(path, &cfg, &errs) == -EINVAL && errs.count == 1, "large file");
 	snprintf(want, sizeof(want), "%s: file too large (1048577 bytes, at most 1048576); is this the right file?",
 		 path);
 	CHECK(strcmp(errs.list[0].message, want) == 0, "%s", errs.list[0].message);
 	CHECK(errs.list[0].line == 0, "line");
 	evfdd_config_errors_free(&errs);
 	big[EVFDD_CONFIG_MAX_FILE + 1] = '\0';
-	CHECK(evfdd_config_load_string(big, "mem", &cfg, &errs) == -1, "large string");
+	CHECK(evfdd_config_load_string(big, "mem", &cfg, &errs) == -EINVAL, "large string");
 	CHECK(strcmp(errs.list[0].message,
 		     "mem: file too large (1048577 bytes, at most 1048576); is this the right file?") == 0,
 	      "%s", errs.list[0].message);
 	evfdd_config_errors_free(&errs);
-	/* a pipe has no size: the read stops one byte past the limit */
+	/* a pipe has no size, and is refused for what it is before anything is read from it */
 	f = popen("head -c 1048577 /dev/zero", "r");
 	CHECK(f, "popen");
 	snprintf(want, sizeof(want), "/dev/fd/%d", fileno(f));
-	CHECK(evfdd_config_load(want, &cfg, &errs) == -1 && errs.count == 1, "pipe");
-	CHECK(strstr(errs.list[0].message, ": file too large (more than 1048576 bytes); is this the right file?"),
-	      "%s", errs.list[0].message);
+	CHECK(evfdd_config_load(want, &cfg, &errs) == -EINVAL && errs.count == 1, "pipe");
+	CHECK(strstr(errs.list[0].message, ": a FIFO (named pipe), not a regular file;"), "%s", errs.list[0].message);
 	evfdd_config_errors_free(&errs);
 	pclose(f);
 	free(big);
@@ -670,7 +671,7 @@ static void test_bounded_input(void)
 	strcpy(big, "[web]\nforward = echo\n");
 	for (int i = 0; i < 150; i++)
 		strcat(big, "junk\n");
-	CHECK(evfdd_config_load(write_text(big), &cfg, &errs) == -1, "junk");
+	CHECK(evfdd_config_load(write_text(big), &cfg, &errs) == -EINVAL, "junk");
 	CHECK(errs.count == EVFDD_CONFIG_MAX_ERRORS && errs.omitted == 50, "%zu %zu", errs.count, errs.omitted);
 	CHECK(errs.list[99].line == 102, "%u", errs.list[99].line);
 	f = tmpfile();
@@ -699,20 +700,76 @@ static void test_file_errors(void)
 	char p[256], want[512];
 
 	snprintf(p, sizeof(p), "%s/does-not-exist.conf", tmpdir);
-	CHECK(evfdd_config_load(p, &cfg, &errs) == -1 && cfg == NULL, "missing file");
+	CHECK(evfdd_config_load(p, &cfg, &errs) == -EINVAL && cfg == NULL, "missing file");
 	CHECK(errs.count == 1, "%zu", errs.count);
 	snprintf(want, sizeof(want), "%s: cannot open: No such file or directory (ENOENT); check the path", p);
 	CHECK(strcmp(errs.list[0].message, want) == 0, "%s", errs.list[0].message);
 	CHECK(strcmp(errs.list[0].file, p) == 0 && errs.list[0].line == 0, "fields");
 	evfdd_config_errors_free(&errs);
 
-	CHECK(evfdd_config_load(tmpdir, &cfg, &errs) == -1, "directory");
-	snprintf(want, sizeof(want), "%s: cannot read: Is a directory (EISDIR)", tmpdir);
+	CHECK(evfdd_config_load(tmpdir, &cfg, &errs) == -EINVAL, "directory");
+	snprintf(want, sizeof(want), "%s: a directory, not a regular file; evfdd reads its configuration only from "
+		 "a regular file (a symbolic link to one is fine): put the configuration in a regular file there",
+		 tmpdir);
 	CHECK(errs.count == 1 && strcmp(errs.list[0].message, want) == 0, "%s", errs.list[0].message);
 	evfdd_config_errors_free(&errs);
 
 	/* without errs the result is the same, the messages are just not kept */
-	CHECK(evfdd_config_load(p, &cfg, NULL) == -1 && cfg == NULL, "NULL errs");
+	CHECK(evfdd_config_load(p, &cfg, NULL) == -EINVAL && cfg == NULL, "NULL errs");
+}
+
+/* Only a regular file is read. A FIFO with no writer would block open (without O_NONBLOCK) and read; a
+ * device is refused without being read; a symbolic link to a regular file is fine. Each refusal names the
+ * path and the type. */
+static void test_file_types(void)
+{
+	static const struct {
+		const char *name, *type;
+	} kinds[] = {
+		{ "fifo", "a FIFO (named pipe)" },
+		{ "zero", "a character device" },	/* a link to /dev/zero: endless if it were read */
+		{ "null", "a character device" },	/* a link to /dev/null: empty if it were read */
+		{ "sock", "a socket" },
+	};
+	struct evfdd_config_errors errs;
+	struct evfdd_config *cfg = (void *)1;
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	char p[256], want[512];
+	int fd;
+
+	/* Were the FIFO opened blocking, the test would hang: let it die instead. */
+	alarm(60);
+	snprintf(p, sizeof(p), "%s/fifo", tmpdir);
+	CHECK(mkfifo(p, 0644) == 0, "mkfifo %s: %s", p, strerror(errno));
+	snprintf(p, sizeof(p), "%s/zero", tmpdir);
+	CHECK(symlink("/dev/zero", p) == 0, "symlink: %s", strerror(errno));
+	snprintf(p, sizeof(p), "%s/null", tmpdir);
+	CHECK(symlink("/dev/null", p) == 0, "symlink: %s", strerror(errno));
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/sock", tmpdir);
+	fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0, "bind: %s", strerror(errno));
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+		snprintf(p, sizeof(p), "%s/%s", tmpdir, kinds[i].name);
+		CHECK(evfdd_config_load(p, &cfg, &errs) == -EINVAL && cfg == NULL, "%s accepted", kinds[i].name);
+		snprintf(want, sizeof(want), "%s: %s, not a regular file; evfdd reads its configuration only from a "
+			 "regular file (a symbolic link to one is fine): put the configuration in a regular file there",
+			 p, kinds[i].type);
+		CHECK(errs.count == 1 && strcmp(errs.list[0].message, want) == 0, "%s", errs.list[0].message);
+		CHECK(strcmp(errs.list[0].file, p) == 0 && errs.list[0].line == 0, "fields");
+		evfdd_config_errors_free(&errs);
+		CHECK(unlink(p) == 0, "unlink %s", p);
+	}
+	alarm(0);
+	close(fd);
+
+	/* a symbolic link to a regular file is read */
+	write_text("[web]\nforward = echo\n");
+	snprintf(p, sizeof(p), "%s/link.conf", tmpdir);
+	CHECK(symlink(path, p) == 0, "symlink: %s", strerror(errno));
+	CHECK(evfdd_config_load(p, &cfg, &errs) == 0 && cfg->nservices == 1, "link to a regular file");
+	evfdd_config_free(cfg);
+	evfdd_config_errors_free(&errs);
+	CHECK(unlink(p) == 0, "unlink %s", p);
 }
 
 /* Fields of a recorded error, not only its text. */
@@ -722,7 +779,7 @@ static void test_error_fields(void)
 	struct evfdd_config *cfg;
 	const struct evfdd_config_error *e;
 
-	CHECK(evfdd_config_load(write_text("x = 1\n[web]\nforward = 127.0.0.1:99999\n"), &cfg, &errs) == -1,
+	CHECK(evfdd_config_load(write_text("x = 1\n[web]\nforward = 127.0.0.1:99999\n"), &cfg, &errs) == -EINVAL,
 	      "accepted");
 	CHECK(errs.count == 2, "%zu", errs.count);
 	e = &errs.list[0];
@@ -750,6 +807,7 @@ int main(void)
 	test_syntax_errors();
 	test_bounded_input();
 	test_file_errors();
+	test_file_types();
 	test_error_fields();
 
 	for (int i = 1; i <= nfiles; i++) {
