@@ -11,6 +11,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 #include "control.h"
+#include "jsonparse.h"
 #include "listen.h"
 #include "log.h"
 #include "safepath.h"
@@ -160,15 +161,17 @@ static void control_done(void *cookie, const char *error, struct json_object *pa
 		varlink_call_reply(call, params);
 }
 
-/* A non-negative integer parameter; false when missing, of another type, or negative. */
+/* A ring or loop id: an integer from 0 to INT64_MAX, so that the core's NoSuchRing or NoSuchLoop echoes
+ * exactly what was sent. False when missing, negative, beyond int64 (Varlink's int), a fraction or an
+ * exponent, or of another type: then it is InvalidParameter. */
 static bool control_get_index(struct json_object *params, const char *key, uint64_t *out)
 {
 	struct json_object *v;
 
-	if (!json_object_object_get_ex(params, key, &v) || !json_object_is_type(v, json_type_int) ||
+	if (!json_object_object_get_ex(params, key, &v) || jsonparse_number(v) != JSONPARSE_INTEGER ||
 	    json_object_get_int64(v) < 0)
 		return false;
-	*out = json_object_get_uint64(v);
+	*out = (uint64_t)json_object_get_int64(v);
 	return true;
 }
 
@@ -317,6 +320,11 @@ static void control_method(void *arg, struct varlink_call *call, const char *met
 		control_move(c, call, params);
 	else
 		control_reload(c, call, params);
+}
+
+int evfdd_control_adopt(struct evfdd_control *c, int fd, uid_t uid, pid_t pid)
+{
+	return varlink_server_adopt(c->srv, fd, uid, pid);
 }
 
 int evfdd_control_start(struct evfdd_control **out, struct ev_loop *ev, int fd, const char *path,

@@ -10,6 +10,7 @@
 
 #include <ev.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <json-c/json.h>
 
 struct evfdd_control;
@@ -46,6 +47,11 @@ int evfdd_control_start(struct evfdd_control **out, struct ev_loop *ev, int fd, 
 /* Close the socket and every client (unlinking a socket file it bound). Requests still waiting for their
  * done callback are answered into the void: their cookies stay valid until then. */
 void evfdd_control_free(struct evfdd_control *c);
+
+/* Serve @fd, a connected stream socket, as a client with the credentials @uid and @pid
+ * (varlink_server_adopt): for tests/fuzz-varlink.c, which calls the methods through a socketpair. Takes
+ * @fd. Returns 0, -EUSERS (a client limit refused it) or -ENOMEM. */
+int evfdd_control_adopt(struct evfdd_control *c, int fd, uid_t uid, pid_t pid);
 
 /* The default control socket path: $RUNTIME_DIRECTORY/control under systemd, /run/evfdd/control for root,
  * else $XDG_RUNTIME_DIR/evfdd/control (or /tmp/evfdd-UID/control). Shared by evfdd and evfdctl.

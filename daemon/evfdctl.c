@@ -639,8 +639,13 @@ static char *read_reply(int fd, const char *path, int timeout_sec, size_t *len_o
 		if (r < 0) {
 			if (errno == EINTR || errno == EAGAIN)
 				continue;
-			fprintf(stderr, "evfdctl: reading from %s: %s; did evfdd stop?\n", path, strerror(errno));
-			break;
+			/* A reset is evfdd closing before it read the call: a client limit, say (its log tells). */
+			if (errno != ECONNRESET) {
+				fprintf(stderr, "evfdctl: reading from %s: %s; did evfdd stop?\n", path,
+					strerror(errno));
+				break;
+			}
+			r = 0;
 		}
 		if (r == 0) {
 			fprintf(stderr, "evfdctl: evfdd closed the connection on %s without answering; see its log\n",
@@ -779,7 +784,12 @@ int main(int argc, char **argv)
 	if (fd < 0)
 		goto out;
 	if (!send_all(fd, msg, len)) {
-		fprintf(stderr, "evfdctl: sending to %s: %s; did evfdd stop?\n", path, strerror(errno));
+		/* Closed before the call was read: a client limit, say, as when it is closed unanswered. */
+		if (errno == EPIPE || errno == ECONNRESET)
+			fprintf(stderr, "evfdctl: evfdd closed the connection on %s without answering; see its log\n",
+				path);
+		else
+			fprintf(stderr, "evfdctl: sending to %s: %s; did evfdd stop?\n", path, strerror(errno));
 		goto out;
 	}
 	reply = read_reply(fd, path, cmd->timeout_sec, &len);

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include "jsonparse.h"
 #include "log.h"
 #include "varlink.h"
 
@@ -18,6 +19,8 @@
 /* JSON nesting a call may use; no method here takes more than a flat object. */
 #define JSON_MAX_DEPTH 32
 #define IN_MIN_CAP 4096
+/* Varlink's longest interface name. */
+#define INTERFACE_MAX 255
 
 /* org.varlink.service as varlink.org defines it. */
 static const char service_description[] =
@@ -61,7 +64,9 @@ struct varlink_client;
 
 struct varlink_call {
 	struct varlink_client *client;	/* NULL once the client is gone: the answer goes nowhere */
+	/* As received, NUL-terminated; an invalid name may hold NUL bytes before method_len. */
 	char *method;
+	size_t method_len;
 	uid_t uid;
 	pid_t pid;
 	bool oneway;
@@ -74,10 +79,10 @@ struct varlink_server {
 	ev_io accept_io;
 	ev_timer accept_pause;
 	struct varlink_client *clients;
-	unsigned nclients;
-	struct json_tokener *tok;
-	/* Limits hit again and again by outside events: warn, but not thousands of times. */
-	struct log_ratelimit full_rl, accept_rl, output_rl;
+	unsigned nclients, nroot;	/* clients, and those of them with uid 0 */
+	/* Limits hit again and again by outside events: warn, but not thousands of times (each limit on its
+	 * own, so that one flood does not hide another). */
+	struct log_ratelimit full_rl, others_rl, uid_rl, accept_rl, output_rl, slow_rl;
 };
 
 struct varlink_client {
@@ -87,15 +92,19 @@ struct varlink_client {
 	uid_t uid;
 	pid_t pid;
 	ev_io rio, wio;
-	ev_timer idle;		/* fires VARLINK_IDLE_TIMEOUT after the last byte moved */
+	ev_timer deadline;	/* the client's earliest deadline (client_deadline) */
 	ev_timer kick;		/* carry on next iteration: the turn ended, or a late answer came */
-	ev_tstamp last_activity;
 	/* Input: [in_off, in_len) not handled yet; [in_off, in_scan) holds no NUL. */
 	char *in;
 	size_t in_off, in_scan, in_len, in_cap;
 	/* Output: [out_off, out_len) not written yet. */
 	char *out;
 	size_t out_off, out_len, out_cap;
+	/* What the deadlines count from: the last complete message received or answer given; the first byte
+	 * of the incomplete message that ends the input (when partial); the moment the output queue last
+	 * went from empty to not empty. */
+	ev_tstamp last_done, partial_since, out_since;
+	bool partial;
 	struct varlink_call *call;	/* being answered; the next call waits for it */
 	bool eof;			/* the client will send nothing more */
 	bool closing;			/* close at the next safe point */
@@ -133,6 +142,8 @@ static void client_queue(struct varlink_client *c, const char *data, size_t len)
 		c->closing = true;
 		return;
 	}
+	if (pending == 0)
+		c->out_since = ev_now(c->s->ev);
 	if (c->out_off > 0 && c->out_len + len + 1 > c->out_cap) {
 		memmove(c->out, c->out + c->out_off, pending);
 		c->out_off = 0;
@@ -186,7 +197,11 @@ static void call_finish(struct varlink_call *call, struct json_object *reply)
 				c->closing = true;
 		}
 		c->call = NULL;
-		c->last_activity = ev_now(c->s->ev);
+		c->last_done = ev_now(c->s->ev);
+		/* Nothing was read while the call was carried out: the incomplete message's clock starts
+		 * again. */
+		if (c->partial)
+			c->partial_since = c->last_done;
 		/* Answered during the dispatch, the dispatch carries on; answered later, the kick does. */
 		ev_timer_start(c->s->ev, &c->kick);
 	}
@@ -233,11 +248,16 @@ void varlink_call_error(struct varlink_call *call, const char *error, struct jso
 	call_finish(call, reply);
 }
 
-/* An error whose parameters are one string, as most of org.varlink.service's are. */
-static void call_error_string(struct varlink_call *call, const char *error, const char *key, const char *value)
+/* An error whose parameters are one string of @len bytes, as most of org.varlink.service's are: sent exactly
+ * as given, NUL bytes included (json-c writes them as \u0000). */
+static void call_error_string_len(struct varlink_call *call, const char *error, const char *key, const char *value,
+				  size_t len)
 {
-	struct json_object *params = json_object_new_object(), *v = json_object_new_string(value);
+	struct json_object *params = json_object_new_object(), *v = NULL;
 
+	/* (Every message is shorter than VARLINK_MAX_MESSAGE: an int holds any length received.) */
+	if (len <= VARLINK_MAX_MESSAGE)
+		v = json_object_new_string_len(value, (int)len);
 	if (params && v && json_object_object_add(params, key, v) == 0)
 		v = NULL;
 	else {
@@ -251,14 +271,24 @@ static void call_error_string(struct varlink_call *call, const char *error, cons
 		varlink_call_error(call, error, params);
 }
 
+static void call_error_string(struct varlink_call *call, const char *error, const char *key, const char *value)
+{
+	call_error_string_len(call, error, key, value, strlen(value));
+}
+
 void varlink_call_method_not_found(struct varlink_call *call)
 {
-	call_error_string(call, VARLINK_SERVICE ".MethodNotFound", "method", call->method);
+	call_error_string_len(call, VARLINK_SERVICE ".MethodNotFound", "method", call->method, call->method_len);
 }
 
 void varlink_call_invalid_parameter(struct varlink_call *call, const char *parameter)
 {
 	call_error_string(call, VARLINK_SERVICE ".InvalidParameter", "parameter", parameter);
+}
+
+void varlink_call_invalid_parameter_len(struct varlink_call *call, const char *parameter, size_t len)
+{
+	call_error_string_len(call, VARLINK_SERVICE ".InvalidParameter", "parameter", parameter, len);
 }
 
 void varlink_call_abort(struct varlink_call *call, const char *why)
@@ -404,57 +434,120 @@ static bool call_flag(struct json_object *m, const char *key, bool *out)
 	return true;
 }
 
-/* Bytes after the JSON value must be whitespace only. */
-static bool only_space(const char *p, size_t len)
+static bool is_alnum(char ch)
 {
-	for (; len; p++, len--)
-		if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
+	return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9');
+}
+
+/* A Varlink method name: an interface name (reverse-domain: two or more dot-separated labels of ASCII
+ * letters, digits and hyphens, the first starting with a letter, none starting or ending with a hyphen;
+ * at most INTERFACE_MAX bytes), a dot, and a member name ([A-Z][A-Za-z0-9]*). Any byte may be at @name,
+ * NUL included. */
+static bool method_name_valid(const char *name, size_t len)
+{
+	const char *dot = memrchr(name, '.', len), *p;
+	size_t iface_len, i, start = 0;
+	unsigned labels = 0;
+
+	if (!dot || dot + 1 == name + len || dot[1] < 'A' || dot[1] > 'Z')
+		return false;
+	for (p = dot + 2; p < name + len; p++)
+		if (!is_alnum(*p))
 			return false;
-	return true;
+	iface_len = (size_t)(dot - name);
+	if (iface_len > INTERFACE_MAX)
+		return false;
+	for (i = 0; i <= iface_len; i++) {
+		if (i < iface_len && name[i] != '.') {
+			if (!is_alnum(name[i]) && name[i] != '-')
+				return false;
+			continue;
+		}
+		if (i == start || name[start] == '-' || name[i - 1] == '-' ||
+		    (labels == 0 && !((name[0] >= 'a' && name[0] <= 'z') || (name[0] >= 'A' && name[0] <= 'Z'))))
+			return false;
+		labels++;
+		start = i + 1;
+	}
+	return labels >= 2;
+}
+
+static struct varlink_call *call_new(struct varlink_client *c, const char *method, size_t len)
+{
+	struct varlink_call *call = calloc(1, sizeof(*call));
+
+	if (!call || !(call->method = malloc(len + 1))) {
+		free(call);
+		return NULL;
+	}
+	memcpy(call->method, method, len);
+	call->method[len] = '\0';
+	call->method_len = len;
+	call->client = c;
+	call->uid = c->uid;
+	call->pid = c->pid;
+	return call;
+}
+
+/* The member at fault among a call's own fields, as jsonparse_flaw names it. Not a flaw within "method"
+ * (a NUL in the name: MethodNotFound) or within "parameters" (the parameter at fault is named instead). */
+static bool call_fields_flawed(struct json_object *m, const char **key, size_t *len)
+{
+	enum jsonparse_flaw f = jsonparse_flaw(m, key, len);
+
+	if (f == JSONPARSE_FLAW_WITHIN && ((*len == 6 && !memcmp(*key, "method", 6)) ||
+					   (*len == 10 && !memcmp(*key, "parameters", 10))))
+		return false;
+	return f != JSONPARSE_FLAW_NONE;
 }
 
 /* One message (without its NUL). A message that is not a call closes the connection. */
 static void client_handle(struct varlink_client *c, const char *msg, size_t len)
 {
 	struct varlink_server *s = c->s;
-	struct json_object *m, *v, *params = NULL;
+	struct json_object *m = NULL, *v, *params = NULL;
+	struct jsonparse_error err;
 	struct varlink_call *call;
-	const char *bad = NULL;
-	bool oneway, more, upgrade;
-	size_t end;
+	const char *bad = NULL, *flaw = NULL;
+	size_t flaw_len = 0;
+	bool oneway, more, upgrade, flawed, valid;
+	int r;
 
-	json_tokener_reset(s->tok);
-	m = json_tokener_parse_ex(s->tok, msg, (int)len);
-	end = json_tokener_get_parse_end(s->tok);
-	if (!m || json_tokener_get_error(s->tok) != json_tokener_success || !only_space(msg + end, len - end)) {
-		enum json_tokener_error e = json_tokener_get_error(s->tok);
-
+	c->last_done = ev_now(s->ev);
+	r = jsonparse_text(msg, len, JSON_MAX_DEPTH, &m, &err);
+	if (r == -ENOMEM) {
+		log_warnx("%s: client pid %d uid %d: out of memory reading a %zu-byte message; closing it", s->p->name,
+			  (int)c->pid, (int)c->uid, len);
+		c->closing = true;
+		goto out;
+	}
+	if (r < 0) {
+		/* Invalid UTF-8 is malformed JSON too: JSON texts are UTF-8 (RFC 8259). */
 		log_debug("%s: client pid %d uid %d sent malformed JSON (%s, at byte %zu); closing it", s->p->name,
-			  (int)c->pid, (int)c->uid,
-			  m ? "trailing bytes" : e == json_tokener_continue ? "incomplete" : json_tokener_error_desc(e),
-			  end);
-		goto close;
+			  (int)c->pid, (int)c->uid, err.what, err.offset);
+		c->closing = true;
+		goto out;
 	}
 	if (!json_object_is_type(m, json_type_object) || !json_object_object_get_ex(m, "method", &v) ||
 	    !json_object_is_type(v, json_type_string)) {
 		log_debug("%s: client pid %d uid %d sent a message that is not a call (an object with a \"method\" "
 			  "string); closing it", s->p->name, (int)c->pid, (int)c->uid);
-		goto close;
+		c->closing = true;
+		goto out;
 	}
-	call = calloc(1, sizeof(*call));
-	if (!call || !(call->method = strdup(json_object_get_string(v)))) {
-		free(call);
+	call = call_new(c, json_object_get_string(v), (size_t)json_object_get_string_len(v));
+	if (!call) {
 		log_warnx("%s: client pid %d uid %d: out of memory for a call; closing it", s->p->name, (int)c->pid,
 			  (int)c->uid);
-		goto close;
+		c->closing = true;
+		goto out;
 	}
-	call->client = c;
-	call->uid = c->uid;
-	call->pid = c->pid;
 	c->call = call;
 	if (!call_flag(m, "oneway", &oneway))
 		bad = "oneway";
 	call->oneway = oneway;
+	/* A repeated field (which value would count? "oneway" keeps its first) or one holding a NUL. */
+	flawed = call_fields_flawed(m, &flaw, &flaw_len);
 	if (!bad && !call_flag(m, "more", &more))
 		bad = "more";
 	if (!bad && !call_flag(m, "upgrade", &upgrade))
@@ -464,26 +557,31 @@ static void client_handle(struct varlink_client *c, const char *msg, size_t len)
 		bad = "more";
 	if (!bad && upgrade)
 		bad = "upgrade";
-	if (!bad && json_object_object_get_ex(m, "parameters", &v) && !json_object_is_type(v, json_type_null)) {
-		if (json_object_is_type(v, json_type_object))
-			params = json_object_get(v);
-		else
-			bad = "parameters";
+	valid = method_name_valid(call->method, call->method_len);
+	log_debug("%s: client pid %d uid %d calls %s%s", s->p->name, (int)c->pid, (int)c->uid,
+		  valid ? call->method : "a method whose name is not valid", call->oneway ? " (oneway)" : "");
+	if (!flawed && !bad && !valid) {
+		varlink_call_method_not_found(call);
+		goto out;
 	}
-	log_debug("%s: client pid %d uid %d calls %s%s", s->p->name, (int)c->pid, (int)c->uid, call->method,
-		  oneway ? " (oneway)" : "");
-	if (bad)
+	if (!flawed && !bad && json_object_object_get_ex(m, "parameters", &v) &&
+	    !json_object_is_type(v, json_type_null)) {
+		if (!json_object_is_type(v, json_type_object))
+			bad = "parameters";
+		else if (!(flawed = jsonparse_flaw(v, &flaw, &flaw_len) != JSONPARSE_FLAW_NONE))
+			params = json_object_get(v);
+	}
+	if (flawed)
+		varlink_call_invalid_parameter_len(call, flaw, flaw_len);
+	else if (bad)
 		varlink_call_invalid_parameter(call, bad);
 	else if (!params && !(params = json_object_new_object()))
 		varlink_call_abort(call, "out of memory");
 	else
 		client_dispatch(c, call, params);
+out:
 	json_object_put(params);
 	json_object_put(m);
-	return;
-close:
-	json_object_put(m);
-	c->closing = true;
 }
 
 /* Handle the complete messages received, up to one turn's worth. Returns false when @c was freed. */
@@ -525,7 +623,7 @@ static bool client_process(struct varlink_client *c)
 	return client_settle(c);
 }
 
-/* Write what is pending; sets closing on a write error. */
+/* Write what is pending, as far as the socket takes it now; on a write error, drop it and set closing. */
 static void client_flush(struct varlink_client *c)
 {
 	while (c->out_off < c->out_len) {
@@ -538,13 +636,52 @@ static void client_flush(struct varlink_client *c)
 				log_debug("%s: client pid %d uid %d: send: %s; closing it", c->s->p->name, (int)c->pid,
 					  (int)c->uid, strerror(errno));
 				c->closing = true;
+				c->out_off = c->out_len;
 			}
 			return;
 		}
 		c->out_off += (size_t)r;
-		c->last_activity = ev_now(c->s->ev);
 	}
 	c->out_off = c->out_len = 0;
+}
+
+enum deadline { DEADLINE_NONE, DEADLINE_IDLE, DEADLINE_REQUEST, DEADLINE_REPLY };
+
+/* The earliest of the deadlines that apply to @c now (varlink.h), and which it is. */
+static ev_tstamp client_deadline(const struct varlink_client *c, enum deadline *which)
+{
+	ev_tstamp at = 0;
+
+	*which = DEADLINE_NONE;
+	/* While a call is carried out the client waits for us: neither idle nor slow. */
+	if (!c->call) {
+		at = c->last_done + VARLINK_IDLE_TIMEOUT;
+		*which = DEADLINE_IDLE;
+		if (c->partial && c->partial_since + VARLINK_REQUEST_TIMEOUT < at) {
+			at = c->partial_since + VARLINK_REQUEST_TIMEOUT;
+			*which = DEADLINE_REQUEST;
+		}
+	}
+	if (c->out_off < c->out_len && (*which == DEADLINE_NONE || c->out_since + VARLINK_REPLY_TIMEOUT < at)) {
+		at = c->out_since + VARLINK_REPLY_TIMEOUT;
+		*which = DEADLINE_REPLY;
+	}
+	return at;
+}
+
+/* Set the deadline timer to the earliest deadline; recomputed after every change of state, because a new
+ * one (a reply queued, a message begun) can be earlier than the one set. */
+static void client_arm(struct varlink_client *c)
+{
+	struct ev_loop *ev = c->s->ev;
+	enum deadline which;
+	ev_tstamp at = client_deadline(c, &which), left = at - ev_now(ev);
+
+	ev_timer_stop(ev, &c->deadline);
+	if (which == DEADLINE_NONE)
+		return;
+	ev_timer_set(&c->deadline, left > 0 ? left : 0., 0.);
+	ev_timer_start(ev, &c->deadline);
 }
 
 /* Bring the watchers in line with the client's state; close it when it is done or failed. Returns false
@@ -554,8 +691,9 @@ static bool client_settle(struct varlink_client *c)
 	struct ev_loop *ev = c->s->ev;
 	bool waiting = c->call || ev_is_active(&c->kick);
 
-	if (!c->closing)
-		client_flush(c);
+	/* Also when closing: the answers to the calls before a bad message go out if the socket takes them
+	 * without waiting. */
+	client_flush(c);
 	/* The client half-closed: answer what it sent, then close. A partial message at the end is dropped. */
 	if (!c->closing && c->eof && !waiting && c->out_off == c->out_len)
 		c->closing = true;
@@ -572,12 +710,14 @@ static bool client_settle(struct varlink_client *c)
 		ev_io_start(ev, &c->wio);
 	else
 		ev_io_stop(ev, &c->wio);
+	client_arm(c);
 	return true;
 }
 
 static void client_read_cb(struct ev_loop *ev, ev_io *w, int revents)
 {
 	struct varlink_client *c = w->data;
+	const char *nul;
 	ssize_t r;
 
 	if (c->in_off > 0) {
@@ -614,8 +754,16 @@ static void client_read_cb(struct ev_loop *ev, ev_io *w, int revents)
 	}
 	if (r == 0)
 		c->eof = true;
+	/* An incomplete message's clock runs from its first byte: later bytes of it do not restart it. */
+	nul = r > 0 ? memrchr(c->in + c->in_len, '\0', (size_t)r) : NULL;
+	if (nul) {
+		c->partial = nul + 1 < c->in + c->in_len + r;
+		c->partial_since = ev_now(ev);
+	} else if (r > 0 && !c->partial) {
+		c->partial = true;
+		c->partial_since = ev_now(ev);
+	}
 	c->in_len += (size_t)r;
-	c->last_activity = ev_now(ev);
 	client_process(c);
 }
 
@@ -629,24 +777,38 @@ static void client_kick_cb(struct ev_loop *ev, ev_timer *w, int revents)
 	client_process(w->data);
 }
 
-/* libev's way to an inactivity timeout that costs nothing per byte: on expiry, look at the last activity
- * and either close or sleep for what is left. */
-static void client_idle_cb(struct ev_loop *ev, ev_timer *w, int revents)
+static void client_deadline_cb(struct ev_loop *ev, ev_timer *w, int revents)
 {
 	struct varlink_client *c = w->data;
-	ev_tstamp left = c->last_activity + VARLINK_IDLE_TIMEOUT - ev_now(ev);
+	struct varlink_server *s = c->s;
+	enum deadline which;
+	unsigned long missed;
 
-	if (c->call)	/* the method is at work; its answer counts as activity */
-		left = VARLINK_IDLE_TIMEOUT;
-	if (left > 0) {
-		ev_timer_set(w, left, 0.);
-		ev_timer_start(ev, w);
+	if (client_deadline(c, &which) > ev_now(ev)) {
+		client_arm(c);
 		return;
 	}
-	log_debug("%s: client pid %d uid %d idle for %.0f s (%s); closing it", c->s->p->name, (int)c->pid,
-		  (int)c->uid, VARLINK_IDLE_TIMEOUT,
-		  c->out_off < c->out_len ? "it does not read its replies" :
-		  c->in_len > c->in_off ? "a message is incomplete" : "nothing to do");
+	switch (which) {
+	case DEADLINE_IDLE:
+		log_debug("%s: client pid %d uid %d idle for %.0f s; closing it", s->p->name, (int)c->pid,
+			  (int)c->uid, VARLINK_IDLE_TIMEOUT);
+		break;
+	case DEADLINE_REQUEST:
+		if (log_ratelimit(&s->slow_rl, &missed))
+			log_warnx("%s: client pid %d uid %d sent %zu bytes of a message but not its end within %.0f s; "
+				  "closing it (a client must send each message whole; %lu similar messages "
+				  "suppressed)", s->p->name, (int)c->pid, (int)c->uid, c->in_len - c->in_off,
+				  VARLINK_REQUEST_TIMEOUT, missed);
+		break;
+	case DEADLINE_REPLY:
+		if (log_ratelimit(&s->output_rl, &missed))
+			log_warnx("%s: client pid %d uid %d does not read its replies (%zu bytes unread for %.0f s, the "
+				  "limit); closing it (%lu similar messages suppressed)", s->p->name, (int)c->pid,
+				  (int)c->uid, c->out_len - c->out_off, VARLINK_REPLY_TIMEOUT, missed);
+		break;
+	case DEADLINE_NONE:
+		return;
+	}
 	client_free(c);
 }
 
@@ -656,7 +818,7 @@ static void client_free(struct varlink_client *c)
 
 	ev_io_stop(s->ev, &c->rio);
 	ev_io_stop(s->ev, &c->wio);
-	ev_timer_stop(s->ev, &c->idle);
+	ev_timer_stop(s->ev, &c->deadline);
 	ev_timer_stop(s->ev, &c->kick);
 	if (c->call)
 		c->call->client = NULL;
@@ -668,41 +830,87 @@ static void client_free(struct varlink_client *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	s->nclients--;
+	if (c->uid == 0)
+		s->nroot--;
 	log_debug("%s: client pid %d uid %d disconnected", s->p->name, (int)c->pid, (int)c->uid);
 	free(c->in);
 	free(c->out);
 	free(c);
 }
 
-static void server_add_client(struct varlink_server *s, int fd, const struct ucred *cred)
+/* Whether the client limits leave a place for one more client of @uid; logs why not, naming the peer. */
+static bool server_admit(struct varlink_server *s, uid_t uid, pid_t pid)
 {
-	struct varlink_client *c = calloc(1, sizeof(*c));
+	unsigned others = s->nclients - s->nroot, same = 0;
+	const struct varlink_client *c;
+	unsigned long missed;
 
-	if (!c) {
-		log_warnx("%s: out of memory for a client (pid %d uid %d); closing it", s->p->name, (int)cred->pid,
-			  (int)cred->uid);
+	if (s->nclients >= VARLINK_MAX_CLIENTS) {
+		if (log_ratelimit(&s->full_rl, &missed))
+			log_warnx("%s: %u clients connected, the limit; refused pid %d uid %d (clients that stay "
+				  "connected are closed after %.0f s idle; %lu similar messages suppressed)", s->p->name,
+				  s->nclients, (int)pid, (int)uid, VARLINK_IDLE_TIMEOUT, missed);
+		return false;
+	}
+	if (uid == 0)
+		return true;
+	if (others >= VARLINK_MAX_CLIENTS - VARLINK_ROOT_RESERVED) {
+		if (log_ratelimit(&s->others_rl, &missed))
+			log_warnx("%s: %u clients of users other than root connected, their limit (%d more places are "
+				  "kept for root); refused pid %d uid %d (%lu similar messages suppressed)", s->p->name,
+				  others, VARLINK_ROOT_RESERVED, (int)pid, (int)uid, missed);
+		return false;
+	}
+	for (c = s->clients; c; c = c->next)
+		same += c->uid == uid;
+	if (same >= VARLINK_MAX_CLIENTS_PER_UID) {
+		if (log_ratelimit(&s->uid_rl, &missed))
+			log_warnx("%s: uid %d has %u clients connected, the limit for one user; refused pid %d uid %d "
+				  "(that user should close the connections it does not use; %lu similar messages "
+				  "suppressed)", s->p->name, (int)uid, same, (int)pid, (int)uid, missed);
+		return false;
+	}
+	return true;
+}
+
+/* Takes @fd: it becomes a client, or is closed. */
+static int server_add_client(struct varlink_server *s, int fd, uid_t uid, pid_t pid)
+{
+	struct varlink_client *c;
+
+	if (!server_admit(s, uid, pid)) {
 		close(fd);
-		return;
+		return -EUSERS;
+	}
+	c = calloc(1, sizeof(*c));
+	if (!c) {
+		log_warnx("%s: out of memory for a client (pid %d uid %d); closing it", s->p->name, (int)pid,
+			  (int)uid);
+		close(fd);
+		return -ENOMEM;
 	}
 	c->s = s;
 	c->fd = fd;
-	c->uid = cred->uid;
-	c->pid = cred->pid;
-	c->last_activity = ev_now(s->ev);
+	c->uid = uid;
+	c->pid = pid;
+	c->last_done = ev_now(s->ev);
 	ev_io_init(&c->rio, client_read_cb, fd, EV_READ);
 	ev_io_init(&c->wio, client_write_cb, fd, EV_WRITE);
-	ev_timer_init(&c->idle, client_idle_cb, VARLINK_IDLE_TIMEOUT, 0.);
+	ev_timer_init(&c->deadline, client_deadline_cb, VARLINK_IDLE_TIMEOUT, 0.);
 	ev_timer_init(&c->kick, client_kick_cb, 0., 0.);
-	c->rio.data = c->wio.data = c->idle.data = c->kick.data = c;
+	c->rio.data = c->wio.data = c->deadline.data = c->kick.data = c;
 	ev_io_start(s->ev, &c->rio);
-	ev_timer_start(s->ev, &c->idle);
 	c->next = s->clients;
 	if (c->next)
 		c->next->prev = c;
 	s->clients = c;
 	s->nclients++;
+	if (uid == 0)
+		s->nroot++;
+	client_arm(c);
 	log_debug("%s: client pid %d uid %d connected (%u clients)", s->p->name, (int)c->pid, (int)c->uid,
 		  s->nclients);
+	return 0;
 }
 
 static void server_accept_cb(struct ev_loop *ev, ev_io *w, int revents)
@@ -726,6 +934,8 @@ static void server_accept_cb(struct ev_loop *ev, ev_io *w, int revents)
 				log_warn("%s: accept (pausing for %.0f ms; %lu similar messages suppressed)",
 					 s->p->name, ACCEPT_PAUSE * 1000, missed);
 			ev_io_stop(ev, &s->accept_io);
+			/* Set again each time: a one-shot timer that fired is left with no time to run. */
+			ev_timer_set(&s->accept_pause, ACCEPT_PAUSE, 0.);
 			ev_timer_start(ev, &s->accept_pause);
 			return;
 		}
@@ -734,15 +944,7 @@ static void server_accept_cb(struct ev_loop *ev, ev_io *w, int revents)
 			cred.pid = 0;
 			cred.uid = (uid_t)-1;
 		}
-		if (s->nclients >= VARLINK_MAX_CLIENTS) {
-			if (log_ratelimit(&s->full_rl, &missed))
-				log_warnx("%s: %u clients connected, the limit; refused pid %d uid %d (%lu similar "
-					  "messages suppressed)", s->p->name, s->nclients, (int)cred.pid, (int)cred.uid,
-					  missed);
-			close(fd);
-			continue;
-		}
-		server_add_client(s, fd, &cred);
+		server_add_client(s, fd, cred.uid, cred.pid);
 	}
 }
 
@@ -753,35 +955,48 @@ static void server_resume_cb(struct ev_loop *ev, ev_timer *w, int revents)
 	ev_io_start(ev, &s->accept_io);
 }
 
+/* Make @fd non-blocking, if it is not: an accept racing with another process, or a client that stops
+ * reading, must not block the loop. */
+static void set_nonblocking(int fd)
+{
+	int flags = fcntl(fd, F_GETFL);
+
+	if (flags >= 0 && !(flags & O_NONBLOCK))
+		(void)fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+}
+
 int varlink_server_new(struct varlink_server **out, struct ev_loop *ev, int fd,
 		       const struct varlink_server_params *p)
 {
 	struct varlink_server *s = calloc(1, sizeof(*s));
-	int flags;
 
 	*out = NULL;
-	if (!s || !(s->tok = json_tokener_new_ex(JSON_MAX_DEPTH))) {
-		free(s);
+	if (!s) {
 		close(fd);
 		return -ENOMEM;
 	}
-	json_tokener_set_flags(s->tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
 	s->p = p;
 	s->ev = ev;
 	s->fd = fd;
-	/* An accept racing with another process must not block the loop. */
-	flags = fcntl(fd, F_GETFL);
-	if (flags >= 0 && !(flags & O_NONBLOCK))
-		(void)fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+	set_nonblocking(fd);
 	log_ratelimit_init(&s->full_rl, 10000, 3);
+	log_ratelimit_init(&s->others_rl, 10000, 3);
+	log_ratelimit_init(&s->uid_rl, 10000, 3);
 	log_ratelimit_init(&s->accept_rl, 10000, 3);
 	log_ratelimit_init(&s->output_rl, 10000, 3);
+	log_ratelimit_init(&s->slow_rl, 10000, 3);
 	ev_io_init(&s->accept_io, server_accept_cb, fd, EV_READ);
 	ev_timer_init(&s->accept_pause, server_resume_cb, ACCEPT_PAUSE, 0.);
 	s->accept_io.data = s->accept_pause.data = s;
 	ev_io_start(ev, &s->accept_io);
 	*out = s;
 	return 0;
+}
+
+int varlink_server_adopt(struct varlink_server *s, int fd, uid_t uid, pid_t pid)
+{
+	set_nonblocking(fd);
+	return server_add_client(s, fd, uid, pid);
 }
 
 void varlink_server_free(struct varlink_server *s)
@@ -793,9 +1008,11 @@ void varlink_server_free(struct varlink_server *s)
 	ev_io_stop(s->ev, &s->accept_io);
 	ev_timer_stop(s->ev, &s->accept_pause);
 	close(s->fd);
-	json_tokener_free(s->tok);
 	log_ratelimit_destroy(&s->full_rl);
+	log_ratelimit_destroy(&s->others_rl);
+	log_ratelimit_destroy(&s->uid_rl);
 	log_ratelimit_destroy(&s->accept_rl);
 	log_ratelimit_destroy(&s->output_rl);
+	log_ratelimit_destroy(&s->slow_rl);
 	free(s);
 }

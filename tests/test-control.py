@@ -7,6 +7,8 @@ import json
 import os
 import random
 import re
+import resource
+import select
 import shutil
 import signal
 import socket
@@ -17,15 +19,23 @@ import tempfile
 import threading
 import time
 
-from evfddtest import EVFDCTL, EVFDD, SA_ENV, TOP_SRCDIR, DaemonLog, free_port, sanitizer_report
+from evfddtest import (EVFDCTL, EVFDD, NOBODY, SA_ENV, SCALE, TOP_SRCDIR, DaemonLog, for_nobody, free_port,
+                       sanitizer_report)
 
 TMP = tempfile.mkdtemp(prefix="evfdd-control-test-")
 os.chmod(TMP, 0o755)   # uid 65534 must reach the socket; the socket's own mode decides the rest
-NOBODY = 65534
 # The limits of daemon/varlink.h.
 MAX_CLIENTS = 256
+ROOT_RESERVED = 16
+MAX_CLIENTS_PER_UID = 32
 MAX_MESSAGE = 64 * 1024
 MAX_OUTPUT = 4 * 1024 * 1024
+REQUEST_TIMEOUT = 10
+REPLY_TIMEOUT = 10
+IDLE_TIMEOUT = 60
+ACCEPT_PAUSE = 0.1
+# Sanitizer builds run everything several times slower: waits that only guard against a hang grow with it.
+SLOW = 1 if SCALE == 1 else 3
 
 
 def fail(msg):
@@ -49,11 +59,12 @@ PROCS = []
 class Daemon(DaemonLog):
     """evfdd on a configuration file with a control socket; its stderr is kept for the checks."""
 
-    def __init__(self, conf, wait_ready=True):
+    def __init__(self, conf, wait_ready=True, preexec=None):
         self.path = os.path.join(TMP, "evfdd-%d.conf" % random.randrange(1 << 30))
         self.write_conf(conf)
         self.log = open(self.path + ".log", "w+")
-        self.proc = subprocess.Popen([EVFDD, "-c", self.path], stderr=self.log, stdout=self.log)
+        self.proc = subprocess.Popen([EVFDD, "-c", self.path], stderr=self.log, stdout=self.log,
+                                     preexec_fn=preexec)
         PROCS.append(self.proc)
         if wait_ready:
             self.wait_log("ready")
@@ -94,6 +105,13 @@ class Closed(Exception):
     pass
 
 
+def unique_keys(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        fail("a reply repeats a key: %r" % keys)
+    return dict(pairs)
+
+
 class Client:
     """A Varlink client: one JSON object and a NUL per message, each way."""
 
@@ -114,6 +132,7 @@ class Client:
         self.send_raw(json.dumps(msg).encode() + b"\0")
 
     def recv(self):
+        """The next reply, which must be strict UTF-8 and JSON (json.loads alone would let surrogates through)."""
         while b"\0" not in self.buf:
             try:
                 d = self.s.recv(1 << 16)
@@ -123,7 +142,11 @@ class Client:
                 raise Closed()
             self.buf += d
         msg, self.buf = self.buf.split(b"\0", 1)
-        return json.loads(msg)
+        try:
+            text = msg.decode("utf-8")
+        except UnicodeDecodeError as e:
+            fail("a reply is not valid UTF-8 (%s): %r" % (e, msg[:200]))
+        return json.loads(text, object_pairs_hook=unique_keys)
 
     def call(self, method, params=None, **flags):
         self.send(method, params, **flags)
@@ -143,6 +166,25 @@ class Client:
 
     def close(self):
         self.s.close()
+
+
+def expect_closed(c, what):
+    """The daemon must close the connection without answering."""
+    try:
+        d = c.s.recv(1 << 16)
+    except ConnectionResetError:
+        d = b""
+    except socket.timeout:
+        fail("evfdd kept the connection open after %s" % what)
+    if d:
+        fail("evfdd answered %s instead of closing the connection: %r" % (what, d[:300]))
+
+
+def hung_up(sock, timeout):
+    """Wait up to @timeout seconds for the peer to close @sock, whatever is still unread; True if it did."""
+    p = select.poll()
+    p.register(sock, select.POLLRDHUP | select.POLLHUP)
+    return bool(p.poll(timeout * 1000))
 
 
 def expect_reply(r, what):
@@ -224,9 +266,12 @@ def evfdctl(args, env_socket=None, user=None, timeout=150):
     if env_socket:
         env["EVFDCTL_SOCKET"] = env_socket
     kw = {}
+    prog = EVFDCTL
     if user is not None:
-        kw = {"user": user, "group": user, "extra_groups": []}
-    out = subprocess.run([EVFDCTL] + args, capture_output=True, text=True, env=env, timeout=timeout, **kw)
+        # A copy uid @user can run: the build tree may be in a directory only root can enter.
+        prog = for_nobody(EVFDCTL)
+        kw = {"user": user, "group": user, "extra_groups": [], "cwd": "/"}
+    out = subprocess.run([prog] + args, capture_output=True, text=True, env=env, timeout=timeout, **kw)
     check_sanitizers(out.stderr)
     return out
 
@@ -722,6 +767,350 @@ def case_reload(d, ctl, traffic, good_conf):
        "errors (evfdctl exit 1) and evfdd runs on")
 
 
+def case_strict_input(d, ctl, traffic):
+    """What json-c let through. Bytes that are not UTF-8, or escapes that make none, close the connection as
+    malformed JSON does; a method name holding a NUL is MethodNotFound with exactly that name (json-c cut it
+    and ran Status); repeated keys (json-c kept the last), NULs in keys and strings, and integers outside
+    Varlink's int64 (json-c echoed 2^64-1 back as -1) are InvalidParameter. Every reply is strict UTF-8
+    (Client.recv) and echoes only what was sent."""
+    inval = "org.varlink.service.InvalidParameter"
+    notfound = "org.varlink.service.MethodNotFound"
+    closing = [
+        (b'{"method": "io.evfdd.\xc0\xafStatus"}', "an overlong 2-byte form"),
+        (b'{"method": "io.evfdd.Status", "parameters": {"x": "\xe0\x80\xaf"}}', "an overlong 3-byte form"),
+        (b'{"method": "io.evfdd.\xed\xa0\x80"}', "a UTF-8-encoded surrogate"),
+        (b'{"method": "io.evfdd.\xf4\x90\x80\x80"}', "a code point above U+10FFFF"),
+        (b'{"method": "org.varlink.service.GetInterfaceDescription", "parameters": {"interface": "io.\xff"}}',
+         "invalid UTF-8 in a value that an error echoes"),
+        (b'{"method": "io.evfdd.\\ud800"}', "an escaped lone high surrogate"),
+        (b'{"method": "io.evfdd.\\udc00"}', "an escaped lone low surrogate"),
+        (b'{"method": "io.evfdd.\\ud800\\u0041"}', "an escaped high surrogate without its low one"),
+        (b'\xef\xbb\xbf{"method": "io.evfdd.Status"}', "a byte order mark"),
+        (b'{"method": "io.evfdd.Status", "parameters": {"x": 01}}', "a number with a leading zero"),
+        (b'{"method": "io.evfdd.Status", "parameters": {"x": ' + b"[" * 31 + b"]" * 31 + b"}}",
+         "nesting 33 deep"),
+    ]
+    for data, what in closing:
+        c = Client(ctl)
+        c.send_raw(data + b"\0")
+        expect_closed(c, what)
+        c.close()
+    me = "client pid %d uid %d" % (os.getpid(), os.geteuid())
+    if not re.search(r"debug: control socket: %s sent malformed JSON \(invalid UTF-8, at byte \d+\)" % me,
+                     d.text()):
+        fail("no debug line naming the peer for invalid UTF-8:\n" + d.text()[-5000:])
+
+    c = Client(ctl)
+
+    def raw(data):
+        c.send_raw(data + b"\0")
+        return c.recv()
+
+    expect_error(raw(b'{"method": "io.evfdd.Status\\u0000x"}'), notfound, {"method": "io.evfdd.Status\0x"},
+                 "a method name holding an escaped NUL")
+    for name in ("io.evfdd.status", "io..Status", "Status", "io.evfdd.Sta-tus", "io.evfdd.", "-io.evfdd.Status",
+                 "io.evfdd-.Status", "9o.evfdd.Status", " io.evfdd.Status", "io.evfdd.Status\n"):
+        expect_error(c.call(name), notfound, {"method": name}, "the invalid method name %r" % name)
+    expect_reply(raw(b'{"method": "io.evfdd.\\u0053tatus"}'), "a method name with an escaped letter")
+    for data, bad, what in (
+            (b'{"method": "io.evfdd.MoveRing", "parameters": {"ring": 0, "ring": 9999, "loop": 0}}', "ring",
+             "a repeated parameter"),
+            (b'{"method": "io.evfdd.Nope", "method": "io.evfdd.Status"}', "method", "a repeated method"),
+            (b'{"method": "io.evfdd.Status", "parameters": {}, "parameters": {"x": 1}}', "parameters",
+             "repeated parameters"),
+            (b'{"method": "io.evfdd.Status", "parameters": {"x": {"y": 1, "y": 2}}}', "x",
+             "a key repeated deeper down"),
+            (b'{"method": "io.evfdd.MoveRing", "parameters": {"ring\\u0000": 9999, "loop": 0}}', "ring\0",
+             "a NUL in a parameter's name"),
+            (b'{"method": "org.varlink.service.GetInterfaceDescription", '
+             b'"parameters": {"interface": "io.evfdd\\u0000x"}}', "interface", "a NUL in a string parameter"),
+            (b'{"method": "io.evfdd.Status", "nul\\u0000": true}', "nul\0", "a NUL in a field's name"),
+            (b'{"method": "io.evfdd.MoveRing", "parameters": {"ring": 18446744073709551615, "loop": 0}}', "ring",
+             "2^64-1"),
+            (b'{"method": "io.evfdd.MoveRing", "parameters": {"ring": 9223372036854775808, "loop": 0}}', "ring",
+             "2^63"),
+            (b'{"method": "io.evfdd.MoveRing", "parameters": {"ring": -9223372036854775809, "loop": 0}}', "ring",
+             "-2^63-1"),
+            (b'{"method": "io.evfdd.MoveRing", "parameters": {"ring": 1.0, "loop": 0}}', "ring", "1.0"),
+            (b'{"method": "io.evfdd.MoveRing", "parameters": {"ring": 1e2, "loop": 0}}', "ring", "1e2"),
+            (b'{"method": "io.evfdd.MoveRing", "parameters": {"ring": 0, "loop": 1E400}}', "loop", "1E400")):
+        expect_error(raw(data), inval, {"parameter": bad}, what)
+    # Ids within int64 that name nothing: the exact value comes back.
+    expect_error(raw(b'{"method": "io.evfdd.MoveRing", "parameters": {"ring": 9223372036854775807, "loop": 0}}'),
+                 "io.evfdd.NoSuchRing", {"ring": 9223372036854775807}, "ring 2^63-1")
+    ring = expect_reply(c.call("io.evfdd.Rings"), "Rings")["rings"][0]["id"]
+    expect_error(c.call("io.evfdd.MoveRing", {"ring": ring, "loop": 4294967296}), "io.evfdd.NoSuchLoop",
+                 {"loop": 4294967296}, "loop 2^32")
+    # The 32 levels of nesting allowed, and text outside ASCII, sent raw and escaped, come back exactly.
+    expect_error(raw(b'{"method": "io.evfdd.Status", "parameters": {"x": ' + b"[" * 30 + b"]" * 30 + b"}}"), inval,
+                 {"parameter": "x"}, "nesting 32 deep")
+    name = "io.\u00e9vfdd\u2028.\U0001f600"
+    for data in (json.dumps({"method": "org.varlink.service.GetInterfaceDescription",
+                             "parameters": {"interface": name}}, ensure_ascii=e).encode() for e in (True, False)):
+        expect_error(raw(data), "org.varlink.service.InterfaceNotFound", {"interface": name}, "a name outside ASCII")
+    c.close()
+    traffic.check()
+    ok("strict input: %d kinds of bytes that are not UTF-8 or not JSON closed the connection; a NUL in a method "
+       "name is MethodNotFound with the exact name; repeated keys, NULs and integers outside int64 are "
+       "InvalidParameter; every reply strict UTF-8 JSON, echoing only what was sent" % len(closing))
+
+
+def wait_few_clients(d, ctl, most=16):
+    """Wait until the daemon counts at most @most clients, the clients of earlier cases gone: a probe's
+    "connected (N clients)" debug line tells."""
+    pattern = re.compile(r"client pid %d uid %d connected \((\d+) clients\)" % (os.getpid(), os.geteuid()))
+    end = time.time() + 30 * SLOW
+    while True:
+        try:
+            probe = Client(ctl)
+            expect_reply(probe.call("org.varlink.service.GetInfo"), "GetInfo of a probe")
+            probe.close()
+            counts = pattern.findall(d.text())
+            if counts and int(counts[-1]) <= most:
+                return
+        except (Closed, OSError):
+            pass
+        if time.time() > end:
+            fail("the daemon still counts more than %d clients:\n%s" % (most, d.text()[-3000:]))
+        time.sleep(0.05)
+
+
+def case_client_limits(d, ctl, traffic):
+    """Root keeps VARLINK_ROOT_RESERVED places, and one other uid may hold VARLINK_MAX_CLIENTS_PER_UID."""
+    if os.geteuid() != 0:
+        print("skip client limits: the test must run as root to connect as other uids", flush=True)
+        return
+    wait_few_clients(d, ctl)
+    # Each holder is a child that connects N clients as one uid, reports how many were served, and holds them
+    # until the parent closes its pipe. A fork, as in case_permission: another uid may not be able to read
+    # the build tree or run this interpreter.
+    holders = []
+
+    def hold(uid, n):
+        r, w = os.pipe()
+        release_r, release_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(r)
+                os.close(release_w)
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+                held, served = [], 0
+                for _ in range(n):
+                    c = Client(ctl, timeout=30 * SLOW)
+                    try:
+                        c.send("org.varlink.service.GetInfo")
+                        c.recv()
+                        served += 1
+                        held.append(c)
+                    except (Closed, OSError):
+                        c.close()
+                os.write(w, b"%d" % served)
+                os.read(release_r, 1)
+                os._exit(0)
+            except BaseException:  # noqa: BLE001 - the parent sees no count
+                os._exit(1)
+        os.close(w)
+        os.close(release_r)
+        holders.append((pid, release_w))
+        data = os.read(r, 64)
+        os.close(r)
+        if not data.isdigit():
+            fail("the uid %d holder failed" % uid)
+        return int(data)
+
+    def release():
+        while holders:
+            pid, fd = holders.pop()
+            os.close(fd)
+            os.waitpid(pid, 0)
+
+    nonroot = MAX_CLIENTS - ROOT_RESERVED
+    os.chmod(ctl, 0o666)   # let other uids in
+    try:
+        got = hold(NOBODY, MAX_CLIENTS_PER_UID + 8)
+        if got != MAX_CLIENTS_PER_UID:
+            fail("uid %d got %d clients served, the limit per uid is %d" % (NOBODY, got, MAX_CLIENTS_PER_UID))
+        total, uid = got, NOBODY - 1
+        while total < nonroot:
+            got = hold(uid, MAX_CLIENTS_PER_UID)
+            if got != min(MAX_CLIENTS_PER_UID, nonroot - total):
+                fail("uid %d got %d clients served with %d of uids other than root connected" % (uid, got, total))
+            total += got
+            uid -= 1
+        # Every place for other uids is taken: one more is refused, root still gets in.
+        if hold(uid, 1) != 0:
+            fail("uid %d was served with %d clients of uids other than root connected" % (uid, nonroot))
+        out = evfdctl(["-s", ctl, "status"], user=uid)
+        if out.returncode != 2 or not re.search(r"closed the connection on \S+ without answering; see its log",
+                                                out.stderr):
+            fail("evfdctl as uid %d with every place for its kind taken: %d %r" % (uid, out.returncode, out.stderr))
+        out = evfdctl(["-s", ctl, "status"])
+        if out.returncode != 0 or not re.search(r"^pid: +%d$" % d.proc.pid, out.stdout, re.M):
+            fail("evfdctl as root with every place for other uids taken: %d %r %r"
+                 % (out.returncode, out.stdout, out.stderr))
+        expect_reply(Client(ctl).call("io.evfdd.Status"), "Status from root with every other place taken")
+        text = d.text()
+        for words in ("the limit for one user; refused pid", "their limit (%d more places are kept for root); "
+                      "refused pid" % ROOT_RESERVED):
+            if words not in text:
+                fail("no warning '%s':\n%s" % (words, text[-5000:]))
+    finally:
+        os.chmod(ctl, 0o660)
+        release()
+    # The places come back once the clients are gone (the daemon sees them go on its own time).
+    end = time.time() + 30 * SLOW
+    os.chmod(ctl, 0o666)
+    try:
+        while hold(NOBODY, 1) != 1:
+            if time.time() > end:
+                fail("uid %d still refused after every client of other uids left" % NOBODY)
+            release()
+            time.sleep(0.1)
+    finally:
+        os.chmod(ctl, 0o660)
+        release()
+    wait_few_clients(d, ctl)
+    traffic.check()
+    ok("client limits: uid %d held at %d clients; with all %d places for other uids taken, another uid is "
+       "refused (evfdctl exit 2) and root's evfdctl works" % (NOBODY, MAX_CLIENTS_PER_UID, nonroot))
+
+
+class Deadlines:
+    """Clients that break a deadline of daemon/varlink.h, each in a thread for the whole run (the idle timeout
+    is a minute): one that trickles half a message, one that falls idle, one that reads its replies too
+    slowly. Each must be closed no sooner than its deadline (measured from before the daemon could start
+    the clock) and well before a generous bound. A byte every second kept the first and the last alive for
+    ever; an idle client must not be closed early."""
+
+    def __init__(self, d, ctl):
+        self.d = d
+        self.results = {}
+        self.threads = [threading.Thread(target=fn, args=(ctl,), daemon=True)
+                        for fn in (self.trickle, self.idle, self.slow_reader)]
+        for t in self.threads:
+            t.start()
+
+    def record(self, name, start, closed, deadline, extra=""):
+        self.results[name] = (closed - start if closed else None, deadline, extra)
+
+    def trickle(self, ctl):
+        c = Client(ctl)
+        msg = b'{"method": "io.evfdd.Status"}'
+        start = time.monotonic()
+        bound = start + REQUEST_TIMEOUT + 30 * SLOW
+        sent = 0
+        try:
+            while time.monotonic() < bound:
+                # The message, then whitespace, one byte a second, never its NUL.
+                c.s.send(msg[sent:sent + 1] if sent < len(msg) else b" ")
+                sent += 1
+                if hung_up(c.s, 1):
+                    break
+        except OSError:
+            pass
+        closed = time.monotonic() if hung_up(c.s, 0) else None
+        self.record("a client sending one byte a second", start, closed, REQUEST_TIMEOUT, "%d bytes" % sent)
+        c.close()
+
+    def idle(self, ctl):
+        c = Client(ctl)
+        start = time.monotonic()
+        expect_reply(c.call("org.varlink.service.GetInfo"), "GetInfo before falling idle")
+        closed = time.monotonic() if hung_up(c.s, IDLE_TIMEOUT + 30 * SLOW) else None
+        self.record("an idle client", start, closed, IDLE_TIMEOUT)
+        c.close()
+
+    def slow_reader(self, ctl):
+        c = Client(ctl)
+        call = json.dumps({"method": "org.varlink.service.GetInterfaceDescription",
+                           "parameters": {"interface": "io.evfdd"}}).encode() + b"\0"
+        start = time.monotonic()
+        c.send_raw(call * 300)   # about 1.5 MiB of replies, below the 4 MiB limit
+        bound = start + REPLY_TIMEOUT + 30 * SLOW
+        got = 0
+        while time.monotonic() < bound and not hung_up(c.s, 1):
+            got += len(c.s.recv(100))
+        closed = time.monotonic() if hung_up(c.s, 0) else None
+        self.record("a client reading 100 bytes a second", start, closed, REPLY_TIMEOUT, "%d bytes read" % got)
+        c.close()
+
+    def check(self):
+        for t in self.threads:
+            t.join(IDLE_TIMEOUT + 60 * SLOW)
+            if t.is_alive():
+                fail("a deadline client's thread did not finish")
+        for what, (took, deadline, extra) in sorted(self.results.items()):
+            if took is None:
+                fail("%s was never closed (%s; the deadline is %d s)" % (what, extra, deadline))
+            # (Half a second for the clocks' granularity.)
+            if took < deadline - 0.5 or took > deadline + 30 * SLOW:
+                fail("%s was closed after %.1f s; the deadline is %d s" % (what, took, deadline))
+        if len(self.results) != 3:
+            fail("deadline clients: %r" % self.results)
+        if "but not its end within %d s; closing it" % REQUEST_TIMEOUT not in self.d.text():
+            fail("no warning about the client that trickled half a message:\n" + self.d.text()[-5000:])
+        ok("deadlines: %s" % "; ".join("%s closed after %.1f s (deadline %d s)" % (what, took, deadline)
+                                       for what, (took, deadline, _) in sorted(self.results.items())))
+
+
+def case_emfile_pause():
+    """When accept fails with EMFILE, the control socket pauses 100 ms at a time. The pause timer was
+    restarted without being set again, so libev fired it at once: accept4 ran flat out."""
+    strace = shutil.which("strace")
+    if not strace:
+        print("skip EMFILE pause: strace is not installed", flush=True)
+        return
+    ctl = os.path.join(TMP, "emfile", "control")
+    conf = ("[evfdd]\nworkers = 1\nrings = 1\ncontrol = %s\nlog_level = debug\n\n[echo]\nlisten = 127.0.0.1:%d\n"
+            "forward = echo\n" % (ctl, free_port()))
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    d = Daemon(conf, preexec=low_limit)
+    # More clients than evfdd has descriptors left: the rest wait in the backlog and accept fails.
+    clients = [Client(ctl, timeout=30 * SLOW) for _ in range(80)]
+    d.wait_log("control socket: accept (pausing for 100 ms", timeout=30 * SLOW)
+    out = os.path.join(TMP, "emfile.strace")
+    start = time.monotonic()
+    st = subprocess.Popen([strace, "-f", "-qq", "-e", "trace=accept4", "-o", out, "-p", str(d.proc.pid)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    PROCS.append(st)
+    time.sleep(2)   # the window over which accept attempts are counted, not a bound on anything
+    st.send_signal(signal.SIGINT)
+    try:
+        _, err = st.communicate(timeout=30 * SLOW)
+    except subprocess.TimeoutExpired:
+        st.kill()
+        fail("strace did not stop")
+    window = time.monotonic() - start
+    with open(out) as f:
+        attempts = sum(1 for line in f if "EMFILE" in line)
+    if attempts == 0 and "Operation not permitted" in err.decode(errors="replace"):
+        print("skip EMFILE pause: ptrace is not permitted here (strace: %r)" % err, flush=True)
+        for c in clients:
+            c.close()
+        d.stop()
+        return
+    # One attempt per 100 ms pause, twice over for slack; a spinning loop makes thousands.
+    bound = int(window / ACCEPT_PAUSE * 2) + 10
+    if attempts == 0:
+        fail("no accept attempt in %.1f s while paused for EMFILE (strace: %r)" % (window, err))
+    if attempts > bound:
+        fail("%d accept attempts failing with EMFILE in %.1f s: the pause spins (at most %d expected)"
+             % (attempts, window, bound))
+    for c in clients:
+        c.close()
+    # Accepting resumes: a new client is served once the old ones' descriptors are free again.
+    expect_reply(Client(ctl, timeout=30 * SLOW).call("org.varlink.service.GetInfo"), "GetInfo after EMFILE")
+    d.stop()
+    ok("EMFILE on the control socket: %d accept attempts in %.1f s while paused (at most %d), then served again"
+       % (attempts, window, bound))
+
+
 def case_socket_file():
     """Binding the control path: parent created, stale file replaced, a live one refused, unlinked at exit."""
     ctl = os.path.join(TMP, "fresh", "a", "b", "control")
@@ -811,15 +1200,17 @@ def main():
     try:
         case_socket_file()
         case_activated()
+        case_emfile_pause()
         ctl = os.path.join(TMP, "run", "control")
         echo_port, fwd_port = free_port(), free_port()
         conf = conf_text(ctl, echo_port, fwd_port)
         d = Daemon(conf)
+        deadlines = Deadlines(d, ctl)   # they run alongside the other cases
         traffic = Traffic(("127.0.0.1", fwd_port), 6)
         traffic.progress("at the start")
-        for case in (case_service, case_read_methods, case_call_errors, case_bad_messages, case_never_reads,
-                     case_too_many_clients, case_concurrent, case_gone_before_answer, case_permission,
-                     case_evfdctl, case_move):
+        for case in (case_service, case_read_methods, case_call_errors, case_strict_input, case_bad_messages,
+                     case_never_reads, case_too_many_clients, case_client_limits, case_concurrent,
+                     case_gone_before_answer, case_permission, case_evfdctl, case_move):
             case(d, ctl, traffic)
             d.alive()
         case_reload(d, ctl, traffic, conf)
@@ -827,6 +1218,7 @@ def main():
         traffic.finish()
         ok("echo traffic: %d connections, %d MiB each way, every byte checked, throughout"
            % (len(traffic.bytes), traffic.total() >> 20))
+        deadlines.check()
         # A Reload still waiting when evfdd stops: its answer goes nowhere, and the stop is clean.
         c = Client(ctl)
         c.send("io.evfdd.Reload")
