@@ -16,6 +16,7 @@
 #include <json-c/json.h>
 #include "control.h"
 #include "safepath.h"
+#include "util.h"
 
 /* Exit codes (evfdctl(8)). */
 enum { EXIT_OK = 0, EXIT_ERROR_REPLY = 1, EXIT_USAGE = 2 };
@@ -587,10 +588,7 @@ out:
 
 static int64_t now_ms(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return (int64_t)(util_now_us(CLOCK_MONOTONIC) / 1000);
 }
 
 /* Read up to the NUL that ends the reply, within the deadline. Returns the reply (NUL-terminated) or NULL

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include "jsonparse.h"
@@ -78,7 +79,7 @@ struct varlink_server {
 	int fd;
 	ev_io accept_io;
 	ev_timer accept_pause;
-	struct varlink_client *clients;
+	TAILQ_HEAD(, varlink_client) clients;
 	unsigned nclients, nroot;	/* clients, and those of them with uid 0 */
 	/* Limits hit again and again by outside events: warn, but not thousands of times (each limit on its
 	 * own, so that one flood does not hide another). */
@@ -87,7 +88,7 @@ struct varlink_server {
 
 struct varlink_client {
 	struct varlink_server *s;
-	struct varlink_client *prev, *next;
+	TAILQ_ENTRY(varlink_client) link;
 	int fd;
 	uid_t uid;
 	pid_t pid;
@@ -823,12 +824,7 @@ static void client_free(struct varlink_client *c)
 	if (c->call)
 		c->call->client = NULL;
 	close(c->fd);
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		s->clients = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
+	TAILQ_REMOVE(&s->clients, c, link);
 	s->nclients--;
 	if (c->uid == 0)
 		s->nroot--;
@@ -861,7 +857,7 @@ static bool server_admit(struct varlink_server *s, uid_t uid, pid_t pid)
 				  others, VARLINK_ROOT_RESERVED, (int)pid, (int)uid, missed);
 		return false;
 	}
-	for (c = s->clients; c; c = c->next)
+	TAILQ_FOREACH(c, &s->clients, link)
 		same += c->uid == uid;
 	if (same >= VARLINK_MAX_CLIENTS_PER_UID) {
 		if (log_ratelimit(&s->uid_rl, &missed))
@@ -900,10 +896,7 @@ static int server_add_client(struct varlink_server *s, int fd, uid_t uid, pid_t 
 	ev_timer_init(&c->kick, client_kick_cb, 0., 0.);
 	c->rio.data = c->wio.data = c->deadline.data = c->kick.data = c;
 	ev_io_start(s->ev, &c->rio);
-	c->next = s->clients;
-	if (c->next)
-		c->next->prev = c;
-	s->clients = c;
+	TAILQ_INSERT_HEAD(&s->clients, c, link);
 	s->nclients++;
 	if (uid == 0)
 		s->nroot++;
@@ -976,6 +969,7 @@ int varlink_server_new(struct varlink_server **out, struct ev_loop *ev, int fd,
 		return -ENOMEM;
 	}
 	s->p = p;
+	TAILQ_INIT(&s->clients);
 	s->ev = ev;
 	s->fd = fd;
 	set_nonblocking(fd);
@@ -1003,8 +997,8 @@ void varlink_server_free(struct varlink_server *s)
 {
 	if (!s)
 		return;
-	while (s->clients)
-		client_free(s->clients);
+	while (!TAILQ_EMPTY(&s->clients))
+		client_free(TAILQ_FIRST(&s->clients));
 	ev_io_stop(s->ev, &s->accept_io);
 	ev_timer_stop(s->ev, &s->accept_pause);
 	close(s->fd);
