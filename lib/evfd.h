@@ -150,14 +150,41 @@ struct evfd_ring_params {
  *
  * Safe from any thread; on @owner's thread the ring is usable at once, from elsewhere as soon as @owner
  * has taken it (use evfd_loop_call to submit from there). The ring uses none of SINGLE_ISSUER,
- * DEFER_TASKRUN, COOP_TASKRUN or a registered ring fd, since it must work from any thread.
- * Returns 0, or: -ENOSYS (the kernel has no io_uring, or a seccomp filter blocks it), -EPERM (sysctl
- * kernel.io_uring_disabled), -ENOMEM (memory: the memory cgroup, or RLIMIT_MEMLOCK before Linux 5.12),
- * -EOPNOTSUPP (kernel older than 5.18, where registering an eventfd quiesces the ring), -EMFILE/-ENFILE,
- * -EINVAL (bad parameters), -ENXIO (@owner has stopped), or another error from io_uring_setup or
- * io_uring_register.
+ * DEFER_TASKRUN, COOP_TASKRUN or a registered ring fd, since it must work from any thread (but see
+ * evfd_ring_new_flags). Returns 0, or: -ENOSYS (the kernel has no io_uring, or a seccomp filter blocks
+ * it), -EPERM (sysctl kernel.io_uring_disabled), -ENOMEM (memory: the memory cgroup, or RLIMIT_MEMLOCK
+ * before Linux 5.12), -EOPNOTSUPP (kernel older than 5.18, where registering an eventfd quiesces the ring),
+ * -EMFILE/-ENFILE, -EINVAL (bad parameters), -ENXIO (@owner has stopped), or another error from
+ * io_uring_setup or io_uring_register.
  */
 int evfd_ring_new(struct evfd_ring **out, struct evfd_loop *owner, const struct evfd_ring_params *p);
+
+/*
+ * Flags for evfd_ring_new_flags.
+ *
+ * EVFD_RING_COOP_TASKRUN: IORING_SETUP_COOP_TASKRUN. Without it the kernel interrupts a thread that is
+ * running (an inter-processor interrupt) to complete its requests' work (task work) at once; with it the
+ * work waits until that thread next enters or leaves the kernel, which a loop thread does all the time
+ * (io_uring_enter, epoll_wait, the eventfd read), and a sleeping thread is still woken for it. A moving
+ * ring can have it, unlike DEFER_TASKRUN: task work stays with the thread that submitted the request, as
+ * without the flag, and every loop thread keeps entering the kernel until it ends (a retiring loop's thread
+ * ends only once nothing it submitted is in flight). What changes is only when, not where or whether, a
+ * completion is posted: moves, re-arming and retirement are unaffected, and fewer interrupts mean more
+ * completions reaped per wakeup. Ignored (evfd_ring_flags says so) on a kernel without it (before 5.19).
+ */
+#define EVFD_RING_COOP_TASKRUN 0x1u
+
+/*
+ * evfd_ring_new_flags - evfd_ring_new with setup @flags (EVFD_RING_*, LIBEVFD_0.1)
+ *
+ * The same as evfd_ring_new, with -EINVAL also for an unknown flag. A flag the kernel does not support is
+ * dropped rather than failing the ring: evfd_ring_flags tells which are in effect.
+ */
+int evfd_ring_new_flags(struct evfd_ring **out, struct evfd_loop *owner, const struct evfd_ring_params *p,
+			unsigned flags);
+
+/* The EVFD_RING_* flags in effect on @ring (LIBEVFD_0.1); safe from any thread while the ring lives. */
+unsigned evfd_ring_flags(const struct evfd_ring *ring);
 
 /*
  * evfd_ring_free - destroy a ring

@@ -127,6 +127,7 @@ struct evfd_ring {
 	atomic_uint refs;                      /* creator + messages that name the ring */
 	atomic_bool dead;
 	void *data;
+	unsigned flags;                        /* EVFD_RING_* in effect; set at creation */
 
 	/* Owner thread only. */
 	struct evfd_ring *lnext, *lprev;

@@ -462,7 +462,7 @@ static int ring_restrict(struct evfd_ring *r, const struct evfd_ring_params *p)
 	return err;
 }
 
-static int ring_setup(struct evfd_ring *r, const struct evfd_ring_params *p)
+static int ring_setup(struct evfd_ring *r, const struct evfd_ring_params *p, unsigned flags)
 {
 	struct io_uring_params ip;
 	unsigned entries = p && p->entries ? p->entries : RING_DEFAULT_ENTRIES;
@@ -472,15 +472,26 @@ static int ring_setup(struct evfd_ring *r, const struct evfd_ring_params *p)
 	if (p && p->nr_restrictions && !p->restrictions)
 		return -EINVAL;
 	memset(&ip, 0, sizeof(ip));
-	/* SUBMIT_ALL: one bad SQE fails alone instead of stranding the rest in the SQ. No SINGLE_ISSUER,
-	 * DEFER_TASKRUN or COOP_TASKRUN: the ring is used from several threads over its life. */
+	/* SUBMIT_ALL: one bad SQE fails alone instead of stranding the rest in the SQ. No SINGLE_ISSUER or
+	 * DEFER_TASKRUN: the ring is used from several threads over its life. COOP_TASKRUN only when asked
+	 * (evfd.h says why a moving ring can have it). */
 	ip.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL;
 	ip.cq_entries = p && p->cq_entries ? p->cq_entries : 4 * entries;
 	if (restricted)
 		ip.flags |= IORING_SETUP_R_DISABLED;
+	if (flags & EVFD_RING_COOP_TASKRUN)
+		ip.flags |= IORING_SETUP_COOP_TASKRUN;
 	err = io_uring_queue_init_params(entries, &r->uring, &ip);
+	if (err == -EINVAL && (flags & EVFD_RING_COOP_TASKRUN)) {
+		/* A kernel without it (before 5.19): the ring works the same, only with more interruptions. */
+		memset(&ip, 0, sizeof(ip));
+		ip.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | (restricted ? IORING_SETUP_R_DISABLED : 0);
+		ip.cq_entries = p && p->cq_entries ? p->cq_entries : 4 * entries;
+		err = io_uring_queue_init_params(entries, &r->uring, &ip);
+	}
 	if (err < 0)
 		return err;
+	r->flags = ip.flags & IORING_SETUP_COOP_TASKRUN ? EVFD_RING_COOP_TASKRUN : 0;
 	/* Before 5.18 registering an eventfd waits for every request in flight: a move could block forever on
 	 * a pending recv. LINKED_FILE arrived in the same release. */
 	if (!(ip.features & IORING_FEAT_LINKED_FILE)) {
@@ -497,12 +508,23 @@ static int ring_setup(struct evfd_ring *r, const struct evfd_ring_params *p)
 
 int evfd_ring_new(struct evfd_ring **out, struct evfd_loop *owner, const struct evfd_ring_params *p)
 {
+	return evfd_ring_new_flags(out, owner, p, 0);
+}
+
+unsigned evfd_ring_flags(const struct evfd_ring *r)
+{
+	return r->flags;
+}
+
+int evfd_ring_new_flags(struct evfd_ring **out, struct evfd_loop *owner, const struct evfd_ring_params *p,
+			unsigned flags)
+{
 	struct evfd_ring *r;
 	struct evfd_msg *m = NULL;
 	bool here = evfd__tls_loop == owner;
 	int err;
 
-	if (!out || !owner)
+	if (!out || !owner || (flags & ~EVFD_RING_COOP_TASKRUN))
 		return -EINVAL;
 	r = calloc(1, sizeof(*r));
 	if (!r)
@@ -517,7 +539,7 @@ int evfd_ring_new(struct evfd_ring **out, struct evfd_loop *owner, const struct 
 			goto fail_free;
 		}
 	}
-	err = ring_setup(r, p);
+	err = ring_setup(r, p, flags);
 	if (err < 0)
 		goto fail_free;
 	err = io_uring_register_eventfd(&r->uring, owner->efd);

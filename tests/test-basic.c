@@ -549,6 +549,31 @@ static void test_close(struct evfd_loop *a, struct evfd_loop *b)
 	TU_CHECK(evfd_ring_close(NULL, NULL, NULL) == -EINVAL, "close NULL");
 }
 
+/* Setup flags: an unknown one is refused; COOP_TASKRUN is in effect where the kernel has it (5.19, which
+ * this suite's kernels are past) and its ring works like any other, also across a move. */
+static void test_flags(struct evfd_loop *a, struct evfd_loop *b)
+{
+	struct ctx c = { 0 };
+	struct result moved = { 0 };
+	int err;
+
+	TU_CHECK(evfd_ring_new_flags(&c.ring, a, NULL, 0x80000000u) == -EINVAL, "an unknown flag");
+	err = evfd_ring_new_flags(&c.ring, a, NULL, EVFD_RING_COOP_TASKRUN);
+	TU_CHECK(err == 0, "evfd_ring_new_flags: %s", strerror(-err));
+	TU_CHECK(evfd_ring_flags(c.ring) == EVFD_RING_COOP_TASKRUN, "flags in effect: %#x", evfd_ring_flags(c.ring));
+	tu_run_on(a, do_nop, &c);
+	TU_CHECK(tu_wait_u64(&c.res[0].calls, 1, 5000) && c.res[0].thread_loop == a, "NOP on a COOP ring");
+	TU_CHECK(evfd_ring_move(c.ring, b, moved_cb, &moved) == 0, "move");
+	TU_CHECK(tu_wait_u64(&moved.calls, 1, 5000) && moved.res == 0, "move of a COOP ring: %d", moved.res);
+	memset(&c.res[0], 0, sizeof(c.res[0]));
+	tu_run_on(b, do_nop, &c);
+	TU_CHECK(tu_wait_u64(&c.res[0].calls, 1, 5000) && c.res[0].thread_loop == b, "NOP after the move");
+	free_ring(b, &c);
+	c.ring = new_ring(a, NULL);
+	TU_CHECK(evfd_ring_flags(c.ring) == 0, "a plain ring has flags %#x", evfd_ring_flags(c.ring));
+	free_ring(a, &c);
+}
+
 static void test_retire_args(struct evfd_loop *a, struct evfd_loop *b)
 {
 	TU_CHECK(evfd_loop_retire(a, a, NULL, NULL) == -EINVAL, "retire to itself");
@@ -618,6 +643,8 @@ int main(void)
 	printf("ok attached loop\n");
 	test_ring_call(a, b);
 	printf("ok ring call follows the owner\n");
+	test_flags(a, b);
+	printf("ok setup flags: COOP_TASKRUN in effect, an unknown flag refused\n");
 	test_close(a, b);
 	printf("ok close: the ring goes after its last completion, on its owner, also after a move\n");
 	test_retire_args(a, b);

@@ -363,7 +363,7 @@ int main(void)
 			rs->streams[p].total = stream_bytes;
 		}
 		rs->listen_fd = tu_listen_tcp(&rs->port);
-		err = evfd_ring_new(&rs->ring, loops[i % NLOOPS], NULL);
+		err = tu_ring_new(&rs->ring, loops[i % NLOOPS], NULL);
 		TU_CHECK(err == 0, "ring: %s", strerror(-err));
 		tu_run_on(loops[i % NLOOPS], start_ring, rs);
 	}

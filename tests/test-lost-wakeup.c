@@ -95,7 +95,7 @@ int main(void)
 		TU_CHECK(err == 0, "spawn: %s", strerror(-err));
 	}
 	TU_CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, st.fds) == 0, "socketpair");
-	err = evfd_ring_new(&st.ring, loops[0], NULL);
+	err = tu_ring_new(&st.ring, loops[0], NULL);
 	TU_CHECK(err == 0, "ring: %s", strerror(-err));
 	evfd__swap_hook = swap_hook;
 

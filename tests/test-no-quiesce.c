@@ -119,7 +119,7 @@ int main(void)
 		TU_CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pairs[i].fds) == 0, "socketpair");
 	listen_fd = tu_listen_tcp(&port);
 	/* The CQ (1,024) is smaller than the 2,000 CQEs a move's re-arm produces: overflow is exercised. */
-	err = evfd_ring_new(&ring, a, &params);
+	err = tu_ring_new(&ring, a, &params);
 	TU_CHECK(err == 0, "ring: %s", strerror(-err));
 	tu_run_on(a, arm_all, NULL);
 	connect_clients(port, 5);

@@ -100,7 +100,7 @@ int main(void)
 	tu_raise_nofile(2 * NRINGS * NRECV + 128);
 	TU_CHECK(evfd_loop_spawn(&a, "retire-a") == 0 && evfd_loop_spawn(&b, "retire-b") == 0, "spawn");
 	for (i = 0; i < NRINGS; i++) {
-		err = evfd_ring_new(&rings[i], a, NULL);
+		err = tu_ring_new(&rings[i], a, NULL);
 		TU_CHECK(err == 0, "ring: %s", strerror(-err));
 		for (j = 0; j < NRECV; j++)
 			TU_CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, recvs[i][j].fds) == 0, "sp");

@@ -165,3 +165,20 @@ int tu_connect_tcp(uint16_t port)
 	TU_CHECK(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0, "connect: %s", strerror(errno));
 	return fd;
 }
+
+int tu_ring_new(struct evfd_ring **out, struct evfd_loop *owner, const struct evfd_ring_params *p)
+{
+	const char *want = getenv("EVFD_TEST_RING_FLAGS");
+	unsigned flags = 0;
+	int err;
+
+	if (want && *want) {
+		TU_CHECK(!strcmp(want, "coop"), "EVFD_TEST_RING_FLAGS=%s: only \"coop\" is known", want);
+		flags = EVFD_RING_COOP_TASKRUN;
+	}
+	err = evfd_ring_new_flags(out, owner, p, flags);
+	/* Every kernel these tests run on (5.19 and later) has it: a ring without it would test nothing new. */
+	TU_CHECK(err < 0 || evfd_ring_flags(*out) == flags, "asked for ring flags %#x, got %#x", flags,
+		 evfd_ring_flags(*out));
+	return err;
+}

@@ -34,6 +34,11 @@ uint64_t tu_now_ns(void);
 /* Wait until *@flag reaches @want or @timeout_ms passes; returns true when reached. */
 bool tu_wait_u64(atomic_uint_fast64_t *flag, uint64_t want, unsigned timeout_ms);
 
+/* evfd_ring_new_flags with the flags EVFD_TEST_RING_FLAGS names ("coop": EVFD_RING_COOP_TASKRUN; unset or
+ * empty: none), so that the tests of moving rings run on every kind of ring (make check runs them both ways).
+ * Fails the test on an unknown name. */
+int tu_ring_new(struct evfd_ring **out, struct evfd_loop *owner, const struct evfd_ring_params *p);
+
 /* Run @fn(@loop, @arg) on @loop's thread and wait for it to return. */
 void tu_run_on(struct evfd_loop *loop, evfd_loop_fn fn, void *arg);
 
