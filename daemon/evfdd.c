@@ -373,6 +373,11 @@ static int run(struct daemon *d)
 	ev_signal_start(d->ev, &d->sigterm);
 	ev_signal_start(d->ev, &d->sigint);
 	ev_signal_start(d->ev, &d->sighup);
+	/* Where no ring can be made at all, the first ring of the data plane says why, with the fix. */
+	if (evfdd_features_probe(&d->plane.features, err, sizeof(err)) == -EINVAL) {
+		log_errx("%s", err);
+		goto out;
+	}
 	if (evfdd_listen_new(&d->plane.listen, d->plane.cfg, &control_fd) < 0)
 		goto out;
 	if (control_open(d, control_fd) < 0)

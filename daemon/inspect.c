@@ -77,7 +77,7 @@ static struct json_object *reload_json(const struct evfdd_reload_result *r)
 struct json_object *evfdd_inspect_status(void *arg)
 {
 	struct daemon *d = arg;
-	struct json_object *o = json_object_new_object(), *t = json_object_new_object();
+	struct json_object *o = json_object_new_object(), *t = json_object_new_object(), *features;
 	struct evfdd_counts sum = { 0 };
 	unsigned i;
 
@@ -92,6 +92,10 @@ struct json_object *evfdd_inspect_status(void *arg)
 	add_int(o, "workers", evfdd_workers_loops(d->plane.workers));
 	add_int(o, "rings", evfdd_workers_rings(d->plane.workers));
 	add_int(o, "reloads", d->reloads);
+	for (i = 0, features = json_object_new_array(); i < EVFDD_FEATURE_COUNT; i++)
+		if (d->plane.features.on[i])
+			json_object_array_add(features, json_object_new_string(evfdd_feature_name(i)));
+	json_object_object_add(o, "features", features);
 	json_object_object_add(o, "last_reload", d->have_last ? reload_json(&d->last) : NULL);   /* JSON null */
 	json_object_object_add(o, "totals", t);
 	return o;

@@ -25,8 +25,9 @@ struct evfdd_relay_balance {
 };
 
 struct evfdd_relay_params {
-	unsigned buffers;                /* provided buffers per ring (a power of two) */
+	unsigned buffers;                /* provided buffers per ring (a power of two, at most 32768) */
 	unsigned buffer_size;
+	bool bundle;                     /* the kernel has IORING_RECVSEND_BUNDLE: receives take several buffers */
 	struct evfdd_relay_balance *balance;   /* or NULL */
 };
 

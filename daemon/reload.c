@@ -172,12 +172,16 @@ static const char *uring_hint(int err)
 int evfdd_reload_initial(struct evfdd_plane *p, void (*done)(void *arg, int err), void *arg, char *err,
 			 size_t errlen)
 {
-	static const struct evfdd_relay_params rp = { .buffers = RELAY_BUFFERS, .buffer_size = RELAY_BUFFER_SIZE };
+	const struct evfdd_relay_params rp = {
+		.buffers = RELAY_BUFFERS, .buffer_size = RELAY_BUFFER_SIZE,
+		.bundle = p->features.on[EVFDD_FEATURE_RECV_BUNDLE],
+	};
+	unsigned ring_flags = p->features.on[EVFDD_FEATURE_COOP_TASKRUN] ? EVFD_RING_COOP_TASKRUN : 0;
 	struct evfdd_listener **lsts = calloc(p->cfg->nservices, sizeof(*lsts));
 	struct evfdd_reload_result counts = { 0 };
 	int r;
 
-	if (!lsts || evfdd_workers_new(&p->workers, &rp) < 0)
+	if (!lsts || evfdd_workers_new(&p->workers, &rp, ring_flags) < 0)
 		fatalx("out of memory");
 	r = evfdd_listen_prepare(p->listen, p->cfg, lsts, err, errlen);
 	if (r < 0) {

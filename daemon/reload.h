@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "config.h"
+#include "features.h"
 #include "listen.h"
 #include "relay.h"
 #include "workers.h"
@@ -29,6 +30,7 @@ struct evfdd_plane {
 	struct evfdd_relay_service *svcs;   /* in force: one reference each */
 	unsigned nsvcs;
 	struct evfdd_workers *workers;
+	struct evfdd_features features;  /* what the data plane uses of io_uring (probed at start-up) */
 };
 
 struct evfdd_reload_error {

@@ -50,6 +50,7 @@ struct ring_slot {
 struct evfdd_workers {
 	struct evfd_loop *main;
 	struct evfdd_relay_params relay;
+	unsigned ring_flags;             /* EVFD_RING_* for every ring */
 	struct evfdd_relay_balance balance;
 	struct loop_slot **loops;
 	size_t nloops, loops_cap;
@@ -441,7 +442,7 @@ static int ring_create(struct evfdd_workers *w, struct ring_slot **out)
 	if (!slot)
 		return -ENOMEM;
 	rp.restrictions = evfdd_relay_restrictions(&rp.nr_restrictions);
-	err = evfd_ring_new(&slot->ring, w->main, &rp);
+	err = evfd_ring_new_flags(&slot->ring, w->main, &rp, w->ring_flags);
 	if (err < 0) {
 		free(slot);
 		return err;
@@ -700,7 +701,7 @@ int evfdd_workers_move(struct evfdd_workers *w, unsigned ring_id, unsigned loop_
 
 /* ---- start, stop, free ---------------------------------------------------------------------------- */
 
-int evfdd_workers_new(struct evfdd_workers **out, const struct evfdd_relay_params *relay)
+int evfdd_workers_new(struct evfdd_workers **out, const struct evfdd_relay_params *relay, unsigned ring_flags)
 {
 	struct evfdd_workers *w = calloc(1, sizeof(*w));
 
@@ -708,6 +709,7 @@ int evfdd_workers_new(struct evfdd_workers **out, const struct evfdd_relay_param
 		return -ENOMEM;
 	w->main = evfd_loop_current();
 	w->relay = *relay;
+	w->ring_flags = ring_flags;
 	w->relay.balance = &w->balance;
 	*out = w;
 	return 0;

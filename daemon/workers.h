@@ -12,8 +12,9 @@
 
 struct evfdd_workers;
 
-/* Returns 0 or -ENOMEM. The set starts empty; evfdd_workers_apply gives it loops and rings. */
-int evfdd_workers_new(struct evfdd_workers **out, const struct evfdd_relay_params *relay);
+/* Returns 0 or -ENOMEM. The set starts empty; evfdd_workers_apply gives it loops and rings, made with the
+ * libevfd setup flags @ring_flags (EVFD_RING_*) and running relays with @relay. */
+int evfdd_workers_new(struct evfdd_workers **out, const struct evfdd_relay_params *relay, unsigned ring_flags);
 
 /*
  * evfdd_workers_apply - reshape to @loops loops and @rings accepting rings, each accepting on @svcs

@@ -46,6 +46,14 @@ def for_nobody(path):
     return dst
 
 
+def expected_features(status_features):
+    """None when the io_uring features @status_features (Status's list) are what this run asks for: every one
+    off when EVFDD_DISABLE=all (the fallback runs of the suite), else a message saying what is wrong."""
+    if os.environ.get("EVFDD_DISABLE") == "all" and status_features:
+        return "EVFDD_DISABLE=all, yet evfdd uses %s" % status_features
+    return None
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -19,8 +19,8 @@ import time
 import json
 import struct
 
-from evfddtest import (EVFDCTL, EVFDD, SA_ENV, SCALE, TOP_BUILDDIR, DaemonLog, closed_by_peer, free_port,
-                       sanitizer_report)
+from evfddtest import (EVFDCTL, EVFDD, SA_ENV, SCALE, TOP_BUILDDIR, DaemonLog, closed_by_peer,
+                       expected_features, free_port, sanitizer_report)
 
 NO_URING = os.path.join(TOP_BUILDDIR, "tests", "no-uring-exec")
 TMP = tempfile.mkdtemp(prefix="evfdd-test-")
@@ -192,6 +192,10 @@ def case_check_option():
 def case_tcp_bulk():
     conf, echo, fwd = services_conf()
     d = Daemon(conf)
+    out = subprocess.run([EVFDCTL, "-s", d.control, "--json", "status"], capture_output=True, text=True, timeout=60)
+    features = json.loads(out.stdout)["features"] if out.returncode == 0 else None
+    if features is None or expected_features(features):
+        fail("evfdctl status: %s" % (expected_features(features) if features is not None else out.stderr))
     check_echo_many(echo, 8, (4 << 20) // SCALE, "built-in echo")
     check_echo_many(fwd, 16, (4 << 20) // SCALE, "TCP forward to echo, half-close round trips")
     d.stop()
@@ -346,6 +350,75 @@ def case_slow_reader():
     print("ok slow reader: the client's writes stalled after %d KiB; evfdd grew %d KiB" % (sent >> 10, grown),
           flush=True)
     d.stop()
+
+
+class Firehose:
+    """A backend that sends without pause to every connection until it breaks."""
+
+    def __init__(self):
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(256)
+        self.port = self.lsock.getsockname()[1]
+        self.stop = False
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while not self.stop:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        chunk = b"f" * (1 << 16)
+        try:
+            while not self.stop:
+                c.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        self.stop = True
+        self.lsock.close()
+
+
+def case_slow_readers_share():
+    """Many clients that never read what a backend streams to them, all on one ring, whose buffers they would
+    fill: the other connections of the ring still flow (slow readers get small receives, and what they hold
+    beyond that goes to memory of their own, within a cap), and evfdd's memory stays bounded."""
+    hose = Firehose()
+    echo, down = free_port(), free_port()
+    d = Daemon("[evfdd]\nworkers = 1\nrings = 1\n[echo]\nlisten = 127.0.0.1:%d\nforward = echo\n"
+               "[down]\nlisten = 127.0.0.1:%d\nforward = 127.0.0.1:%d\n" % (echo, down, hose.port))
+    base = d.rss_kib()
+    readers = []
+    for _ in range(40):
+        s = connect(("127.0.0.1", down))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        readers.append(s)
+    # Until every reader is stalled: evfdd's bytes down stop growing.
+    last, end = -1, time.time() + 60
+    while time.time() < end:
+        now = d.services()["down"]["bytes_down"]
+        if now == last:
+            break
+        last = now
+        time.sleep(0.5)
+    check_echo_many(("127.0.0.1", echo), 4, (1 << 20) // SCALE, "echo beside 40 stalled readers on one ring")
+    grown = d.rss_kib() - base
+    if grown > 96 * 1024:
+        fail("evfdd grew by %d KiB for 40 slow readers (its buffers are 16 MiB, their copies at most as much)"
+             % grown)
+    for s in readers:
+        s.close()
+    hose.close()
+    d.stop()
+    print("ok 40 stalled readers on one ring (%d bytes sent to them) left the ring's other connections "
+          "flowing; evfdd grew %d KiB" % (last, grown), flush=True)
 
 
 def case_emfile():
@@ -664,7 +737,7 @@ def main():
         fail("%s not built" % EVFDD)
     random.seed(1)
     cases = (case_check_option, case_tcp_bulk, case_unix, case_activation, case_backend_down,
-             case_many_connections, case_slow_reader, case_backend_slow_reader, case_emfile,
+             case_many_connections, case_slow_reader, case_backend_slow_reader, case_slow_readers_share, case_emfile,
              case_limits, case_resets, case_graceful_stop, case_notify, case_no_io_uring)
     names = sys.argv[1:]   # `python3 test-evfdd.py case_resets` runs only the cases named
     try:

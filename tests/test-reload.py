@@ -22,7 +22,8 @@ import tempfile
 import threading
 import time
 
-from evfddtest import EVFDCTL, EVFDD, SCALE, DaemonLog, closed_by_peer, free_port, sanitizer_report
+from evfddtest import (EVFDCTL, EVFDD, SCALE, DaemonLog, closed_by_peer, expected_features, free_port,
+                       sanitizer_report)
 
 TMP = tempfile.mkdtemp(prefix="evfdd-reload-")
 # Sanitizer builds run everything several times slower: waits that only guard against a hang grow with it.
@@ -656,6 +657,9 @@ def case_reload_under_load():
     workers, nrings = 2, 8
     d = Daemon(load_conf(workers, nrings, ports, socks, ctl))
     wait_topology(d, workers, nrings, "at start")
+    problem = expected_features(d.status()["features"])
+    if problem:
+        fail(problem)
     busy = Busy()
     try:
         load = Load(addrs, nconns)
