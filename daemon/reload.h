@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "config.h"
-#include "features.h"
+#include "iofeatures.h"
 #include "listen.h"
 #include "relay.h"
 #include "workers.h"

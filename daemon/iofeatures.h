@@ -5,8 +5,8 @@
  * with EVFDD_DISABLE=name[,name...] in the environment (evfdd(8), ENVIRONMENT). `evfdctl status` lists the
  * ones in use.
  */
-#ifndef EVFDD_FEATURES_H
-#define EVFDD_FEATURES_H
+#ifndef EVFDD_IOFEATURES_H
+#define EVFDD_IOFEATURES_H
 
 #include <stdbool.h>
 #include <stddef.h>

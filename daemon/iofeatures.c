@@ -1,11 +1,11 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* io_uring features probed at start-up; see features.h. */
+/* io_uring features probed at start-up; see iofeatures.h. */
 #include <errno.h>
 #include <liburing.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "features.h"
+#include "iofeatures.h"
 
 /* The kernel's names (Linux 6.10), missing from liburing 2.3's headers. */
 #ifndef IORING_FEAT_RECVSEND_BUNDLE
