@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/queue.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -1111,6 +1112,24 @@ static void services_drop(struct evfdd_relay_service *svcs, unsigned n)
 	}
 }
 
+#define POOL_HUGE_PAGE (2u << 20)
+
+/* A ring's buffer pool, on transparent huge pages where the kernel allows them. The buffer ring is first in,
+ * first out, so even small receives walk the whole pool; once bulk traffic had made it resident on 4 KiB
+ * pages, a keep-alive load's p99 stayed at 15-37 ms on the bench machine, against 3-6 ms on 2 MiB pages (and
+ * 2-7 ms after dropping the 4 KiB pages). The cost: the pool becomes resident 2 MiB at a time, so a ring
+ * with any traffic soon holds its whole pool, within the cap evfdd(8) states. MADV_HUGEPAGE is a hint:
+ * without THP the pool is ordinary memory. */
+static unsigned char *pool_alloc(size_t size)
+{
+	void *p;
+
+	if (size % POOL_HUGE_PAGE || posix_memalign(&p, POOL_HUGE_PAGE, size))
+		return malloc(size);
+	(void)madvise(p, size, MADV_HUGEPAGE);
+	return p;
+}
+
 int evfdd_relay_start(struct evfd_ring *ring, struct evfdd_relay_service *svcs, unsigned nsvcs,
 		      const struct evfdd_relay_params *p, atomic_uint *nconns, struct evfdd_relay **out)
 {
@@ -1141,7 +1160,7 @@ int evfdd_relay_start(struct evfd_ring *ring, struct evfdd_relay_service *svcs, 
 	err = -posix_memalign((void **)&rl->br, 4096, rl->nbufs * sizeof(struct io_uring_buf));
 	if (err)
 		goto fail;
-	rl->pool = malloc((size_t)rl->nbufs * rl->bufsz);
+	rl->pool = pool_alloc((size_t)rl->nbufs * rl->bufsz);
 	rl->slot_bid = calloc(rl->nbufs, sizeof(*rl->slot_bid));
 	rl->bid_slot = calloc(rl->nbufs, sizeof(*rl->bid_slot));
 	if (!rl->pool || !rl->slot_bid || !rl->bid_slot) {
