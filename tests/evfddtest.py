@@ -1,11 +1,13 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """What the evfdd end-to-end tests (test-evfdd.py, test-control.py, test-reload.py) share: where the
-programs are, free ports, and following evfdd's log: waiting for a line, spotting a sanitizer report.
+programs are, free ports, backends that serve each connection in a thread, and following evfdd's log:
+waiting for a line, spotting a sanitizer report.
 Each test keeps its own way of failing, which it hands to DaemonLog as `fail`."""
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 TOP_BUILDDIR = os.environ.get("top_builddir", ".")
@@ -58,6 +60,33 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class ThreadedServer:
+    """A TCP server on 127.0.0.1 (a free port, in .port and .addr) that accepts until close() and serves each
+    connection in a thread of its own with the subclass's _serve(conn), which owns the connection."""
+
+    def __init__(self, backlog=128):
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(backlog)
+        self.addr = self.lsock.getsockname()
+        self.port = self.addr[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, conn):
+        raise NotImplementedError
+
+    def close(self):
+        self.lsock.close()
 
 
 def closed_by_peer(sock, timeout):

@@ -19,8 +19,8 @@ import time
 import json
 import struct
 
-from evfddtest import (EVFDCTL, EVFDD, SA_ENV, SCALE, TOP_BUILDDIR, DaemonLog, closed_by_peer,
-                       expected_features, free_port, sanitizer_report)
+from evfddtest import (EVFDCTL, EVFDD, SA_ENV, SCALE, TOP_BUILDDIR, DaemonLog, ThreadedServer,
+                       closed_by_peer, expected_features, free_port, sanitizer_report)
 
 NO_URING = os.path.join(TOP_BUILDDIR, "tests", "no-uring-exec")
 TMP = tempfile.mkdtemp(prefix="evfdd-test-")
@@ -352,24 +352,12 @@ def case_slow_reader():
     d.stop()
 
 
-class Firehose:
+class Firehose(ThreadedServer):
     """A backend that sends without pause to every connection until it breaks."""
 
     def __init__(self):
-        self.lsock = socket.socket()
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(256)
-        self.port = self.lsock.getsockname()[1]
         self.stop = False
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        while not self.stop:
-            try:
-                c, _ = self.lsock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        super().__init__(backlog=256)
 
     def _serve(self, c):
         chunk = b"f" * (1 << 16)
@@ -383,7 +371,7 @@ class Firehose:
 
     def close(self):
         self.stop = True
-        self.lsock.close()
+        super().close()
 
 
 def case_slow_readers_share():
@@ -564,7 +552,7 @@ def case_limits():
     d.stop()
 
 
-class ResetBackend:
+class ResetBackend(ThreadedServer):
     """A TCP backend that reads a 5-byte request, answers with @reply, waits for @wait seconds and resets the
     connection (SO_LINGER {1, 0}); or, with @expect_reset, reads until the client's side resets it and notes
     what it saw ("reset", "eof" or an error) in self.seen."""
@@ -572,19 +560,7 @@ class ResetBackend:
     def __init__(self, reply=b"", wait=0.2, expect_reset=False):
         self.reply, self.wait, self.expect_reset = reply, wait, expect_reset
         self.seen = []
-        self.lsock = socket.socket()
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(16)
-        self.port = self.lsock.getsockname()[1]
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        while True:
-            try:
-                c, _ = self.lsock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        super().__init__(backlog=16)
 
     def _serve(self, c):
         try:

@@ -22,8 +22,8 @@ import tempfile
 import threading
 import time
 
-from evfddtest import (EVFDCTL, EVFDD, SCALE, DaemonLog, closed_by_peer, expected_features, free_port,
-                       sanitizer_report)
+from evfddtest import (EVFDCTL, EVFDD, SCALE, DaemonLog, ThreadedServer, closed_by_peer, expected_features,
+                       free_port, sanitizer_report)
 
 TMP = tempfile.mkdtemp(prefix="evfdd-reload-")
 # Sanitizer builds run everything several times slower: waits that only guard against a hang grow with it.
@@ -485,24 +485,12 @@ def expect_counters(d, per_service, what):
                  % (what, name, s["refused"], s["connect_errors"], s["aborted"]))
 
 
-class Backend:
+class Backend(ThreadedServer):
     """A TCP backend that says who it is (one byte) on every connection, then echoes until EOF."""
 
     def __init__(self, tag):
         self.tag = tag
-        self.lsock = socket.socket()
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(128)
-        self.addr = self.lsock.getsockname()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.lsock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, c):
         try:
@@ -517,9 +505,6 @@ class Backend:
             pass
         finally:
             c.close()
-
-    def close(self):
-        self.lsock.close()
 
 
 def backend_of(addr):
