@@ -212,22 +212,28 @@ static void slice_take(struct evfdd_relay *rl, struct slice *s, unsigned bid, in
 
 static void relay_wake(struct evfdd_relay *rl);
 
-static void slice_release(struct evfdd_relay *rl, struct slice *s)
+/* Give a slice's buffers back to the ring and wake the halves waiting for one. */
+static void slice_give_back(struct evfdd_relay *rl, struct slice *s)
 {
 	unsigned i;
 
-	if (s->heap) {
-		rl->heap -= s->len;
-		free(s->heap);
-		s->heap = NULL;
-		return;
-	}
 	for (i = 0; i < s->nb; i++)
 		buf_add(rl, slice_bids(s)[i]);
 	free(s->many);
 	s->many = NULL;
 	s->nb = 0;
 	relay_wake(rl);
+}
+
+static void slice_release(struct evfdd_relay *rl, struct slice *s)
+{
+	if (s->heap) {
+		rl->heap -= s->len;
+		free(s->heap);
+		s->heap = NULL;
+		return;
+	}
+	slice_give_back(rl, s);
 }
 
 /*
@@ -252,16 +258,11 @@ static void slice_copy_out(struct evfdd_relay *rl, struct slice *s)
 		memcpy(p + done, buf_addr(rl, slice_bids(s)[i]) + from, n);
 		done += n;
 	}
-	for (i = 0; i < s->nb; i++)
-		buf_add(rl, slice_bids(s)[i]);
-	free(s->many);
-	s->many = NULL;
-	s->nb = 0;
+	rl->heap += left;
+	slice_give_back(rl, s);
 	s->heap = p;
 	s->len = left;
 	s->off = 0;
-	rl->heap += left;
-	relay_wake(rl);
 }
 
 /* ---- connections ---------------------------------------------------------------------------------- */
