@@ -189,6 +189,25 @@ def case_check_option():
     print("ok -n, bad configuration, missing file", flush=True)
 
 
+def check_pools_huge(d, rings):
+    """Every ring's 16 MiB buffer pool asks for transparent huge pages (evfdd(8)): a mapping of the pool's size
+    or more whose VmFlags say hg (MADV_HUGEPAGE), one per ring at least. Skipped where the kernel has no THP."""
+    if not os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"):
+        print("skip huge-page pools: the kernel has no transparent huge pages", flush=True)
+        return
+    pools, size = 0, 0
+    with open("/proc/%d/smaps" % d.proc.pid) as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                size = hi - lo
+            elif head and head[0] == "VmFlags:" and "hg" in head[1:] and size >= 16 << 20:
+                pools += size // (16 << 20)
+    if pools < rings:
+        fail("%d of %d rings' buffer pools are marked MADV_HUGEPAGE in /proc/%d/smaps" % (pools, rings, d.proc.pid))
+
+
 def case_tcp_bulk():
     conf, echo, fwd = services_conf()
     d = Daemon(conf)
@@ -198,6 +217,7 @@ def case_tcp_bulk():
         fail("evfdctl status: %s" % (expected_features(features) if features is not None else out.stderr))
     check_echo_many(echo, 8, (4 << 20) // SCALE, "built-in echo")
     check_echo_many(fwd, 16, (4 << 20) // SCALE, "TCP forward to echo, half-close round trips")
+    check_pools_huge(d, 4)
     d.stop()
     if "all connections finished" not in d.text():
         fail("no graceful-stop message:\n" + d.text())
