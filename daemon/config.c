@@ -57,6 +57,8 @@ const char evfdd_config_default_text[] =
 
 /* ---- keys ------------------------------------------------------------------------------------------ */
 
+enum cfg_section { SEC_NONE, SEC_BROKEN, SEC_GLOBAL, SEC_SERVICE };
+
 enum global_key { GK_WORKERS, GK_RINGS, GK_CONTROL, GK_LOG_LEVEL, GK_SHUTDOWN_TIMEOUT, GK_COUNT };
 static const char *const global_keys[GK_COUNT] = {
 	"workers", "rings", "control", "log_level", "shutdown_timeout",
@@ -64,14 +66,23 @@ static const char *const global_keys[GK_COUNT] = {
 
 enum service_key {
 	SK_LISTEN, SK_FORWARD, SK_MAX_CONNECTIONS, SK_CONNECT_TIMEOUT, SK_IDLE_TIMEOUT, SK_BACKLOG,
-	SK_TCP_NODELAY, SK_SOCKET_MODE, SK_COUNT
+	SK_TCP_NODELAY, SK_SOCKET_MODE, SK_BALANCE, SK_RETRIES, SK_FALL, SK_RISE, SK_DOWN_TIME,
+	SK_HEALTH_CHECK, SK_HEALTH_INTERVAL, SK_RESOLVE_INTERVAL, SK_COUNT
 };
 static const char *const service_keys[SK_COUNT] = {
 	"listen", "forward", "max_connections", "connect_timeout", "idle_timeout", "backlog",
-	"tcp_nodelay", "socket_mode",
+	"tcp_nodelay", "socket_mode", "balance", "retries", "fall", "rise", "down_time",
+	"health_check", "health_interval", "resolve_interval",
 };
 
-#define MAX_KEYS 8	/* the larger of GK_COUNT and SK_COUNT */
+/* Keys that may be given several times in a section, each line appending to the list (a line holds at most
+ * 197 bytes, too few for a long list). */
+static bool cfg_list_key(enum cfg_section sec, int k)
+{
+	return sec == SEC_SERVICE && k == SK_FORWARD;
+}
+
+#define MAX_KEYS 16	/* the larger of GK_COUNT and SK_COUNT */
 
 #define MS_SECOND 1000ull
 #define MS_MINUTE (60 * MS_SECOND)
@@ -87,7 +98,6 @@ struct cfg_globals {
 	uint32_t shutdown_timeout_ms;
 };
 
-enum cfg_section { SEC_NONE, SEC_BROKEN, SEC_GLOBAL, SEC_SERVICE };
 
 struct cfg_parser {
 	const char *name;		/* file name in messages */
@@ -484,7 +494,8 @@ out:
  * 0.0.0.0, [::] (IPv6 only), or any IPv4/IPv6 address ([fe80::1%eth0] with a scope too). Forward hosts
  * may be names, resolved here, once.
  */
-static bool cfg_endpoint(struct cfg_parser *ps, bool listen, struct evfdd_endpoint *ep)
+static bool cfg_endpoint(struct cfg_parser *ps, bool listen, struct evfdd_endpoint *ep, char **name_host,
+			 char **name_port)
 {
 	const char *v = ps->value;
 	char *copy = NULL, *host, *port, *close_br;
@@ -590,6 +601,12 @@ static bool cfg_endpoint(struct cfg_parser *ps, bool listen, struct evfdd_endpoi
 		cfg_value_error(ps, "invalid host name; use a DNS name, an IPv4 address or [IPv6]");
 	} else {
 		ok = cfg_resolve(ps, ep, host, port, AF_UNSPEC, ps->flags & EVFDD_CONFIG_NO_RESOLVE);
+		if (ok && name_host) {
+			*name_host = strdup(host);
+			*name_port = strdup(port);
+			if (!*name_host || !*name_port)
+				ps->oom = true;
+		}
 	}
 out:
 	free(copy);
@@ -605,13 +622,357 @@ out:
 	return ok;
 }
 
+static void cfg_backends_free(struct evfdd_backend_conf *b, size_t n);
+
+/* ---- backends -------------------------------------------------------------------------------------- */
+
+static bool cfg_blank(char c)
+{
+	return c == ' ' || c == '\t';
+}
+
+/* A backend option's number: "weight=N" and the like. */
+static bool cfg_opt_uint(struct cfg_parser *ps, const char *opt, const char *digits, uint64_t min, uint64_t max,
+			 uint64_t *out)
+{
+	uint64_t v;
+
+	if (!cfg_parse_digits(digits, &v) || v < min || v > max) {
+		cfg_value_error(ps, "%s needs a number from %llu to %llu", opt, (unsigned long long)min,
+				(unsigned long long)max);
+		return false;
+	}
+	*out = v;
+	return true;
+}
+
+/* ",weight=N,maxconn=N,backup" after a backend's address (@opts points at the first comma, or is empty). */
+static bool cfg_backend_options(struct cfg_parser *ps, char *opts, struct evfdd_backend_conf *b)
+{
+	char *o, *save = NULL;
+	uint64_t v;
+	bool ok = true;
+
+	for (o = strtok_r(opts, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
+		if (strncmp(o, "weight=", 7) == 0) {
+			if (cfg_opt_uint(ps, "weight", o + 7, 1, EVFDD_CONFIG_MAX_WEIGHT, &v))
+				b->weight = (unsigned)v;
+			else
+				ok = false;
+		} else if (strncmp(o, "maxconn=", 8) == 0) {
+			if (cfg_opt_uint(ps, "maxconn", o + 8, 1, 1000000, &v))
+				b->maxconn = (uint32_t)v;
+			else
+				ok = false;
+		} else if (strcmp(o, "backup") == 0) {
+			b->backup = true;
+		} else {
+			char e[200];
+
+			cfg_value_error(ps, "unknown option \"%s\"; a backend takes weight=N, maxconn=N and backup",
+					cfg_esc(o, SIZE_MAX, true, e, sizeof(e)));
+			ok = false;
+		}
+	}
+	return ok;
+}
+
+/*
+ * One backend of a forward line, starting at @p: ADDR[,OPTION...], where ADDR may be a double-quoted Unix
+ * path (escapes \" and \\). Returns where the next one starts; errors are reported against the backend's own
+ * text.
+ */
+static const char *cfg_backend(struct cfg_parser *ps, const char *p)
+{
+	struct evfdd_service *s = &ps->svc;
+	struct evfdd_backend_conf b = { .weight = 1 }, *list;
+	const char *start = p, *line_value = ps->value;
+	char *tok = NULL, *addr = NULL, *opts;
+	size_t n = 0;
+	bool ok = false;
+
+	while (*p && !cfg_blank(*p)) {
+		if (*p == '"' && p == start) {
+			/* skip the quoted part: blanks inside belong to it */
+			for (p++; *p && *p != '"'; p++)
+				if (*p == '\\' && p[1])
+					p++;
+			if (*p)
+				p++;
+			continue;
+		}
+		p++;
+	}
+	tok = strndup(start, (size_t)(p - start));
+	addr = malloc((size_t)(p - start) + 1);
+	if (!tok || !addr) {
+		ps->oom = true;
+		goto out;
+	}
+	ps->value = tok;
+	if (*tok == '"') {
+		const char *q = tok + 1;
+
+		for (; *q && *q != '"'; q++) {
+			if (*q == '\\') {
+				if (q[1] != '"' && q[1] != '\\') {
+					cfg_value_error(ps, "in a quoted path, a backslash escapes only \" and \\");
+					goto out;
+				}
+				q++;
+			}
+			addr[n++] = *q;
+		}
+		addr[n] = '\0';
+		if (*q != '"') {
+			cfg_value_error(ps, "missing closing '\"'");
+			goto out;
+		}
+		opts = (char *)q + 1;
+		if (*opts && *opts != ',') {
+			cfg_value_error(ps, "text after the closing '\"'; options follow a comma");
+			goto out;
+		}
+		if (addr[0] != '/') {
+			cfg_value_error(ps, "quotes are for Unix socket paths, which are absolute");
+			goto out;
+		}
+	} else {
+		opts = strchr(tok, ',');
+		n = opts ? (size_t)(opts - tok) : strlen(tok);
+		memcpy(addr, tok, n);
+		addr[n] = '\0';
+		if (!opts)
+			opts = tok + n;
+	}
+	if (!cfg_backend_options(ps, opts, &b))
+		goto out;
+	ps->value = addr;
+	if (!cfg_endpoint(ps, false, &b.ep, &b.host, &b.port))
+		goto out;
+	ps->value = tok;
+	if ((b.ep.kind == EVFDD_ENDPOINT_ECHO && (*opts || s->nbackends)) ||
+	    (s->nbackends && s->backends[0].ep.kind == EVFDD_ENDPOINT_ECHO)) {
+		cfg_value_error(ps, "echo is a backend of its own: it takes no options and no other backend");
+		goto out;
+	}
+	for (size_t i = 0; i < s->nbackends; i++)
+		if (strcmp(s->backends[i].ep.text, b.ep.text) == 0) {
+			cfg_value_error(ps, "this backend is already in the list; give each once");
+			goto out;
+		}
+	if (s->nbackends >= EVFDD_CONFIG_MAX_BACKENDS) {
+		cfg_value_error(ps, "too many backends (at most %d per service)", EVFDD_CONFIG_MAX_BACKENDS);
+		goto out;
+	}
+	list = realloc(s->backends, (s->nbackends + 1) * sizeof(*list));
+	if (!list) {
+		ps->oom = true;
+		goto out;
+	}
+	s->backends = list;
+	s->backends[s->nbackends++] = b;
+	memset(&b, 0, sizeof(b));
+	ok = true;
+out:
+	if (!ok) {
+		cfg_endpoint_free(&b.ep);
+		free(b.host);
+		free(b.port);
+	}
+	ps->value = line_value;
+	free(tok);
+	free(addr);
+	return p;
+}
+
+/* forward = BACKEND [BACKEND ...]; every forward line of the section appends. */
+static void cfg_forward(struct cfg_parser *ps)
+{
+	struct evfdd_service *s = &ps->svc;
+	const char *p = ps->value;
+	char *text;
+
+	if (asprintf(&text, "%s%s%s", s->forward_text ? s->forward_text : "", s->forward_text ? " " : "",
+		     ps->value) < 0) {
+		ps->oom = true;
+		return;
+	}
+	free(s->forward_text);
+	s->forward_text = text;
+	for (;;) {
+		while (cfg_blank(*p))
+			p++;
+		if (!*p)
+			break;
+		p = cfg_backend(ps, p);
+	}
+}
+
+static void cfg_balance(struct cfg_parser *ps, enum evfdd_balance *out)
+{
+	static const char *const names[] = { "round-robin", "least-connections", "source-hash", "random-two" };
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (strcmp(ps->value, names[i]) == 0) {
+			*out = (enum evfdd_balance)i;
+			return;
+		}
+	cfg_value_error(ps, "unknown policy; use round-robin, least-connections, source-hash or random-two");
+}
+
+/* A health check string: C escapes \r \n \t \\ \xHH; at most EVFDD_CONFIG_MAX_CHECK bytes. */
+static bool cfg_check_string(struct cfg_parser *ps, const char *what, const char *s, size_t n, char **out,
+			     size_t *outlen)
+{
+	char *buf = malloc(n + 1);
+	size_t o = 0;
+
+	if (!buf) {
+		ps->oom = true;
+		return false;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] != '\\') {
+			buf[o++] = s[i];
+			continue;
+		}
+		if (++i == n)
+			goto bad;
+		switch (s[i]) {
+		case 'r': buf[o++] = '\r'; break;
+		case 'n': buf[o++] = '\n'; break;
+		case 't': buf[o++] = '\t'; break;
+		case '\\': buf[o++] = '\\'; break;
+		case 'x':
+			if (i + 2 >= n || !isxdigit((unsigned char)s[i + 1]) || !isxdigit((unsigned char)s[i + 2]))
+				goto bad;
+			{
+				char hex[3] = { s[i + 1], s[i + 2], '\0' };
+
+				buf[o++] = (char)strtoul(hex, NULL, 16);
+			}
+			i += 2;
+			break;
+		default:
+			goto bad;
+		}
+	}
+	if (o == 0 || o > EVFDD_CONFIG_MAX_CHECK) {
+		cfg_value_error(ps, "%s: %s", what, o ? "longer than 256 bytes" : "empty; give the bytes after the colon");
+		free(buf);
+		return false;
+	}
+	*out = buf;
+	*outlen = o;
+	return true;
+bad:
+	cfg_value_error(ps, "%s: bad escape; use \\r, \\n, \\t, \\\\ or \\xHH (\\x20 for a blank)", what);
+	free(buf);
+	return false;
+}
+
+/* health_check = none | connect | send:STRING | expect:STRING | send:STRING expect:STRING */
+static void cfg_health_check(struct cfg_parser *ps, struct evfdd_service *s)
+{
+	const char *p = ps->value, *e;
+
+	if (strcmp(p, "none") == 0) {
+		s->check = EVFDD_CHECK_NONE;
+		return;
+	}
+	if (strcmp(p, "connect") == 0) {
+		s->check = EVFDD_CHECK_CONNECT;
+		return;
+	}
+	while (*p) {
+		e = p;
+		while (*e && !cfg_blank(*e))
+			e++;
+		if (strncmp(p, "send:", 5) == 0 && !s->check_send && !s->check_expect) {
+			if (!cfg_check_string(ps, "send", p + 5, (size_t)(e - p - 5), &s->check_send,
+					      &s->check_send_len))
+				return;
+		} else if (strncmp(p, "expect:", 7) == 0 && !s->check_expect) {
+			if (!cfg_check_string(ps, "expect", p + 7, (size_t)(e - p - 7), &s->check_expect,
+					      &s->check_expect_len))
+				return;
+		} else {
+			cfg_value_error(ps, "unknown check; use none, connect, send:STRING, expect:STRING or "
+					"send:STRING expect:STRING");
+			return;
+		}
+		for (p = e; cfg_blank(*p); p++)
+			;
+	}
+	s->check = EVFDD_CHECK_EXCHANGE;
+}
+
+int evfdd_config_resolve(const char *host, const char *port, struct evfdd_endpoint *out, char *why, size_t whylen)
+{
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
+	struct addrinfo *res = NULL, *ai;
+	struct evfdd_sockaddr *a;
+	int rc, err = 0;
+
+	memset(out, 0, sizeof(*out));
+	out->kind = EVFDD_ENDPOINT_INET;
+	rc = getaddrinfo(host, port, &hints, &res);
+	if (rc != 0) {
+		err = rc == EAI_MEMORY ? -ENOMEM : rc == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
+		snprintf(why, whylen, "%s", rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
+		goto out;
+	}
+	for (ai = res; ai; ai = ai->ai_next) {
+		if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) || ai->ai_addrlen > sizeof(a->u))
+			continue;
+		a = realloc(out->addrs, (out->naddrs + 1) * sizeof(*a));
+		if (!a) {
+			err = -ENOMEM;
+			snprintf(why, whylen, "out of memory");
+			goto out;
+		}
+		out->addrs = a;
+		memset(&a[out->naddrs], 0, sizeof(*a));
+		memcpy(&a[out->naddrs].u, ai->ai_addr, ai->ai_addrlen);
+		a[out->naddrs].len = ai->ai_addrlen;
+		out->naddrs++;
+	}
+	if (!out->naddrs) {
+		err = -EHOSTUNREACH;
+		snprintf(why, whylen, "no IPv4 or IPv6 address");
+	}
+out:
+	if (res)
+		freeaddrinfo(res);
+	if (err) {
+		free(out->addrs);
+		out->addrs = NULL;
+		out->naddrs = 0;
+	}
+	return err;
+}
+
 /* ---- sections -------------------------------------------------------------------------------------- */
+
+static void cfg_backends_free(struct evfdd_backend_conf *b, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		cfg_endpoint_free(&b[i].ep);
+		free(b[i].host);
+		free(b[i].port);
+	}
+	free(b);
+}
 
 static void cfg_service_free(struct evfdd_service *s)
 {
 	free(s->name);
 	cfg_endpoint_free(&s->listen);
-	cfg_endpoint_free(&s->forward);
+	free(s->forward_text);
+	cfg_backends_free(s->backends, s->nbackends);
+	free(s->check_send);
+	free(s->check_expect);
 	memset(s, 0, sizeof(*s));
 }
 
@@ -661,12 +1022,26 @@ static void cfg_section_end(struct cfg_parser *ps)
 		cfg_error(ps, ps->sec_line, ps->sec_name, "forward",
 			  "missing; every service needs forward = HOST:PORT, [IPv6]:PORT, an absolute Unix "
 			  "socket path or echo");
+	else if (!s->nbackends)
+		ps->sec_keep = false;   /* every backend had an error, reported */
 	if (ps->key_line[SK_SOCKET_MODE] && s->listen.kind == EVFDD_ENDPOINT_INET)
 		cfg_error(ps, ps->key_line[SK_SOCKET_MODE], ps->sec_name, "socket_mode",
 			  "applies only to a Unix socket listen path; remove it");
-	if (s->listen.kind != EVFDD_ENDPOINT_NONE && cfg_endpoint_overlap(&s->listen, &s->forward))
-		cfg_error(ps, ps->key_line[SK_FORWARD], ps->sec_name, "forward",
-			  "same address as this service's listen; that would forward to itself");
+	for (size_t i = 0; i < s->nbackends; i++)
+		if (s->listen.kind != EVFDD_ENDPOINT_NONE && cfg_endpoint_overlap(&s->listen, &s->backends[i].ep))
+			cfg_error(ps, ps->key_line[SK_FORWARD], ps->sec_name, "forward",
+				  "\"%s\": same address as this service's listen; that would forward to itself",
+				  cfg_esc(s->backends[i].ep.text, SIZE_MAX, true, text, sizeof(text)));
+	if (s->nbackends && s->backends[0].ep.kind == EVFDD_ENDPOINT_ECHO) {
+		static const int backend_keys[] = { SK_BALANCE, SK_RETRIES, SK_FALL, SK_RISE, SK_DOWN_TIME,
+						    SK_HEALTH_CHECK, SK_HEALTH_INTERVAL, SK_RESOLVE_INTERVAL };
+
+		for (size_t i = 0; i < sizeof(backend_keys) / sizeof(backend_keys[0]); i++)
+			if (ps->key_line[backend_keys[i]])
+				cfg_error(ps, ps->key_line[backend_keys[i]], ps->sec_name,
+					  service_keys[backend_keys[i]],
+					  "applies only to a service with backends, not to the echo; remove it");
+	}
 	if (!ps->sec_keep)
 		goto out;
 	for (size_t i = 0; i < cfg->nservices; i++)
@@ -749,6 +1124,12 @@ static void cfg_section_begin(struct cfg_parser *ps, const char *name, size_t le
 		.backlog = EVFDD_DEFAULT_BACKLOG,
 		.tcp_nodelay = EVFDD_DEFAULT_TCP_NODELAY,
 		.socket_mode = EVFDD_DEFAULT_SOCKET_MODE,
+		.balance = EVFDD_BALANCE_ROUND_ROBIN,
+		.retries = EVFDD_DEFAULT_RETRIES,
+		.fall = EVFDD_DEFAULT_FALL,
+		.rise = EVFDD_DEFAULT_RISE,
+		.down_time_ms = EVFDD_DEFAULT_DOWN_TIME_MS,
+		.health_interval_ms = EVFDD_DEFAULT_HEALTH_INTERVAL_MS,
 	};
 	s->name = strdup(ps->sec_name);
 	if (!s->name)
@@ -837,10 +1218,39 @@ static void cfg_service_key(struct cfg_parser *ps, enum service_key k)
 
 	switch (k) {
 	case SK_LISTEN:
-		cfg_endpoint(ps, true, &s->listen);
+		cfg_endpoint(ps, true, &s->listen, NULL, NULL);
 		break;
 	case SK_FORWARD:
-		cfg_endpoint(ps, false, &s->forward);
+		cfg_forward(ps);
+		break;
+	case SK_BALANCE:
+		cfg_balance(ps, &s->balance);
+		break;
+	case SK_RETRIES:
+		if (cfg_uint(ps, 0, EVFDD_CONFIG_MAX_RETRIES, &v))
+			s->retries = (unsigned)v;
+		break;
+	case SK_FALL:
+		if (cfg_uint(ps, 1, 100, &v))
+			s->fall = (unsigned)v;
+		break;
+	case SK_RISE:
+		if (cfg_uint(ps, 1, 100, &v))
+			s->rise = (unsigned)v;
+		break;
+	case SK_DOWN_TIME:
+		cfg_duration(ps, MS_SECOND, MS_HOUR, &s->down_time_ms);
+		break;
+	case SK_HEALTH_CHECK:
+		cfg_health_check(ps, s);
+		break;
+	case SK_HEALTH_INTERVAL:
+		cfg_duration(ps, 100, MS_HOUR, &s->health_interval_ms);
+		break;
+	case SK_RESOLVE_INTERVAL:
+		if (cfg_duration(ps, 0, 24 * MS_HOUR, &s->resolve_interval_ms) && s->resolve_interval_ms &&
+		    s->resolve_interval_ms < MS_SECOND)
+			cfg_value_error(ps, "out of range; use 0 (resolve only at load) or 1s-24h");
 		break;
 	case SK_MAX_CONNECTIONS:
 		if (cfg_uint(ps, 1, 1000000, &v))
@@ -915,12 +1325,13 @@ static int cfg_handler(void *user, const char *section, const char *name, const 
 		cfg_unknown_key(ps, name, keys, n);
 		return 1;
 	}
-	if (ps->key_line[k]) {
+	if (ps->key_line[k] && !cfg_list_key(ps->sec, k)) {
 		cfg_error(ps, ps->lineno, ps->sec_name, name, "given twice (first at line %u); keep one",
 			  ps->key_line[k]);
 		return 1;
 	}
-	ps->key_line[k] = ps->lineno;
+	if (!ps->key_line[k])
+		ps->key_line[k] = ps->lineno;
 	ps->key = name;
 	ps->value = value;
 	if (!*value && ps->sec == SEC_SERVICE && k == SK_FORWARD)

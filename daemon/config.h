@@ -85,11 +85,59 @@ struct evfdd_endpoint {
 	bool v6only;
 };
 
+#define EVFDD_CONFIG_MAX_BACKENDS 256	/* per service */
+#define EVFDD_CONFIG_MAX_RETRIES 10
+#define EVFDD_CONFIG_MAX_WEIGHT 256
+#define EVFDD_CONFIG_MAX_CHECK 256	/* bytes of a health check's send or expect string */
+
+#define EVFDD_DEFAULT_RETRIES 2
+#define EVFDD_DEFAULT_FALL 3
+#define EVFDD_DEFAULT_RISE 2
+#define EVFDD_DEFAULT_DOWN_TIME_MS 10000u
+#define EVFDD_DEFAULT_HEALTH_INTERVAL_MS 2000u
+
+/* How a service picks a backend for a new connection (evfdd.conf(5), balance). */
+enum evfdd_balance {
+	EVFDD_BALANCE_ROUND_ROBIN,
+	EVFDD_BALANCE_LEAST_CONNECTIONS,
+	EVFDD_BALANCE_SOURCE_HASH,
+	EVFDD_BALANCE_RANDOM_TWO,
+};
+
+/* Active health checks (evfdd.conf(5), health_check). */
+enum evfdd_check {
+	EVFDD_CHECK_NONE,		/* passive health only */
+	EVFDD_CHECK_CONNECT,		/* a connect */
+	EVFDD_CHECK_EXCHANGE,		/* a connect, then send and/or expect */
+};
+
+/* One backend of a service's forward list. */
+struct evfdd_backend_conf {
+	/* INET, UNIX or ECHO (then the only one); text is the backend's name: the address as written,
+	 * without options (for a quoted path, the path). */
+	struct evfdd_endpoint ep;
+	char *host, *port;		/* INET with a host name (re-resolved every resolve_interval); else NULL */
+	unsigned weight;		/* 1-256 */
+	uint32_t maxconn;		/* open connections at most; 0 = no limit of its own */
+	bool backup;			/* only when no other backend can take a connection */
+};
+
 struct evfdd_service {
 	char *name;			/* the section name, matched against FileDescriptorName= */
 	unsigned line;			/* line of its [name] header, for messages at apply time */
 	struct evfdd_endpoint listen;	/* kind NONE when not given */
-	struct evfdd_endpoint forward;	/* never NONE */
+	char *forward_text;		/* every forward line's value, joined with a blank */
+	size_t nbackends;		/* >= 1 */
+	struct evfdd_backend_conf *backends;	/* in the order written; names unique */
+	enum evfdd_balance balance;
+	unsigned retries;		/* other backends tried after a failed connect */
+	unsigned fall, rise;		/* consecutive failures that mark a backend down, passes that mark it up */
+	uint32_t down_time_ms;		/* passively down this long, then one trial connection */
+	enum evfdd_check check;
+	char *check_send, *check_expect;	/* EXCHANGE: bytes to send / to expect (either may be NULL) */
+	size_t check_send_len, check_expect_len;
+	uint32_t health_interval_ms;
+	uint32_t resolve_interval_ms;	/* 0: names resolved only at load */
 	uint32_t max_connections;	/* open client connections; the excess is closed at once */
 	uint32_t connect_timeout_ms;	/* backend connect, per address tried */
 	uint32_t idle_timeout_ms;	/* no byte either way for this long closes both sides; 0 = never */
@@ -145,6 +193,15 @@ int evfdd_config_load(const char *path, struct evfdd_config **out, struct evfdd_
 /* The same for text in memory; @name stands for the file name in messages. */
 int evfdd_config_load_string(const char *text, const char *name, struct evfdd_config **out,
 			     struct evfdd_config_errors *errs);
+
+/*
+ * evfdd_config_resolve - look up @host:@port (a backend's name) as loading does: every IPv4 and IPv6
+ * address in getaddrinfo's order. Blocks; for the resolver thread.
+ * Returns 0 with @out holding the addresses (free(@out->addrs)), or a negative errno / -EHOSTUNREACH
+ * with @why (a message) filled in.
+ */
+int evfdd_config_resolve(const char *host, const char *port, struct evfdd_endpoint *out, char *why,
+			 size_t whylen);
 
 /* The same for @len bytes that may hold anything, NUL bytes included; see the flags above. */
 int evfdd_config_load_buffer(const char *data, size_t len, const char *name, unsigned flags,

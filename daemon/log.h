@@ -68,6 +68,14 @@ __attribute__((noreturn)) void fatalx(const char *fmt, ...) LOG_PRINTF(1, 2);
 void log_vlog(int level, int errnum, const char *fmt, va_list ap) LOG_PRINTF(3, 0);
 
 /*
+ * log_fields - an event with structured fields: under journald (log_init's @journal) it goes to the journal
+ * through sd_journal_send with @fields ("KEY=value" strings, NULL-terminated; KEY in A-Z0-9_) besides
+ * MESSAGE=, PRIORITY= and SYSLOG_IDENTIFIER=evfdd, so that `journalctl SERVICE=web` finds it; otherwise it
+ * is the same line on stderr as log_vlog writes. If the journal cannot take it, the line goes to stderr.
+ */
+void log_fields(int level, const char *const *fields, const char *fmt, ...) LOG_PRINTF(3, 4);
+
+/*
  * A rate limiter for messages that an outside event can repeat at will ("backend refused", "accept:
  * EMFILE"): at most @burst messages per @interval_ms; the rest are counted and reported with the next
  * message let through. Thread-safe (a mutex: taken only on a path that is about to log anyway).

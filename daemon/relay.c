@@ -110,7 +110,13 @@ struct conn {
 	struct acceptor *acc;
 	struct evfdd_svc *svc;
 	int cfd, bfd;
-	unsigned backend;
+	int be;                          /* index of its backend in svc->pool, -1 while none */
+	unsigned addr_k;                 /* which of the backend's addresses is being tried */
+	bool trial;                      /* this connect is a down backend's trial */
+	uint16_t tried[EVFDD_CONFIG_MAX_RETRIES + 1];   /* backends tried for it, in order */
+	unsigned ntried;
+	int last_err;                    /* of the last failed connect */
+	struct evfdd_sockaddr baddr;     /* the backend address connected to */
 	unsigned pending;                /* requests in flight */
 	unsigned end;                    /* enum evfdd_end, or EVFDD_END_COUNT while none */
 	bool cutting;                    /* everything cancelled: close once nothing is in flight */
@@ -292,6 +298,18 @@ static void sock_close(int fd, bool rst)
 	close(fd);
 }
 
+/* The connection no longer holds a place on its backend (ended, or off to try another one). */
+static void conn_leave_backend(struct conn *c)
+{
+	if (c->be < 0)
+		return;
+	if (c->trial)
+		atomic_store(&c->svc->pool.v[c->be].b->trial, false);   /* cut before the trial's outcome */
+	evfdd_pool_release(&c->svc->pool, (unsigned)c->be);
+	c->be = -1;
+	c->trial = false;
+}
+
 static void conn_free(struct conn *c)
 {
 	struct evfdd_relay *rl = c->acc->rl;
@@ -302,6 +320,7 @@ static void conn_free(struct conn *c)
 	free(c->down.vec);
 	sock_close(c->cfd, c->rst_client);
 	sock_close(c->bfd, c->rst_backend);
+	conn_leave_backend(c);
 	evfdd_svc_count(a->blk, c->end < EVFDD_END_COUNT ? evfdd_counter_end(c->end) : EVFDD_CTR_CLOSED, 1);
 	atomic_fetch_sub(&c->svc->st->open, 1);
 	evfdd_svc_unref(c->svc);
@@ -317,7 +336,7 @@ static void conn_free(struct conn *c)
 
 static bool conn_echo(const struct conn *c)
 {
-	return c->svc->kind == EVFDD_SVC_ECHO;
+	return c->svc->echo;
 }
 
 static bool conn_finished(const struct conn *c)
@@ -350,7 +369,7 @@ static void conn_set_end(struct conn *c, enum evfdd_end why)
 
 static bool side_tcp(const struct conn *c, enum side s)
 {
-	return s == CLIENT ? c->acc->client_tcp : c->svc->backends[c->backend].addr.ss_family != AF_UNIX;
+	return s == CLIENT ? c->acc->client_tcp : c->baddr.u.sa.sa_family != AF_UNIX;
 }
 
 static int side_fd(const struct conn *c, enum side s)
@@ -585,6 +604,10 @@ static void half_send_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe,
 		return;
 	}
 	evfdd_svc_count(c->acc->blk, h == &c->up ? EVFDD_CTR_BYTES_UP : EVFDD_CTR_BYTES_DOWN, (uint64_t)cqe->res);
+	if (c->be >= 0)
+		atomic_fetch_add_explicit(h == &c->up ? &c->svc->pool.v[c->be].b->bytes_up :
+					  &c->svc->pool.v[c->be].b->bytes_down, (uint64_t)cqe->res,
+					  memory_order_relaxed);
 	s->off += (unsigned)cqe->res;
 	conn_touch(c);
 	if (s->off < s->len) {
@@ -740,10 +763,86 @@ static void conn_start_relay(struct conn *c)
 
 static void conn_connect(struct conn *c);
 
+/* Every backend tried for @c failed, or none is left to try. May free @c. */
+static void conn_connect_gave_up(struct conn *c)
+{
+	struct evfdd_svc *svc = c->svc;
+	unsigned long missed = 0;
+
+	if (log_ratelimit(&svc->st->connect_rl, &missed))
+		log_warnx("[%s] backend connect failed: %s (%u backend%s tried, the last %s); closing the client "
+			  "(%lu similar messages suppressed)", svc->name,
+			  c->last_err == -ETIMEDOUT ? "timed out" : strerror(-c->last_err), c->ntried,
+			  c->ntried == 1 ? "" : "s", svc->pool.v[c->tried[c->ntried - 1]].b->name, missed);
+	conn_cut(c, EVFDD_END_CONNECT_FAILED, false);
+}
+
+/* Pick a backend for @c (its first, or another after a failed one) and connect to it. May free @c. */
+static void conn_pick(struct conn *c)
+{
+	struct evfdd_svc *svc = c->svc;
+	struct sockaddr_storage peer;
+	socklen_t plen = sizeof(peer);
+	const struct sockaddr *src = NULL;
+	struct evfdd_pick_why why;
+	unsigned long missed = 0;
+	bool trial;
+	int i;
+
+	if (svc->pool.balance == EVFDD_BALANCE_SOURCE_HASH && c->acc->client_tcp &&
+	    getpeername(c->cfd, (struct sockaddr *)&peer, &plen) == 0)
+		src = (const struct sockaddr *)&peer;
+	i = evfdd_pool_pick(&svc->pool, src, c->tried, c->ntried, &trial, &why);
+	if (i >= 0) {
+		c->be = i;
+		c->trial = trial;
+		c->addr_k = 0;
+		c->tried[c->ntried++] = (uint16_t)i;
+		conn_connect(c);
+		return;
+	}
+	if (c->ntried) {
+		conn_connect_gave_up(c);
+		return;
+	}
+	if (log_ratelimit(&svc->st->no_backend_rl, &missed))
+		log_warnx("[%s] no backend can take a connection (%u down, %u drained, %u at maxconn); closing the "
+			  "client (%lu similar messages suppressed)", svc->name, why.down, why.drained, why.full,
+			  missed);
+	conn_cut(c, EVFDD_END_NO_BACKEND, false);
+}
+
+/* Every address of c's backend failed, the last with @err: another backend while retries are left. May
+ * free @c. */
+static void conn_backend_failed(struct conn *c, int err)
+{
+	c->last_err = err;
+	evfdd_pool_result(&c->svc->pool, (unsigned)c->be, err, c->trial);
+	c->trial = false;
+	conn_leave_backend(c);
+	if (c->ntried <= c->svc->pool.retries)
+		conn_pick(c);
+	else
+		conn_connect_gave_up(c);
+}
+
+/* Connecting to address c->addr_k of the backend failed with @err: its next address, or the backend has
+ * failed. May free @c. */
+static void conn_connect_failed(struct conn *c, int err)
+{
+	close(c->bfd);
+	c->bfd = -1;
+	c->down.from = c->up.to = -1;
+	c->last_err = err;
+	if (evfdd_backend_addr(c->svc->pool.v[c->be].b, ++c->addr_k, &c->baddr))
+		conn_connect(c);
+	else
+		conn_backend_failed(c, err);
+}
+
 static void connect_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
 {
 	struct conn *c = arg;
-	unsigned long missed = 0;
 
 	c->pending--;
 	c->connect_op = NULL;
@@ -752,21 +851,13 @@ static void connect_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, v
 		return;
 	}
 	if (cqe->res == 0) {
+		evfdd_pool_result(&c->svc->pool, (unsigned)c->be, 0, c->trial);
+		c->trial = false;
 		conn_start_relay(c);
 		return;
 	}
-	/* Refused, unreachable or timed out (-ECANCELED from the linked timeout): try the next address. */
-	if (++c->backend < c->svc->nbackends) {
-		close(c->bfd);
-		c->bfd = -1;
-		conn_connect(c);
-		return;
-	}
-	c->backend--;   /* keep naming an address (side_tcp) */
-	if (log_ratelimit(&c->svc->st->connect_rl, &missed))
-		log_warnx("[%s] backend connect failed: %s; closing the client (%lu similar messages suppressed)",
-			  c->svc->name, cqe->res == -ECANCELED ? "timed out" : strerror(-cqe->res), missed);
-	conn_cut(c, EVFDD_END_CONNECT_FAILED, false);
+	/* Refused, unreachable or timed out (-ECANCELED from the linked timeout). */
+	conn_connect_failed(c, cqe->res == -ECANCELED ? -ETIMEDOUT : cqe->res);
 }
 
 static void link_timeout_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
@@ -777,14 +868,17 @@ static void link_timeout_cb(struct evfd_ring *ring, const struct io_uring_cqe *c
 	conn_settle(c);
 }
 
-/* May free @c. */
+/* Connect to address c->addr_k of the backend. May free @c. */
 static void conn_connect(struct conn *c)
 {
-	const struct evfdd_backend *b = &c->svc->backends[c->backend];
 	struct io_uring_sqe sqe = { 0 };
 	int one = 1;
 
-	c->bfd = socket(b->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (c->addr_k == 0 && !evfdd_backend_addr(c->svc->pool.v[c->be].b, 0, &c->baddr)) {
+		conn_backend_failed(c, -EHOSTUNREACH);   /* a name that lost its addresses */
+		return;
+	}
+	c->bfd = socket(c->baddr.u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c->bfd < 0) {
 		unsigned long missed = 0;
 
@@ -802,10 +896,10 @@ static void conn_connect(struct conn *c)
 			 EVFDD_END_NO_RESOURCES : EVFDD_END_CONNECT_FAILED, false);
 		return;
 	}
-	if (c->svc->tcp_nodelay && b->addr.ss_family != AF_UNIX)
+	if (c->svc->tcp_nodelay && c->baddr.u.sa.sa_family != AF_UNIX)
 		(void)setsockopt(c->bfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	c->down.from = c->up.to = c->bfd;
-	io_uring_prep_connect(&sqe, c->bfd, (const struct sockaddr *)&b->addr, b->len);
+	io_uring_prep_connect(&sqe, c->bfd, &c->baddr.u.sa, c->baddr.len);
 	sqe.flags |= IOSQE_IO_LINK;
 	if (conn_submit(c, &sqe, connect_cb, c, &c->connect_op) < 0)
 		goto fail;
@@ -855,6 +949,7 @@ static void conn_new(struct acceptor *a, int fd)
 	c->svc = evfdd_svc_ref(svc);
 	c->cfd = fd;
 	c->bfd = -1;
+	c->be = -1;
 	c->end = EVFDD_END_COUNT;
 	c->up.c = c->down.c = c;
 	c->up.cap = c->down.cap = 1;
@@ -872,12 +967,12 @@ static void conn_new(struct acceptor *a, int fd)
 	if (rl->aborting) {
 		/* Accepted after a forced stop began: it is cut like the others. */
 		conn_cut(c, EVFDD_END_SHUTDOWN, true);
-	} else if (svc->kind == EVFDD_SVC_ECHO) {
+	} else if (svc->echo) {
 		c->up.to = fd;
 		c->down.eof = c->down.done = true;
 		conn_start_relay(c);
 	} else {
-		conn_connect(c);
+		conn_pick(c);
 	}
 }
 

@@ -48,10 +48,11 @@ static struct evfdd_relay_service *services_build(const struct evfdd_plane *p, c
 		v[i].lst = lsts[i];
 		if (old && old->lst == lsts[i] && evfdd_svc_same(old->svc, s, lsts[i]->activated)) {
 			v[i].svc = evfdd_svc_ref(old->svc);
+			evfdd_pool_refresh(&v[i].svc->pool, s);   /* names were resolved again */
 			r->unchanged++;
 			continue;
 		}
-		v[i].svc = evfdd_svc_new(s, lsts[i]->activated, old ? old->svc->st : NULL);
+		v[i].svc = evfdd_svc_new(s, lsts[i]->activated, old ? old->svc : NULL);
 		if (!v[i].svc)
 			fatalx("out of memory");
 		if (old)
@@ -311,4 +312,12 @@ void evfdd_reload_plane_clear(struct evfdd_plane *p)
 	services_free(p->svcs, p->nsvcs);
 	p->svcs = NULL;
 	p->nsvcs = 0;
+}
+
+const struct evfdd_svc *evfdd_reload_service(const struct evfdd_plane *p, const char *name)
+{
+	for (unsigned i = 0; i < p->nsvcs; i++)
+		if (!strcmp(p->svcs[i].svc->name, name))
+			return p->svcs[i].svc;
+	return NULL;
 }

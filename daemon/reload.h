@@ -75,6 +75,9 @@ int evfdd_reload_initial(struct evfdd_plane *p, void (*done)(void *arg, int err)
  */
 void evfdd_reload_run(struct evfdd_plane *p, evfdd_reload_done_fn done, void *arg);
 
+/* The service named @name in force, or NULL. */
+const struct evfdd_svc *evfdd_reload_service(const struct evfdd_plane *p, const char *name);
+
 /* Free a result's strings and zero it. */
 void evfdd_reload_result_clear(struct evfdd_reload_result *r);
 

@@ -30,6 +30,7 @@ struct evfdd_svc_stats *evfdd_svc_stats_new(void)
 	log_ratelimit_init(&st->connect_rl, 10000, 5);
 	log_ratelimit_init(&st->accept_rl, 10000, 5);
 	log_ratelimit_init(&st->limit_rl, 10000, 5);
+	log_ratelimit_init(&st->no_backend_rl, 10000, 5);
 	return st;
 }
 
@@ -48,6 +49,7 @@ void evfdd_svc_stats_unref(struct evfdd_svc_stats *st)
 	log_ratelimit_destroy(&st->connect_rl);
 	log_ratelimit_destroy(&st->accept_rl);
 	log_ratelimit_destroy(&st->limit_rl);
+	log_ratelimit_destroy(&st->no_backend_rl);
 	free(st);
 }
 
@@ -97,10 +99,9 @@ void evfdd_svc_stats_read(struct evfdd_svc_stats *st, struct evfdd_counts *out)
 
 /* ---- services ------------------------------------------------------------------------------------- */
 
-struct evfdd_svc *evfdd_svc_new(const struct evfdd_service *s, bool activated, struct evfdd_svc_stats *st)
+struct evfdd_svc *evfdd_svc_new(const struct evfdd_service *s, bool activated, const struct evfdd_svc *prev)
 {
 	struct evfdd_svc *svc = calloc(1, sizeof(*svc));
-	size_t i;
 
 	if (!svc)
 		return NULL;
@@ -108,49 +109,57 @@ struct evfdd_svc *evfdd_svc_new(const struct evfdd_service *s, bool activated, s
 	snprintf(svc->name, sizeof(svc->name), "%s", s->name);
 	svc->activated = activated;
 	svc->listen_text = strdup(activated ? "activated" : s->listen.text);
-	svc->forward_text = strdup(s->forward.text);
-	svc->kind = s->forward.kind == EVFDD_ENDPOINT_ECHO ? EVFDD_SVC_ECHO :
-		    s->forward.kind == EVFDD_ENDPOINT_UNIX ? EVFDD_SVC_UNIX : EVFDD_SVC_TCP;
+	svc->forward_text = strdup(s->forward_text);
+	svc->echo = s->backends[0].ep.kind == EVFDD_ENDPOINT_ECHO;
 	svc->tcp_nodelay = s->tcp_nodelay;
 	svc->connect_timeout_ms = s->connect_timeout_ms;
 	svc->idle_timeout_ms = s->idle_timeout_ms;
 	svc->max_connections = s->max_connections;
-	svc->st = st ? evfdd_svc_stats_ref(st) : evfdd_svc_stats_new();
+	svc->check = s->check;
+	svc->health_interval_ms = s->health_interval_ms;
+	svc->resolve_interval_ms = s->resolve_interval_ms;
+	if (s->check_send) {
+		svc->check_send = malloc(s->check_send_len);
+		if (!svc->check_send)
+			goto fail;
+		memcpy(svc->check_send, s->check_send, s->check_send_len);
+		svc->check_send_len = s->check_send_len;
+	}
+	if (s->check_expect) {
+		svc->check_expect = malloc(s->check_expect_len);
+		if (!svc->check_expect)
+			goto fail;
+		memcpy(svc->check_expect, s->check_expect, s->check_expect_len);
+		svc->check_expect_len = s->check_expect_len;
+	}
+	svc->st = prev ? evfdd_svc_stats_ref(prev->st) : evfdd_svc_stats_new();
 	if (!svc->listen_text || !svc->forward_text || !svc->st)
 		goto fail;
-	if (svc->kind != EVFDD_SVC_ECHO) {
-		svc->backends = calloc(s->forward.naddrs, sizeof(*svc->backends));
-		if (!svc->backends)
-			goto fail;
-		for (i = 0; i < s->forward.naddrs; i++) {
-			memcpy(&svc->backends[i].addr, &s->forward.addrs[i].u.storage, s->forward.addrs[i].len);
-			svc->backends[i].len = s->forward.addrs[i].len;
-		}
-		svc->nbackends = (unsigned)s->forward.naddrs;
-	}
+	if (evfdd_pool_init(&svc->pool, s, prev ? &prev->pool : NULL) < 0)
+		goto fail;
 	return svc;
 fail:
 	evfdd_svc_unref(svc);
 	return NULL;
 }
 
+static bool same_bytes(const char *a, size_t alen, const char *b, size_t blen)
+{
+	return alen == blen && (!alen || memcmp(a, b, alen) == 0);
+}
+
 bool evfdd_svc_same(const struct evfdd_svc *svc, const struct evfdd_service *s, bool activated)
 {
-	struct evfdd_svc *n;
-	bool same;
-
-	if (svc->activated != activated || strcmp(svc->forward_text, s->forward.text) ||
-	    (!activated && strcmp(svc->listen_text, s->listen.text)))
-		return false;
-	n = evfdd_svc_new(s, activated, svc->st);
-	if (!n)
-		return false;   /* a new one will be built, or fail the same way */
-	same = n->kind == svc->kind && n->tcp_nodelay == svc->tcp_nodelay &&
-	       n->connect_timeout_ms == svc->connect_timeout_ms && n->idle_timeout_ms == svc->idle_timeout_ms &&
-	       n->max_connections == svc->max_connections && n->nbackends == svc->nbackends &&
-	       (!n->nbackends || !memcmp(n->backends, svc->backends, n->nbackends * sizeof(*n->backends)));
-	evfdd_svc_unref(n);
-	return same;
+	return svc->activated == activated && !strcmp(svc->forward_text, s->forward_text) &&
+	       (activated || !strcmp(svc->listen_text, s->listen.text)) &&
+	       svc->echo == (s->backends[0].ep.kind == EVFDD_ENDPOINT_ECHO) && svc->tcp_nodelay == s->tcp_nodelay &&
+	       svc->connect_timeout_ms == s->connect_timeout_ms && svc->idle_timeout_ms == s->idle_timeout_ms &&
+	       svc->max_connections == s->max_connections && svc->check == s->check &&
+	       svc->health_interval_ms == s->health_interval_ms &&
+	       svc->resolve_interval_ms == s->resolve_interval_ms &&
+	       same_bytes(svc->check_send, svc->check_send_len, s->check_send, s->check_send_len) &&
+	       same_bytes(svc->check_expect, svc->check_expect_len, s->check_expect, s->check_expect_len) &&
+	       evfdd_pool_same(&svc->pool, s);
 }
 
 struct evfdd_svc *evfdd_svc_ref(struct evfdd_svc *s)
@@ -163,7 +172,9 @@ void evfdd_svc_unref(struct evfdd_svc *s)
 {
 	if (!s || atomic_fetch_sub(&s->refs, 1) != 1)
 		return;
-	free(s->backends);
+	evfdd_pool_clear(&s->pool);
+	free(s->check_send);
+	free(s->check_expect);
 	free(s->listen_text);
 	free(s->forward_text);
 	evfdd_svc_stats_unref(s->st);

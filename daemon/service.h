@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
+#include "backend.h"
 #include "config.h"
 #include "log.h"
 
@@ -41,7 +42,8 @@
 	X(BACKEND_RESET, backend_reset, "the backend reset the connection")                              \
 	X(CLIENT_ERROR, client_error, "another socket error on the client's side")                       \
 	X(BACKEND_ERROR, backend_error, "another socket error on the backend's side")                    \
-	X(CONNECT_FAILED, connect_failed, "no backend address accepted a connection in time")            \
+	X(CONNECT_FAILED, connect_failed, "no backend accepted a connection in time, retries included")   \
+	X(NO_BACKEND, no_backend, "closed unserved: no backend could take it (down, drained or at maxconn)") \
 	X(IDLE_TIMEOUT, idle_timeout, "no byte either way for idle_timeout")                             \
 	X(LIMIT, limit, "closed unserved: max_connections reached")                                      \
 	X(NO_RESOURCES, no_resources, "closed or cut for want of file descriptors, memory or ring space") \
@@ -101,31 +103,24 @@ struct evfdd_svc_stats {
 	TAILQ_HEAD(, evfdd_svc_block) blocks;
 	uint64_t base[EVFDD_CTR_COUNT];  /* what blocks that went had counted */
 	/* A dead backend or a full fd table fails every connection: say so, but not thousands of times. */
-	struct log_ratelimit connect_rl, accept_rl, limit_rl;
+	struct log_ratelimit connect_rl, accept_rl, limit_rl, no_backend_rl;
 };
 
-struct evfdd_backend {
-	struct sockaddr_storage addr;
-	socklen_t len;
-};
-
-enum evfdd_svc_kind {
-	EVFDD_SVC_ECHO,                  /* the built-in echo */
-	EVFDD_SVC_TCP,                   /* forward to TCP backends */
-	EVFDD_SVC_UNIX,                  /* forward to a Unix stream socket */
-};
-
-/* A service as the data plane sees it: built from one configuration, shared by every ring, read-only. A
- * reload that changes a service builds a new one; connections keep the one they started with. */
+/* A service as the data plane sees it: built from one configuration, shared by every ring, read-only (its
+ * backends' state is their own: backend.h). A reload that changes a service builds a new one; connections
+ * keep the one they started with. */
 struct evfdd_svc {
 	char name[EVFDD_CONFIG_NAME_MAX + 1];
-	enum evfdd_svc_kind kind;
+	bool echo;                       /* the built-in echo: no backends */
 	char *listen_text;               /* as configured, or "activated" */
 	char *forward_text;
 	bool activated;
 	bool tcp_nodelay;
-	struct evfdd_backend *backends;  /* tried in turn; none for the echo */
-	unsigned nbackends;
+	struct evfdd_pool pool;          /* the backends; none for the echo */
+	enum evfdd_check check;          /* active health checks (health.c) */
+	char *check_send, *check_expect;
+	size_t check_send_len, check_expect_len;
+	uint32_t health_interval_ms, resolve_interval_ms;
 	unsigned connect_timeout_ms;
 	unsigned idle_timeout_ms;        /* 0: none */
 	unsigned max_connections;
@@ -135,11 +130,11 @@ struct evfdd_svc {
 
 /*
  * evfdd_svc_new - the service of configuration section @s, listening on a socket that was @activated
- * @st: the counters of the service's previous generation, or NULL for new ones
+ * @prev: the service's previous generation, or NULL: its counters and its backends' state carry on
  *
  * Returns the service (one reference) or NULL when out of memory.
  */
-struct evfdd_svc *evfdd_svc_new(const struct evfdd_service *s, bool activated, struct evfdd_svc_stats *st);
+struct evfdd_svc *evfdd_svc_new(const struct evfdd_service *s, bool activated, const struct evfdd_svc *prev);
 
 /* Whether @svc serves exactly what @s asks for (listening on a socket that was @activated), so that rings can
  * keep accepting on it through a reload. */

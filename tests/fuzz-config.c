@@ -49,9 +49,9 @@ static void check_config(const struct evfdd_config *cfg)
 
 		FUZZ_ASSERT(n >= 1 && n <= EVFDD_CONFIG_NAME_MAX && strcmp(s->name, "control") != 0);
 		FUZZ_ASSERT(evfdd_config_service(cfg, s->name) == s);	/* names are unique */
-		FUZZ_ASSERT(s->forward.kind != EVFDD_ENDPOINT_NONE && s->forward.text);
-		FUZZ_ASSERT(s->forward.kind == EVFDD_ENDPOINT_ECHO ? s->forward.naddrs == 0
-								   : s->forward.naddrs >= 1);
+		FUZZ_ASSERT(s->nbackends >= 1 && s->forward_text && s->backends[0].ep.text);
+		FUZZ_ASSERT(s->backends[0].ep.kind == EVFDD_ENDPOINT_ECHO ? s->backends[0].ep.naddrs == 0
+								   : s->backends[0].ep.naddrs >= 1);
 		FUZZ_ASSERT(s->listen.kind != EVFDD_ENDPOINT_ECHO);
 		FUZZ_ASSERT(s->listen.kind == EVFDD_ENDPOINT_NONE ? s->listen.naddrs == 0
 								 : s->listen.naddrs == 1);

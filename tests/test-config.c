@@ -177,9 +177,9 @@ static void check_default_config(const struct evfdd_config *cfg)
 	fwd = evfdd_config_service(cfg, "forward");
 	CHECK(echo && fwd, "services");
 	check_inet4(&echo->listen, "127.0.0.1", 7777);
-	CHECK(echo->forward.kind == EVFDD_ENDPOINT_ECHO && echo->forward.naddrs == 0, "echo");
+	CHECK(echo->backends[0].ep.kind == EVFDD_ENDPOINT_ECHO && echo->backends[0].ep.naddrs == 0, "echo");
 	check_inet4(&fwd->listen, "127.0.0.1", 7778);
-	check_inet4(&fwd->forward, "127.0.0.1", 7777);
+	check_inet4(&fwd->backends[0].ep, "127.0.0.1", 7777);
 	check_service_defaults(echo);
 	check_service_defaults(fwd);
 	CHECK(cfg->log_level == LOG_INFO, "level");
@@ -225,7 +225,7 @@ static void test_example_file(void)
 	CHECK(web, "no [web]");
 	check_service_defaults(web);
 	check_inet4(&web->listen, "127.0.0.1", 8080);
-	check_inet4(&web->forward, "127.0.0.1", 8000);
+	check_inet4(&web->backends[0].ep, "127.0.0.1", 8000);
 	evfdd_config_free(cfg);
 	evfdd_config_errors_free(&errs);
 }
@@ -247,7 +247,7 @@ static void test_defaults(void)
 	s = &cfg->services[0];
 	CHECK(strcmp(s->name, "s") == 0 && s->line == 1, "name");
 	CHECK(s->listen.kind == EVFDD_ENDPOINT_NONE && s->listen.naddrs == 0 && !s->listen.text, "listen");
-	CHECK(strcmp(s->forward.text, "echo") == 0, "text");
+	CHECK(strcmp(s->backends[0].ep.text, "echo") == 0, "text");
 	check_service_defaults(s);
 	evfdd_config_free(cfg);
 
@@ -387,24 +387,24 @@ static void test_addresses(void)
 			"[f]\nlisten = [::1]:84\nforward = localhost:85\n");
 	s = evfdd_config_service(cfg, "a");
 	check_inet6(&s->listen, "::", 80, true);
-	check_inet6(&s->forward, "::1", 8080, true);
-	CHECK(strcmp(s->listen.text, "[::]:80") == 0 && strcmp(s->forward.text, "[::1]:8080") == 0, "text");
+	check_inet6(&s->backends[0].ep, "::1", 8080, true);
+	CHECK(strcmp(s->listen.text, "[::]:80") == 0 && strcmp(s->backends[0].ep.text, "[::1]:8080") == 0, "text");
 	s = evfdd_config_service(cfg, "b");
 	check_inet6(&s->listen, "::", 81, false);	/* "*": one dual-stack socket */
-	check_inet6(&s->forward, "2001:db8::1", 1, true);
+	check_inet6(&s->backends[0].ep, "2001:db8::1", 1, true);
 	s = evfdd_config_service(cfg, "c");
 	check_inet4(&s->listen, "0.0.0.0", 82);
-	check_inet4(&s->forward, "192.0.2.1", 65535);
+	check_inet4(&s->backends[0].ep, "192.0.2.1", 65535);
 	s = evfdd_config_service(cfg, "d");
 	check_inet6(&s->listen, "fe80::1", 83, true);
 	CHECK(s->listen.addrs[0].u.in6.sin6_scope_id == if_nametoindex("lo"), "scope");
-	check_unix(&s->forward, "/run/backend.sock");
+	check_unix(&s->backends[0].ep, "/run/backend.sock");
 	s = evfdd_config_service(cfg, "e");
 	check_unix(&s->listen, "/run/evfdd/e.sock");
 	s = evfdd_config_service(cfg, "f");
-	CHECK(s->forward.kind == EVFDD_ENDPOINT_INET && s->forward.naddrs >= 1, "localhost");
-	for (size_t i = 0; i < s->forward.naddrs; i++)
-		CHECK(ntohs(s->forward.addrs[i].u.in.sin_port) == 85, "port");	/* same offset in in6 */
+	CHECK(s->backends[0].ep.kind == EVFDD_ENDPOINT_INET && s->backends[0].ep.naddrs >= 1, "localhost");
+	for (size_t i = 0; i < s->backends[0].ep.naddrs; i++)
+		CHECK(ntohs(s->backends[0].ep.addrs[i].u.in.sin_port) == 85, "port");	/* same offset in in6 */
 	CHECK(evfdd_config_service(cfg, "g") == NULL, "lookup");
 	evfdd_config_free(cfg);
 
@@ -452,7 +452,8 @@ static void test_addresses(void)
 
 	/* a forward to the service's own listen address, and two services on one address */
 	expect_errors("[s]\nlisten = 127.0.0.1:80\nforward = 127.0.0.1:80\n",
-		      "F:3: [s] forward: same address as this service's listen; that would forward to itself");
+		      "F:3: [s] forward: \"127.0.0.1:80\": same address as this service's listen; that would "
+		      "forward to itself");
 	expect_errors("[a]\nlisten = [::1]:80\nforward = echo\n\n[b]\nforward = echo\nlisten = [0::1]:80\n",
 		      "F:7: [b] listen: \"[0::1]:80\": also the listen address of [a] (line 1); give each "
 		      "service its own");
@@ -499,8 +500,8 @@ static void test_structure_errors(void)
 	expect_errors("[evfdd]\nworkers = 1\n[web]\nforward = echo\n[evfdd]\nworkers = 0\n",
 		      "F:5: [evfdd]: duplicate section (first at line 1); merge the two",
 		      "F:6: [evfdd] workers: \"0\": out of range 1-256");
-	expect_errors("[web]\nforward = echo\nmax_connections = 5\nforward = 127.0.0.1:1\n",
-		      "F:4: [web] forward: given twice (first at line 2); keep one");
+	expect_errors("[web]\nforward = echo\nmax_connections = 5\nmax_connections = 6\n",
+		      "F:4: [web] max_connections: given twice (first at line 3); keep one");
 	expect_errors("[web]\nlisten = 127.0.0.1:80\n\n[ok]\nforward = echo\n",
 		      "F:1: [web] forward: missing; every service needs forward = HOST:PORT, [IPv6]:PORT, an "
 		      "absolute Unix socket path or echo");
@@ -585,7 +586,7 @@ static void test_syntax_errors(void)
 			"    forward: echo\r\n# hash comment\n\n   [b]   \nforward=echo\n");
 	CHECK(cfg->nservices == 2, "%zu", cfg->nservices);
 	check_inet4(&cfg->services[0].listen, "127.0.0.1", 80);
-	CHECK(cfg->services[0].forward.kind == EVFDD_ENDPOINT_ECHO, "forward: echo");
+	CHECK(cfg->services[0].backends[0].ep.kind == EVFDD_ENDPOINT_ECHO, "forward: echo");
 	CHECK(cfg->services[0].line == 2 && cfg->services[1].line == 7, "lines");
 	evfdd_config_free(cfg);
 	/* a '#' after a value is part of it */
