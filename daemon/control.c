@@ -175,6 +175,23 @@ static bool control_get_index(struct json_object *params, const char *key, uint6
 	return true;
 }
 
+/* A string parameter without NUL bytes, at most @max bytes (json-c strings may hold "\u0000"). */
+static bool control_get_string(struct json_object *params, const char *key, size_t max, const char **out)
+{
+	struct json_object *v;
+	const char *s;
+	size_t len;
+
+	if (!json_object_object_get_ex(params, key, &v) || !json_object_is_type(v, json_type_string))
+		return false;
+	s = json_object_get_string(v);
+	len = (size_t)json_object_get_string_len(v);
+	if (len > max || strlen(s) != len)
+		return false;
+	*out = s;
+	return true;
+}
+
 static void control_error_method(struct varlink_call *call, const char *error)
 {
 	struct json_object *p = json_object_new_object(), *m = json_object_new_string(varlink_call_method(call));
@@ -205,7 +222,8 @@ static bool control_allowed(struct evfdd_control *c, struct varlink_call *call)
 }
 
 enum control_kind {
-	CONTROL_STATUS, CONTROL_LOOPS, CONTROL_RINGS, CONTROL_SERVICES, CONTROL_MOVE, CONTROL_RELOAD
+	CONTROL_STATUS, CONTROL_LOOPS, CONTROL_RINGS, CONTROL_SERVICES, CONTROL_MOVE, CONTROL_RELOAD,
+	CONTROL_BACKENDS, CONTROL_SET_BACKEND
 };
 
 static const struct control_method {
@@ -218,6 +236,8 @@ static const struct control_method {
 	{ "Services", CONTROL_SERVICES },
 	{ "MoveRing", CONTROL_MOVE },
 	{ "Reload", CONTROL_RELOAD },
+	{ "Backends", CONTROL_BACKENDS },
+	{ "SetBackendState", CONTROL_SET_BACKEND },
 };
 
 static void control_read(struct evfdd_control *c, struct varlink_call *call, struct json_object *params,
@@ -271,6 +291,42 @@ static void control_reload(struct evfdd_control *c, struct varlink_call *call, s
 	c->ops.reload(c->arg, control_done, call);
 }
 
+static void control_backends(struct evfdd_control *c, struct varlink_call *call, struct json_object *params)
+{
+	static const char *const allowed[] = { "service", NULL };
+	const char *bad = varlink_unknown_parameter(params, allowed), *service = NULL;
+	struct json_object *v;
+
+	if (!bad && json_object_object_get_ex(params, "service", &v) && v &&
+	    !control_get_string(params, "service", EVFDD_CONFIG_NAME_MAX, &service))
+		bad = "service";
+	if (bad) {
+		varlink_call_invalid_parameter(call, bad);
+		return;
+	}
+	c->ops.backends(c->arg, service, control_done, call);
+}
+
+static void control_set_backend(struct evfdd_control *c, struct varlink_call *call, struct json_object *params)
+{
+	static const char *const allowed[] = { "service", "backend", "state", NULL };
+	const char *bad = varlink_unknown_parameter(params, allowed), *service, *backend, *state = NULL;
+
+	if (!bad && !control_get_string(params, "service", EVFDD_CONFIG_NAME_MAX, &service))
+		bad = "service";
+	if (!bad && !control_get_string(params, "backend", 4096, &backend))
+		bad = "backend";
+	if (!bad && (!control_get_string(params, "state", 16, &state) ||
+		     (strcmp(state, "drain") && strcmp(state, "enable"))))
+		bad = "state";
+	if (bad) {
+		varlink_call_invalid_parameter(call, bad);
+		return;
+	}
+	c->ops.set_backend(c->arg, service, backend, !strcmp(state, "drain"), varlink_call_uid(call), control_done,
+			   call);
+}
+
 /* Every call to io.evfdd: find the method, check who calls, then the parameters. */
 static void control_method(void *arg, struct varlink_call *call, const char *method, struct json_object *params)
 {
@@ -307,6 +363,12 @@ static void control_method(void *arg, struct varlink_call *call, const char *met
 	case CONTROL_RELOAD:
 		implemented = c->ops.reload != NULL;
 		break;
+	case CONTROL_BACKENDS:
+		implemented = c->ops.backends != NULL;
+		break;
+	case CONTROL_SET_BACKEND:
+		implemented = c->ops.set_backend != NULL;
+		break;
 	}
 	if (!get && !implemented) {
 		control_error_method(call, "org.varlink.service.MethodNotImplemented");
@@ -314,10 +376,14 @@ static void control_method(void *arg, struct varlink_call *call, const char *met
 	}
 	if (get)
 		control_read(c, call, params, get);
+	else if (m->kind == CONTROL_BACKENDS)
+		control_backends(c, call, params);   /* reading: open to every peer */
 	else if (!control_allowed(c, call))
 		return;
 	else if (m->kind == CONTROL_MOVE)
 		control_move(c, call, params);
+	else if (m->kind == CONTROL_SET_BACKEND)
+		control_set_backend(c, call, params);
 	else
 		control_reload(c, call, params);
 }

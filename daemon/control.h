@@ -9,6 +9,7 @@
 #define EVFDD_CONTROL_H
 
 #include <ev.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 #include <json-c/json.h>
@@ -29,6 +30,11 @@ struct evfdd_control_ops {
 	/* MoveRing and Reload: @done runs later (or at once, for an immediate error), exactly once. */
 	void (*move)(void *arg, uint64_t ring, uint64_t loop, evfdd_control_done_fn done, void *cookie);
 	void (*reload)(void *arg, evfdd_control_done_fn done, void *cookie);
+	/* Backends: @service NULL for every service. SetBackendState: @drain or enable, asked by @uid. Both
+	 * answer through @done before they return. */
+	void (*backends)(void *arg, const char *service, evfdd_control_done_fn done, void *cookie);
+	void (*set_backend)(void *arg, const char *service, const char *backend, bool drain, uid_t uid,
+			    evfdd_control_done_fn done, void *cookie);
 };
 
 /*

@@ -73,6 +73,12 @@ struct json_object *evfdd_inspect_status(void *arg);
 struct json_object *evfdd_inspect_loops(void *arg);
 struct json_object *evfdd_inspect_rings(void *arg);
 struct json_object *evfdd_inspect_services(void *arg);
+/* Backends (io.evfdd): @service NULL for every service; NoSuchService when there is no such one. */
+void evfdd_inspect_backends(void *arg, const char *service, evfdd_control_done_fn done, void *cookie);
+/* Answer a SetBackendState on backend @backend of @s (NULL: no service named @service): the backend as it
+ * is now, or NoSuchService / NoSuchBackend. */
+void evfdd_inspect_backend_answer(evfdd_control_done_fn done, void *cookie, const struct evfdd_svc *s,
+				  const char *service, const char *backend);
 /* Answer a Reload with @r: the reply, or the error ReloadFailed. */
 void evfdd_inspect_reload_answer(evfdd_control_done_fn done, void *cookie, const struct evfdd_reload_result *r);
 /* Answer a MoveRing that moved @ring from loop @from to loop @to in @usec. */

@@ -29,7 +29,8 @@ enum { EXIT_OK = 0, EXIT_ERROR_REPLY = 1, EXIT_USAGE = 2 };
 struct command {
 	const char *name;
 	const char *method;	/* without "io.evfdd." */
-	int nargs;
+	int min_args, max_args;
+	const char *args;	/* for a usage message: "RING LOOP" */
 	int timeout_sec;
 	void (*print)(struct json_object *params);
 };
@@ -41,12 +42,18 @@ static void usage(FILE *f)
 
 	fprintf(f,
 		"Usage: evfdctl [-s SOCKET] [--json] COMMAND\n"
-		"Ask evfdd, through its control socket, what it is doing, or tell it to move a ring or reload.\n\n"
+		"Ask evfdd, through its control socket, what it is doing, or tell it to move a ring, drain a\n"
+		"backend or reload.\n\n"
 		"Commands:\n"
 		"  status           the daemon as a whole\n"
 		"  loops            the worker loops\n"
 		"  rings            the io_uring rings and the loops that own them\n"
 		"  services         the services and their counters\n"
+		"  backends [SERVICE]\n"
+		"                   the backends of every service, or of one, with their state and counters\n"
+		"  backend drain|enable SERVICE BACKEND\n"
+		"                   stop giving a backend new connections (open ones carry on), or start again;\n"
+		"                   lasts across reloads (root or evfdd's user)\n"
 		"  move RING LOOP   move a ring, with its connections, to another loop (root or evfdd's user)\n"
 		"  reload           reload the configuration and wait for the outcome (root or evfdd's user)\n\n"
 		"Options:\n"
@@ -419,6 +426,32 @@ static void print_services(struct json_object *params)
 	print_table(params, "services", "services");
 }
 
+/* The columns of a backends table; --json gives every field. */
+static struct json_object *backend_row(struct json_object *b)
+{
+	static const char *const keys[] = { "service", "backend", "weight", "state", "health", "open",
+					     "connections", "connect_failures", "bytes_up", "bytes_down" };
+	struct json_object *row = json_object_new_object(), *v;
+
+	for (size_t k = 0; row && k < sizeof(keys) / sizeof(keys[0]); k++)
+		if (json_object_object_get_ex(b, keys[k], &v))
+			json_object_object_add(row, keys[k], json_object_get(v));
+	return row;
+}
+
+static void print_backends(struct json_object *params)
+{
+	struct json_object *rows, *out = json_object_new_object(), *list = json_object_new_array();
+
+	if (json_object_object_get_ex(params, "backends", &rows) && json_object_is_type(rows, json_type_array))
+		for (size_t i = 0; i < json_object_array_length(rows); i++)
+			json_object_array_add(list, backend_row(json_object_array_get_idx(rows, i)));
+	json_object_object_add(out, "backends", list);
+	print_table(out, "backends", "backends (the echo has none)");
+	json_object_put(out);
+}
+
+
 static int64_t get_int(struct json_object *o, const char *key)
 {
 	struct json_object *v;
@@ -432,6 +465,18 @@ static const char *get_str(struct json_object *o, const char *key)
 
 	return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string) ?
 	       json_object_get_string(v) : "";
+}
+
+static void print_backend(struct json_object *params)
+{
+	struct json_object *b = NULL;
+
+	json_object_object_get_ex(params, "backend", &b);
+	printf("[");
+	put_escaped(stdout, get_str(b, "service"));
+	printf("] backend ");
+	put_escaped(stdout, get_str(b, "backend"));
+	printf(": %s, %" PRId64 " open\n", get_str(b, "state"), get_int(b, "open"));
 }
 
 static void print_move(struct json_object *params)
@@ -451,12 +496,14 @@ static void print_reload(struct json_object *params)
 }
 
 static const struct command commands[] = {
-	{ "status", "Status", 0, TIMEOUT_SEC, print_kv },
-	{ "loops", "Loops", 0, TIMEOUT_SEC, print_loops },
-	{ "rings", "Rings", 0, TIMEOUT_SEC, print_rings },
-	{ "services", "Services", 0, TIMEOUT_SEC, print_services },
-	{ "move", "MoveRing", 2, TIMEOUT_SEC, print_move },
-	{ "reload", "Reload", 0, RELOAD_TIMEOUT_SEC, print_reload },
+	{ "status", "Status", 0, 0, "", TIMEOUT_SEC, print_kv },
+	{ "loops", "Loops", 0, 0, "", TIMEOUT_SEC, print_loops },
+	{ "rings", "Rings", 0, 0, "", TIMEOUT_SEC, print_rings },
+	{ "services", "Services", 0, 0, "", TIMEOUT_SEC, print_services },
+	{ "backends", "Backends", 0, 1, "[SERVICE]", TIMEOUT_SEC, print_backends },
+	{ "backend", "SetBackendState", 3, 3, "drain|enable SERVICE BACKEND", TIMEOUT_SEC, print_backend },
+	{ "move", "MoveRing", 2, 2, "RING LOOP", TIMEOUT_SEC, print_move },
+	{ "reload", "Reload", 0, 0, "", RELOAD_TIMEOUT_SEC, print_reload },
 };
 
 /* An error answer, said for a person on stderr. */
@@ -495,6 +542,17 @@ static void print_error(const struct command *cmd, const char *error, struct jso
 		fprintf(stderr, "permission denied: %s needs root or the user evfdd runs as\n", cmd->method);
 	else if (!strcmp(e, "ShuttingDown"))
 		fprintf(stderr, "evfdd is shutting down\n");
+	else if (!strcmp(e, "NoSuchService")) {
+		fprintf(stderr, "there is no service \"");
+		put_escaped(stderr, get_str(params, "service"));
+		fprintf(stderr, "\"; evfdctl services lists them\n");
+	} else if (!strcmp(e, "NoSuchBackend")) {
+		fprintf(stderr, "service \"");
+		put_escaped(stderr, get_str(params, "service"));
+		fprintf(stderr, "\" has no backend \"");
+		put_escaped(stderr, get_str(params, "backend"));
+		fprintf(stderr, "\"; evfdctl backends lists them, named as written in forward\n");
+	}
 	else {
 		put_escaped(stderr, error);
 		fputc(' ', stderr);
@@ -688,7 +746,17 @@ static char *build_call(const struct command *cmd, char *const *args, size_t *le
 	snprintf(method, sizeof(method), "io.evfdd.%s", cmd->method);
 	if (!call || !params)
 		goto out;
-	if (cmd->nargs == 2) {
+	if (!strcmp(cmd->method, "Backends") && args[0]) {
+		json_object_object_add(params, "service", json_object_new_string(args[0]));
+	} else if (!strcmp(cmd->method, "SetBackendState")) {
+		if (strcmp(args[0], "drain") && strcmp(args[0], "enable")) {
+			fprintf(stderr, "evfdctl: backend takes drain or enable, not \"%s\"\n", args[0]);
+			exit(EXIT_USAGE);
+		}
+		json_object_object_add(params, "service", json_object_new_string(args[1]));
+		json_object_object_add(params, "backend", json_object_new_string(args[2]));
+		json_object_object_add(params, "state", json_object_new_string(args[0]));
+	} else if (!strcmp(cmd->method, "MoveRing")) {
 		if (!parse_index(args[0], &ring) || !parse_index(args[1], &loop)) {
 			fprintf(stderr, "evfdctl: move takes two numbers, RING and LOOP (see evfdctl rings and evfdctl "
 				"loops), not \"%s\" \"%s\"\n", args[0], args[1]);
@@ -762,9 +830,11 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return EXIT_USAGE;
 	}
-	if (argc - optind - 1 != cmd->nargs) {
-		fprintf(stderr, "evfdctl: %s takes %s\n", cmd->name, cmd->nargs ? "two arguments: move RING LOOP" :
-			"no arguments");
+	if (argc - optind - 1 < cmd->min_args || argc - optind - 1 > cmd->max_args) {
+		if (cmd->max_args)
+			fprintf(stderr, "evfdctl: usage: evfdctl %s %s\n", cmd->name, cmd->args);
+		else
+			fprintf(stderr, "evfdctl: %s takes no arguments\n", cmd->name);
 		return EXIT_USAGE;
 	}
 	msg = build_call(cmd, argv + optind + 1, &len);

@@ -310,6 +310,23 @@ static void control_move(void *arg, uint64_t ring, uint64_t loop, evfdd_control_
 	}
 }
 
+/* The control socket's SetBackendState: the backend's state is shared by every generation of the service
+ * that keeps it, so the drain outlasts reloads. */
+static void control_set_backend(void *arg, const char *service, const char *backend, bool drain, uid_t uid,
+				evfdd_control_done_fn done, void *cookie)
+{
+	struct daemon *d = arg;
+	const struct evfdd_svc *s = evfdd_reload_service(&d->plane, service);
+	struct evfdd_svc_backend *sb = s ? evfdd_pool_find(&s->pool, backend) : NULL;
+	char who[32];
+
+	if (sb) {
+		snprintf(who, sizeof(who), "uid %u", (unsigned)uid);
+		evfdd_backend_set_drained(sb->b, drain, who);
+	}
+	evfdd_inspect_backend_answer(done, cookie, s, service, backend);
+}
+
 /* ---- start-up --------------------------------------------------------------------------------------- */
 
 static int load_config(const char *path, bool explicit_path, struct evfdd_config **cfg)
@@ -334,6 +351,8 @@ static const struct evfdd_control_ops control_ops = {
 	.services = evfdd_inspect_services,
 	.move = control_move,
 	.reload = control_reload,
+	.backends = evfdd_inspect_backends,
+	.set_backend = control_set_backend,
 };
 
 static int control_open(struct daemon *d, int fd)

@@ -4,7 +4,9 @@
  * io.evfdd error name. control.c carries the calls; evfdd.c decides what a move or a reload does; this file
  * only reads the daemon's state and says it.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -53,7 +55,7 @@ static void counts_json(struct json_object *o, const struct evfdd_counts *t)
 	for (k = 0; k < EVFDD_CTR_COUNT; k++)
 		add_int(evfdd_counter_info[k].end ? ends : o, evfdd_counter_info[k].name, t->v[k]);
 	add_int(o, "refused", e[EVFDD_END_LIMIT] + e[EVFDD_END_NO_RESOURCES]);
-	add_int(o, "connect_errors", e[EVFDD_END_CONNECT_FAILED]);
+	add_int(o, "connect_errors", e[EVFDD_END_CONNECT_FAILED] + e[EVFDD_END_NO_BACKEND]);
 	add_int(o, "aborted", e[EVFDD_END_CLIENT_RESET] + e[EVFDD_END_BACKEND_RESET] + e[EVFDD_END_CLIENT_ERROR] +
 		e[EVFDD_END_BACKEND_ERROR] + e[EVFDD_END_IDLE_TIMEOUT] + e[EVFDD_END_SHUTDOWN]);
 	json_object_object_add(o, "ends", ends);
@@ -182,6 +184,122 @@ struct json_object *evfdd_inspect_services(void *arg)
 	}
 	json_object_object_add(o, "services", a);
 	return o;
+}
+
+static const char *check_name(const struct evfdd_svc *s)
+{
+	if (s->check == EVFDD_CHECK_CONNECT)
+		return "connect";
+	if (s->check == EVFDD_CHECK_EXCHANGE)
+		return s->check_send && s->check_expect ? "send-expect" : s->check_send ? "send" : "expect";
+	return "none";
+}
+
+/* An address as a connect would use it: "192.0.2.1:80", "[2001:db8::1]:80" or "/run/app.sock". */
+static void addr_text(const struct evfdd_sockaddr *a, char *buf, size_t size)
+{
+	char ip[INET6_ADDRSTRLEN] = "?";
+
+	switch (a->u.sa.sa_family) {
+	case AF_INET:
+		inet_ntop(AF_INET, &a->u.in.sin_addr, ip, sizeof(ip));
+		snprintf(buf, size, "%s:%u", ip, ntohs(a->u.in.sin_port));
+		break;
+	case AF_INET6:
+		inet_ntop(AF_INET6, &a->u.in6.sin6_addr, ip, sizeof(ip));
+		snprintf(buf, size, "[%s]:%u", ip, ntohs(a->u.in6.sin6_port));
+		break;
+	case AF_UNIX:
+		snprintf(buf, size, "%s", a->u.un.sun_path);
+		break;
+	default:
+		snprintf(buf, size, "?");
+	}
+}
+
+/* io.evfdd's BackendInfo. */
+static struct json_object *backend_json(const struct evfdd_svc *s, const struct evfdd_svc_backend *sb)
+{
+	struct evfdd_backend *b = sb->b;
+	struct json_object *o = json_object_new_object(), *addrs = json_object_new_array();
+	enum evfdd_health h = (enum evfdd_health)atomic_load(&b->health);
+	struct evfdd_sockaddr a;
+	char text[sizeof(a.u.un.sun_path) + 16];
+
+	add_str(o, "service", s->name);
+	add_str(o, "backend", b->name);
+	add_int(o, "weight", sb->weight);
+	add_int(o, "maxconn", sb->maxconn);
+	json_object_object_add(o, "backup", json_object_new_boolean(sb->backup));
+	add_str(o, "state", atomic_load(&b->drained) ? "drained" : evfdd_health_name(h));
+	add_str(o, "health", evfdd_health_name(h));
+	add_str(o, "health_check", check_name(s));
+	for (size_t k = 0; evfdd_backend_addr(b, k, &a); k++) {
+		addr_text(&a, text, sizeof(text));
+		json_object_array_add(addrs, json_object_new_string(text));
+	}
+	json_object_object_add(o, "addresses", addrs);
+	add_int(o, "open", atomic_load(&b->open));
+	add_int(o, "connections", atomic_load(&b->connections));
+	add_int(o, "connect_failures", atomic_load(&b->connect_failures));
+	add_int(o, "bytes_up", atomic_load(&b->bytes_up));
+	add_int(o, "bytes_down", atomic_load(&b->bytes_down));
+	add_int(o, "state_changes", atomic_load(&b->state_changes));
+	add_int(o, "last_change_usec", atomic_load(&b->last_change_usec));
+	return o;
+}
+
+static void answer_no_service(evfdd_control_done_fn done, void *cookie, const char *service)
+{
+	struct json_object *p = json_object_new_object();
+
+	add_str(p, "service", service);
+	done(cookie, IFACE "NoSuchService", p);
+}
+
+void evfdd_inspect_backends(void *arg, const char *service, evfdd_control_done_fn done, void *cookie)
+{
+	struct daemon *d = arg;
+	struct json_object *o, *a;
+	const struct evfdd_svc *only = service ? evfdd_reload_service(&d->plane, service) : NULL;
+
+	if (service && !only) {
+		answer_no_service(done, cookie, service);
+		return;
+	}
+	o = json_object_new_object();
+	a = json_object_new_array();
+	for (unsigned i = 0; i < d->plane.nsvcs; i++) {
+		const struct evfdd_svc *s = d->plane.svcs[i].svc;
+
+		if (only && s != only)
+			continue;
+		for (unsigned k = 0; k < s->pool.n; k++)
+			json_object_array_add(a, backend_json(s, &s->pool.v[k]));
+	}
+	json_object_object_add(o, "backends", a);
+	done(cookie, NULL, o);
+}
+
+void evfdd_inspect_backend_answer(evfdd_control_done_fn done, void *cookie, const struct evfdd_svc *s,
+				  const char *service, const char *backend)
+{
+	const struct evfdd_svc_backend *sb = s ? evfdd_pool_find(&s->pool, backend) : NULL;
+	struct json_object *p;
+
+	if (!s) {
+		answer_no_service(done, cookie, service);
+		return;
+	}
+	p = json_object_new_object();
+	if (!sb) {
+		add_str(p, "service", service);
+		add_str(p, "backend", backend);
+		done(cookie, IFACE "NoSuchBackend", p);
+		return;
+	}
+	json_object_object_add(p, "backend", backend_json(s, sb));
+	done(cookie, NULL, p);
 }
 
 void evfdd_inspect_reload_answer(evfdd_control_done_fn done, void *cookie, const struct evfdd_reload_result *r)
