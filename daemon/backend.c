@@ -13,7 +13,7 @@
 #include "log.h"
 #include "util.h"
 
-const char *evfdd_health_name(enum evfdd_health h)
+const char *evfdd_backend_health_name(enum evfdd_backend_health h)
 {
 	return h == EVFDD_HEALTH_UP ? "up" : "down";
 }
@@ -105,7 +105,7 @@ static void backend_changed(struct evfdd_backend *b)
 	atomic_store(&b->last_change_usec, util_now_ns(CLOCK_REALTIME) / 1000);
 }
 
-bool evfdd_backend_set_health(struct evfdd_backend *b, enum evfdd_health h, const char *why)
+bool evfdd_backend_set_health(struct evfdd_backend *b, enum evfdd_backend_health h, const char *why)
 {
 	int expected = h == EVFDD_HEALTH_UP ? EVFDD_HEALTH_DOWN : EVFDD_HEALTH_UP;
 	char what[256];
@@ -114,7 +114,7 @@ bool evfdd_backend_set_health(struct evfdd_backend *b, enum evfdd_health h, cons
 		return false;
 	backend_changed(b);
 	snprintf(what, sizeof(what), h == EVFDD_HEALTH_UP ? "is up (%s)" : "is down: %s", why);
-	backend_log(b, h == EVFDD_HEALTH_UP ? LOG_NOTICE : LOG_WARNING, evfdd_health_name(h), what);
+	backend_log(b, h == EVFDD_HEALTH_UP ? LOG_NOTICE : LOG_WARNING, evfdd_backend_health_name(h), what);
 	return true;
 }
 

@@ -23,7 +23,7 @@
 #include <sys/socket.h>
 #include "config.h"
 
-enum evfdd_health { EVFDD_HEALTH_UP, EVFDD_HEALTH_DOWN };
+enum evfdd_backend_health { EVFDD_HEALTH_UP, EVFDD_HEALTH_DOWN };
 
 struct evfdd_backend {
 	atomic_uint refs;
@@ -36,7 +36,7 @@ struct evfdd_backend {
 	size_t naddrs;
 	atomic_bool resolving;           /* a lookup is running (resolve.c) */
 
-	_Atomic int health;              /* enum evfdd_health */
+	_Atomic int health;              /* enum evfdd_backend_health */
 	atomic_bool drained;             /* no new connections (evfdctl backend drain) */
 	atomic_uint fails;               /* consecutive failed connects */
 	_Atomic uint64_t trial_ns;       /* passively down: a trial connection may go from then (CLOCK_MONOTONIC) */
@@ -124,7 +124,7 @@ void evfdd_backend_set_addrs(struct evfdd_backend *b, struct evfdd_endpoint *ep)
  * evfdd_backend_set_health - @b is now @h because of @why (a message such as "3 connect failures in a row");
  * logs and counts the change when it is one. Any thread. Returns whether it changed.
  */
-bool evfdd_backend_set_health(struct evfdd_backend *b, enum evfdd_health h, const char *why);
+bool evfdd_backend_set_health(struct evfdd_backend *b, enum evfdd_backend_health h, const char *why);
 
 /* Drain or enable @b, saying so in the log with @who ("uid 0"). Returns whether it changed. */
 bool evfdd_backend_set_drained(struct evfdd_backend *b, bool drained, const char *who);
@@ -133,6 +133,6 @@ struct evfdd_backend *evfdd_backend_ref(struct evfdd_backend *b);
 void evfdd_backend_unref(struct evfdd_backend *b);
 
 /* "up" or "down" */
-const char *evfdd_health_name(enum evfdd_health h);
+const char *evfdd_backend_health_name(enum evfdd_backend_health h);
 
 #endif

@@ -13,7 +13,9 @@
 #include <sys/queue.h>
 #include "control.h"
 #include "evfd.h"
+#include "health.h"
 #include "reload.h"
+#include "resolve.h"
 
 enum daemon_state {
 	DAEMON_STARTING,                 /* the data plane is coming up */
@@ -36,6 +38,9 @@ struct daemon {
 	struct evfd_loop *main;
 	struct ev_loop *ev;
 	struct evfdd_control *control;
+	struct evfdd_health *health;     /* active health checks */
+	struct evfdd_resolve *resolve;   /* names looked up again every resolve_interval */
+	bool workers_gone, health_gone;  /* stopping: evfdd exits once both are */
 	uint64_t start_usec;             /* CLOCK_MONOTONIC */
 
 	/* The lifecycle: one state and what is pending; daemon_step takes the next step. */

@@ -47,7 +47,18 @@ static void workers_gone(void *arg)
 	struct daemon *d = arg;
 
 	log_notice("all connections finished; exiting");
-	ev_break(d->ev, EVBREAK_ALL);
+	d->workers_gone = true;
+	if (d->health_gone)
+		ev_break(d->ev, EVBREAK_ALL);
+}
+
+static void health_gone(void *arg)
+{
+	struct daemon *d = arg;
+
+	d->health_gone = true;
+	if (d->workers_gone)
+		ev_break(d->ev, EVBREAK_ALL);
 }
 
 static void shutdown_timeout_cb(struct ev_loop *ev, ev_timer *w, int revents)
@@ -81,7 +92,16 @@ static void stop_begin(struct daemon *d)
 	ev_timer_init(&d->shutdown_timer, shutdown_timeout_cb, d->plane.cfg->shutdown_timeout_ms / 1000.0, 0.);
 	d->shutdown_timer.data = d;
 	ev_timer_start(d->ev, &d->shutdown_timer);
+	evfdd_resolve_apply(d->resolve, NULL, 0);
+	evfdd_health_stop(d->health, health_gone, d);
 	evfdd_workers_stop(d->plane.workers, false, workers_gone, d);
+}
+
+/* What runs beside the data plane follows the services in force: health checks, name lookups. */
+static void services_follow(struct daemon *d)
+{
+	evfdd_health_apply(d->health, d->plane.svcs, d->plane.nsvcs);
+	evfdd_resolve_apply(d->resolve, d->plane.svcs, d->plane.nsvcs);
 }
 
 /* Cut every connection still open. */
@@ -131,6 +151,8 @@ static void reload_done(void *arg, struct evfdd_reload_result *r)
 	memset(r, 0, sizeof(*r));
 	d->have_last = true;
 	d->state = DAEMON_RUNNING;
+	if (d->last.ok)
+		services_follow(d);
 	evfdd_notify_ready(d, status);
 	waiters_answer(&d->waiters, &d->last);
 	daemon_step(d);
@@ -196,6 +218,7 @@ static void started(void *arg, int err)
 		return;
 	}
 	d->state = DAEMON_RUNNING;
+	services_follow(d);
 	log_notice("evfdd %s ready: %u services, %u workers, %u rings (%s)", PACKAGE_VERSION, d->plane.nsvcs,
 		   d->plane.cfg->workers, d->plane.cfg->rings, d->plane.cfg->source);
 	evfdd_notify_ready(d, "running");
@@ -384,6 +407,8 @@ static int run(struct daemon *d)
 		fatalx("cannot create the main event loop");
 	if (evfd_loop_new(&d->main, d->ev) < 0)
 		fatalx("cannot set up the main loop");
+	if (evfdd_health_new(&d->health, d->main) < 0 || evfdd_resolve_new(&d->resolve, d->ev) < 0)
+		fatalx("out of memory");
 	/* Signals first: one that arrives during start-up is acted on once the data plane is up. */
 	ev_signal_init(&d->sigterm, stop_cb, SIGTERM);
 	ev_signal_init(&d->sigint, stop_cb, SIGINT);
@@ -421,6 +446,8 @@ out:
 	signal(SIGHUP, SIG_IGN);
 	ev_timer_stop(d->ev, &d->shutdown_timer);
 	evfdd_control_free(d->control);
+	evfdd_resolve_free(d->resolve);
+	evfdd_health_free(d->health);
 	/* After a start-up failure with rings already running, the process exits without waiting for them. */
 	if (rc == 0 || !d->plane.workers || !evfdd_workers_rings(d->plane.workers)) {
 		evfdd_workers_free(d->plane.workers);

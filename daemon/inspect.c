@@ -222,7 +222,7 @@ static struct json_object *backend_json(const struct evfdd_svc *s, const struct 
 {
 	struct evfdd_backend *b = sb->b;
 	struct json_object *o = json_object_new_object(), *addrs = json_object_new_array();
-	enum evfdd_health h = (enum evfdd_health)atomic_load(&b->health);
+	enum evfdd_backend_health h = (enum evfdd_backend_health)atomic_load(&b->health);
 	struct evfdd_sockaddr a;
 	char text[sizeof(a.u.un.sun_path) + 16];
 
@@ -231,8 +231,8 @@ static struct json_object *backend_json(const struct evfdd_svc *s, const struct 
 	add_int(o, "weight", sb->weight);
 	add_int(o, "maxconn", sb->maxconn);
 	json_object_object_add(o, "backup", json_object_new_boolean(sb->backup));
-	add_str(o, "state", atomic_load(&b->drained) ? "drained" : evfdd_health_name(h));
-	add_str(o, "health", evfdd_health_name(h));
+	add_str(o, "state", atomic_load(&b->drained) ? "drained" : evfdd_backend_health_name(h));
+	add_str(o, "health", evfdd_backend_health_name(h));
 	add_str(o, "health_check", check_name(s));
 	for (size_t k = 0; evfdd_backend_addr(b, k, &a); k++) {
 		addr_text(&a, text, sizeof(text));
