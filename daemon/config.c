@@ -647,13 +647,17 @@ static bool cfg_opt_uint(struct cfg_parser *ps, const char *opt, const char *dig
 }
 
 /* ",weight=N,maxconn=N,backup" after a backend's address (@opts points at the first comma, or is empty). */
-static bool cfg_backend_options(struct cfg_parser *ps, char *opts, struct evfdd_backend_conf *b)
+static bool cfg_backend_options(struct cfg_parser *ps, const char *opts, struct evfdd_backend_conf *b)
 {
-	char *o, *save = NULL;
+	char *copy = strdup(opts), *o, *save = NULL;   /* strtok_r writes; the messages show the original */
 	uint64_t v;
 	bool ok = true;
 
-	for (o = strtok_r(opts, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
+	if (!copy) {
+		ps->oom = true;
+		return false;
+	}
+	for (o = strtok_r(copy, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
 		if (strncmp(o, "weight=", 7) == 0) {
 			if (cfg_opt_uint(ps, "weight", o + 7, 1, EVFDD_CONFIG_MAX_WEIGHT, &v))
 				b->weight = (unsigned)v;
@@ -674,6 +678,7 @@ static bool cfg_backend_options(struct cfg_parser *ps, char *opts, struct evfdd_
 			ok = false;
 		}
 	}
+	free(copy);
 	return ok;
 }
 
@@ -805,6 +810,13 @@ static void cfg_forward(struct cfg_parser *ps)
 			p++;
 		if (!*p)
 			break;
+		if (*p == '#') {
+			char v[800];
+
+			cfg_error(ps, ps->lineno, ps->sec_name, ps->key, "\"%s\": a comment after a value starts with "
+				  "';', not '#'", cfg_esc(ps->value, SIZE_MAX, true, v, sizeof(v)));
+			break;
+		}
 		p = cfg_backend(ps, p);
 	}
 }

@@ -132,6 +132,11 @@ static void check_service_defaults(const struct evfdd_service *s)
 	CHECK(s->backlog == 511, "%d", s->backlog);
 	CHECK(s->tcp_nodelay, "tcp_nodelay");
 	CHECK(s->socket_mode == 0666, "%o", (unsigned)s->socket_mode);
+	CHECK(s->balance == EVFDD_BALANCE_ROUND_ROBIN && s->retries == 2 && s->fall == 3 && s->rise == 2, "balance");
+	CHECK(s->down_time_ms == 10000 && s->health_interval_ms == 2000 && s->resolve_interval_ms == 0, "health");
+	CHECK(s->check == EVFDD_CHECK_NONE && !s->check_send && !s->check_expect, "check");
+	for (size_t i = 0; i < s->nbackends; i++)
+		CHECK(s->backends[i].weight == 1 && s->backends[i].maxconn == 0 && !s->backends[i].backup, "options");
 }
 
 static void check_inet4(const struct evfdd_endpoint *ep, const char *addr, unsigned port)
@@ -462,6 +467,76 @@ static void test_addresses(void)
 		      "its own");
 }
 
+static void test_backends(void)
+{
+	struct evfdd_config *cfg;
+	const struct evfdd_service *s;
+
+	/* a list, options, a repeated forward appending, a quoted path with a blank and a comma */
+	cfg = expect_ok("[s]\nforward = 127.0.0.1:1 127.0.0.1:2,weight=3,maxconn=7\n"
+			"forward = \"/run/a b,c\\\"d\",backup\t[::1]:3\nbalance = source-hash\nretries = 0\n"
+			"fall = 1\nrise = 100\ndown_time = 1h\nhealth_check = send:PING\\r\\n expect:+PONG\\x20ok\n"
+			"health_interval = 100ms\nresolve_interval = 1s\n");
+	s = &cfg->services[0];
+	CHECK(s->nbackends == 4, "%zu backends", s->nbackends);
+	check_inet4(&s->backends[0].ep, "127.0.0.1", 1);
+	check_inet4(&s->backends[1].ep, "127.0.0.1", 2);
+	CHECK(s->backends[1].weight == 3 && s->backends[1].maxconn == 7 && !s->backends[1].backup, "options");
+	check_unix(&s->backends[2].ep, "/run/a b,c\"d");
+	CHECK(s->backends[2].backup && s->backends[2].weight == 1, "backup");
+	CHECK(strcmp(s->backends[2].ep.text, "/run/a b,c\"d") == 0, "name of a quoted path");
+	check_inet6(&s->backends[3].ep, "::1", 3, true);
+	CHECK(strcmp(s->forward_text, "127.0.0.1:1 127.0.0.1:2,weight=3,maxconn=7 \"/run/a b,c\\\"d\",backup\t[::1]:3")
+	      == 0, "forward_text %s", s->forward_text);
+	CHECK(s->balance == EVFDD_BALANCE_SOURCE_HASH && s->retries == 0 && s->fall == 1 && s->rise == 100, "keys");
+	CHECK(s->down_time_ms == 3600000 && s->health_interval_ms == 100 && s->resolve_interval_ms == 1000, "times");
+	CHECK(s->check == EVFDD_CHECK_EXCHANGE && s->check_send_len == 6 && !memcmp(s->check_send, "PING\r\n", 6) &&
+	      s->check_expect_len == 8 && !memcmp(s->check_expect, "+PONG ok", 8), "check strings");
+	CHECK(!s->backends[0].host && !s->backends[2].host, "numeric: nothing to re-resolve");
+	evfdd_config_free(cfg);
+	cfg = expect_ok("[s]\nforward = localhost:9\nbalance = random-two\nhealth_check = connect\n");
+	CHECK(cfg->services[0].backends[0].host && !strcmp(cfg->services[0].backends[0].host, "localhost") &&
+	      !strcmp(cfg->services[0].backends[0].port, "9"), "a name is kept for re-resolution");
+	CHECK(cfg->services[0].balance == EVFDD_BALANCE_RANDOM_TWO && cfg->services[0].check == EVFDD_CHECK_CONNECT,
+	      "keys");
+	evfdd_config_free(cfg);
+
+	/* every new key's errors name the file, line, section and key */
+	expect_errors("[s]\nforward = 127.0.0.1:1,weight=0 127.0.0.1:2,weight=257\n",
+		      "F:2: [s] forward: \"127.0.0.1:1,weight=0\": weight needs a number from 1 to 256",
+		      "F:2: [s] forward: \"127.0.0.1:2,weight=257\": weight needs a number from 1 to 256");
+	expect_errors("[s]\nforward = 127.0.0.1:1,maxconn=0,fast\n",
+		      "F:2: [s] forward: \"127.0.0.1:1,maxconn=0,fast\": maxconn needs a number from 1 to 1000000",
+		      "F:2: [s] forward: \"127.0.0.1:1,maxconn=0,fast\": unknown option \"fast\"; a backend takes "
+		      "weight=N, maxconn=N and backup");
+	expect_errors("[s]\nforward = echo 127.0.0.1:1\n",
+		      "F:2: [s] forward: \"127.0.0.1:1\": echo is a backend of its own: it takes no options and no "
+		      "other backend");
+	expect_errors("[s]\nforward = 127.0.0.1:1\nforward = 127.0.0.1:1\n",
+		      "F:3: [s] forward: \"127.0.0.1:1\": this backend is already in the list; give each once");
+	expect_errors("[s]\nforward = \"/run/x\n",
+		      "F:2: [s] forward: \"\\\"/run/x\": missing closing '\"'");
+	expect_errors("[s]\nforward = \"relative\"\n",
+		      "F:2: [s] forward: \"\\\"relative\\\"\": quotes are for Unix socket paths, which are absolute");
+	expect_errors("[s]\nforward = 127.0.0.1:1\nbalance = bogus\nretries = 11\nfall = 0\nrise = 101\n"
+		      "down_time = 0\nhealth_check = bogus\nhealth_interval = 1ms\nresolve_interval = 500ms\n",
+		      "F:3: [s] balance: \"bogus\": unknown policy; use round-robin, least-connections, source-hash "
+		      "or random-two",
+		      "F:4: [s] retries: \"11\": out of range 0-10",
+		      "F:5: [s] fall: \"0\": out of range 1-100",
+		      "F:6: [s] rise: \"101\": out of range 1-100",
+		      "F:7: [s] down_time: \"0\": out of range 1s-1h",
+		      "F:8: [s] health_check: \"bogus\": unknown check; use none, connect, send:STRING, "
+		      "expect:STRING or send:STRING expect:STRING",
+		      "F:9: [s] health_interval: \"1ms\": out of range 100ms-1h",
+		      "F:10: [s] resolve_interval: \"500ms\": out of range; use 0 (resolve only at load) or 1s-24h");
+	expect_errors("[s]\nforward = 127.0.0.1:1\nhealth_check = send:\\q\n",
+		      "F:3: [s] health_check: \"send:\\\\q\": send: bad escape; use \\r, \\n, \\t, \\\\ or "
+		      "\\xHH (\\x20 for a blank)");
+	expect_errors("[s]\nforward = echo\nhealth_check = connect\n",
+		      "F:3: [s] health_check: applies only to a service with backends, not to the echo; remove it");
+}
+
 static void test_resolution_failure(void)
 {
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV }, *res = NULL;
@@ -489,7 +564,8 @@ static void test_structure_errors(void)
 
 	expect_errors("[web]\nforward = echo\nfoward = x\n",
 		      "F:3: [web] foward: unknown key; a service takes listen, forward, max_connections, "
-		      "connect_timeout, idle_timeout, backlog, tcp_nodelay, socket_mode");
+		      "connect_timeout, idle_timeout, backlog, tcp_nodelay, socket_mode, balance, retries, fall, rise, down_time, "
+		      "health_check, health_interval, resolve_interval");
 	expect_errors("[evfdd]\nthreads = 4\n[web]\nforward = echo\n",
 		      "F:2: [evfdd] threads: unknown key; [evfdd] takes workers, rings, control, log_level, "
 		      "shutdown_timeout");
@@ -591,8 +667,10 @@ static void test_syntax_errors(void)
 	evfdd_config_free(cfg);
 	/* a '#' after a value is part of it */
 	expect_errors("[web]\nforward = echo # the echo\n",
-		      "F:2: [web] forward: \"echo # the echo\": missing port; expected HOST:PORT, [IPv6]:PORT "
-		      "or an absolute Unix socket path (a comment after a value starts with ';', not '#')");
+		      "F:2: [web] forward: \"echo # the echo\": a comment after a value starts with ';', not '#'");
+	expect_errors("[web]\nlisten = 127.0.0.1:80 # the web\nforward = echo\n",
+		      "F:2: [web] listen: \"127.0.0.1:80 # the web\": port is not a number; expected 1-65535 (a "
+		      "comment after a value starts with ';', not '#')");
 	/* an indented line is its own key, not a continuation of the one above */
 	expect_errors("[web]\nlisten = 127.0.0.1:80\n    forward = echo\n    bogus\n",
 		      "F:4: syntax error: expected \"key = value\", a [section] header or a comment");
@@ -802,6 +880,7 @@ int main(void)
 	test_durations();
 	test_numbers_and_booleans();
 	test_addresses();
+	test_backends();
 	test_resolution_failure();
 	test_structure_errors();
 	test_too_many_services();
