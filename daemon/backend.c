@@ -331,7 +331,8 @@ static size_t pool_src_key(const struct sockaddr *src, unsigned char key[16])
 }
 
 /* Weighted rendezvous hashing: the backend with the highest weight / -ln(u) for u uniform in (0,1) drawn
- * from hash(source, backend name). Removing a backend moves only the sources it had. */
+ * from hash(source, backend name). Removing a backend moves only the sources it had. A down backend due for
+ * a trial competes too, so that its trial is one of its own sources' connections. */
 static int pick_hash(const struct evfdd_pool *p, unsigned tier, const unsigned char *key, size_t klen,
 		     const uint16_t *tried, unsigned ntried, uint64_t now)
 {
@@ -342,7 +343,12 @@ static int pick_hash(const struct evfdd_pool *p, unsigned tier, const unsigned c
 		uint64_t h;
 		double u, score;
 
-		if (p->v[i].backup != (tier == 1) || pool_avail(p, i, tried, ntried, now) != AVAIL_OK)
+		enum avail av;
+
+		if (p->v[i].backup != (tier == 1))
+			continue;
+		av = pool_avail(p, i, tried, ntried, now);
+		if (av != AVAIL_OK && av != AVAIL_TRIAL)
 			continue;
 		h = pool_hash(0xcbf29ce484222325ULL, key, klen);
 		h = pool_mix(pool_hash(h, p->v[i].b->name, strlen(p->v[i].b->name)));
@@ -434,9 +440,10 @@ int evfdd_pool_pick(struct evfdd_pool *p, const struct sockaddr *src, const uint
 	*trial = false;
 	memcpy(skip, tried, ntried * sizeof(*tried));
 	for (tier = 0; tier < 2; tier++) {
-		/* A passively down backend whose down_time is over gets the next connection as its trial; if
-		 * the trial fails, the connection retries elsewhere. */
-		for (i = 0; i < p->n; i++) {
+		/* A passively down backend whose down_time is over gets the next connection as its trial (with
+		 * source-hash, the next of its own sources'); if the trial fails, the connection retries
+		 * elsewhere. */
+		for (i = 0; i < p->n && !klen; i++) {
 			bool no = false;
 
 			if (p->v[i].backup != (tier == 1) || pool_avail(p, i, tried, ntried, now) != AVAIL_TRIAL ||
@@ -464,6 +471,17 @@ int evfdd_pool_pick(struct evfdd_pool *p, const struct sockaddr *src, const uint
 			}
 			if (pick < 0)
 				break;
+			if (pool_avail(p, (unsigned)pick, skip, nskip, now) == AVAIL_TRIAL) {
+				bool no = false;
+
+				if (atomic_compare_exchange_strong(&p->v[pick].b->trial, &no, true)) {
+					atomic_fetch_add(&p->v[pick].b->open, 1);
+					*trial = true;
+					return pick;
+				}
+				skip[nskip++] = (uint16_t)pick;   /* another ring's connection is its trial */
+				continue;
+			}
 			/* maxconn is a hard limit: another ring may have taken the last place meanwhile */
 			if (!p->v[pick].maxconn ||
 			    atomic_fetch_add(&p->v[pick].b->open, 1) < p->v[pick].maxconn) {
