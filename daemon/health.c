@@ -39,6 +39,7 @@ struct evfdd_health {
 	struct evfd_ring *ring;
 	TAILQ_HEAD(, check) checks;
 	bool stopping;
+	bool closing;                    /* the ring is closing: done comes from health_ring_gone */
 	void (*done)(void *);
 	void *done_arg;
 };
@@ -78,10 +79,13 @@ static void health_ring_gone(struct evfd_loop *loop, void *arg)
 /* Once stopping and nothing is left: close the ring, then say so. */
 static void health_maybe_done(struct evfdd_health *h)
 {
-	if (!h->stopping || !TAILQ_EMPTY(&h->checks) || !h->done)
+	if (!h->stopping || !TAILQ_EMPTY(&h->checks) || !h->done || h->closing)
 		return;
-	if (h->ring && evfd_ring_close(h->ring, health_ring_gone, h) == 0)
+	/* The ring may go within evfd_ring_close; only health_ring_gone says when. */
+	if (h->ring && evfd_ring_close(h->ring, health_ring_gone, h) == 0) {
+		h->closing = true;
 		return;
+	}
 	h->ring = NULL;
 	h->done(h->done_arg);
 }
@@ -434,7 +438,6 @@ void evfdd_health_stop(struct evfdd_health *h, void (*done)(void *), void *arg)
 {
 	struct check *c, *next;
 
-	h->stopping = true;
 	h->done = done;
 	h->done_arg = arg;
 	for (c = TAILQ_FIRST(&h->checks); c; c = next) {
@@ -442,6 +445,7 @@ void evfdd_health_stop(struct evfdd_health *h, void (*done)(void *), void *arg)
 		if (!c->removed)
 			check_remove(c);
 	}
+	h->stopping = true;   /* only now: the last check_free above must not close the ring before the loop ends */
 	health_maybe_done(h);
 }
 
