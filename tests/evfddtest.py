@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -143,3 +144,18 @@ class DaemonLog:
         if rc != 0:
             self.fail("evfdd exited with %d after %s:\n%s" % (rc, sig, self.text()))
         return rc
+
+
+class Busy:
+    """One process per CPU spinning at the same priority as everything else: races that an idle machine hides
+    show up when evfdd's threads are preempted at awkward moments, and timers compete for time."""
+
+    def __init__(self):
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                      for _ in range(os.cpu_count() or 1)]
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

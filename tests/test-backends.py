@@ -22,6 +22,7 @@ import threading
 import time
 import traceback
 
+import evfddtest
 from evfddtest import EVFDCTL, EVFDD, SCALE, DaemonLog, ThreadedServer, free_port, sanitizer_report
 
 TMP = tempfile.mkdtemp(prefix="evfdd-backends-")
@@ -309,23 +310,15 @@ class KillableBackend(IdBackend):
             self.kill()
 
 
-class Busy:
-    """One process per CPU spinning at the same priority as everything else (as test-reload.py's): evfdd's
-    threads and timers compete for time."""
+class Busy(evfddtest.Busy):
+    """The harness's busy processes, stopped with the clients when a case fails."""
 
     def __init__(self):
-        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                      for _ in range(os.cpu_count() or 1)]
+        super().__init__()
         STOPPABLE.append(self)
 
     def abandon(self):
         self.stop()
-
-    def stop(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
 
 
 # ---- clients ----------------------------------------------------------------------------------------------
@@ -839,8 +832,9 @@ def case_failure():
     bk = d.wait_idle("fo")
     for x in (a, c):
         if bk[x.name]["connections"] != x.with_data or bk[x.name]["connect_failures"] != 0:
-            fail("backend %s: evfdctl says %s, the backend served %d" % (x.name, json.dumps(bk[x.name]),
-                                                                        x.with_data))
+            fail("backend %s: evfdctl says %s, the backend served %d (accepted %d); the clients saw %d failures%s"
+                 % (x.name, json.dumps(bk[x.name]), x.with_data, x.accepted, len(failures),
+                    ", first: %s" % failures[0] if failures else ""))
     # A connection whose handshake with B completed as its listener closed was reset by B's kernel: evfdd had
     # connected (it counts it), B never saw it. Those, and only those, a client may see fail.
     lost_by_kill = bk[b.name]["connections"] - b.with_data

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 
-from evfddtest import (EVFDCTL, EVFDD, SCALE, DaemonLog, ThreadedServer, closed_by_peer, expected_features,
+from evfddtest import (EVFDCTL, EVFDD, SCALE, Busy, DaemonLog, ThreadedServer, closed_by_peer, expected_features,
                        free_port, sanitizer_report)
 
 TMP = tempfile.mkdtemp(prefix="evfdd-reload-")
@@ -447,20 +447,6 @@ class Churn:
         if self.ok == 0:
             fail("%s: the churn client completed no round trip" % what)
         return self.ok
-
-
-class Busy:
-    """One process per CPU spinning at the same priority as everything else: races that an idle machine hides
-    show up when evfdd's threads are preempted at awkward moments."""
-
-    def __init__(self):
-        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                      for _ in range(os.cpu_count() or 1)]
-
-    def stop(self):
-        for p in self.procs:
-            p.kill()
-            p.wait()
 
 
 def expect_counters(d, per_service, what):
