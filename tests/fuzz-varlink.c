@@ -40,6 +40,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "../daemon/config.h"
 #include "../daemon/control.h"
 #include "../daemon/jsonparse.h"
 #include "../daemon/log.h"
@@ -198,7 +199,35 @@ static void stub_reload(void *arg, evfdd_control_done_fn done, void *cookie)
 	stub_answer(!ok, done, cookie, ok ? NULL : "io.evfdd.ReloadFailed", p);
 }
 
+static void stub_backends(void *arg, const char *service, evfdd_control_done_fn done, void *cookie)
+{
+	struct json_object *p = json_object_new_object();
+
+	/* control.c hands over a service name of at most 64 bytes, without NUL bytes, or none */
+	FUZZ_ASSERT(!service || strlen(service) <= EVFDD_CONFIG_NAME_MAX);
+	if (service && strcmp(service, "web") != 0) {
+		obj_add(p, "service", json_object_new_string(service));
+		stub_answer(true, done, cookie, "io.evfdd.NoSuchService", p);
+		return;
+	}
+	obj_add(p, "backends", json_object_new_array());
+	stub_answer(true, done, cookie, NULL, p);
+}
+
+static void stub_set_backend(void *arg, const char *service, const char *backend, bool drain, uid_t uid,
+			     evfdd_control_done_fn done, void *cookie)
+{
+	struct json_object *p = json_object_new_object();
+
+	FUZZ_ASSERT(strlen(service) <= EVFDD_CONFIG_NAME_MAX && strlen(backend) <= 4096);
+	obj_add(p, "service", json_object_new_string(service));
+	obj_add(p, "backend", json_object_new_string(backend));
+	stub_answer(drain, done, cookie, "io.evfdd.NoSuchBackend", p);
+}
+
 static const struct evfdd_control_ops stub_ops = {
+	.backends = stub_backends,
+	.set_backend = stub_set_backend,
 	.status = stub_status,
 	.loops = stub_loops,
 	.rings = stub_rings,
