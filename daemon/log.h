@@ -71,7 +71,8 @@ void log_vlog(int level, int errnum, const char *fmt, va_list ap) LOG_PRINTF(3, 
  * log_fields - an event with structured fields: under journald (log_init's @journal) it goes to the journal
  * through sd_journal_send with @fields ("KEY=value" strings, NULL-terminated; KEY in A-Z0-9_) besides
  * MESSAGE=, PRIORITY= and SYSLOG_IDENTIFIER=evfdd, so that `journalctl SERVICE=web` finds it; otherwise it
- * is the same line on stderr as log_vlog writes. If the journal cannot take it, the line goes to stderr.
+ * is the same line on stderr as log_vlog writes. If the journal's socket is not there or will not take it, the
+ * line goes to stderr ("<N>message").
  */
 void log_fields(int level, const char *const *fields, const char *fmt, ...) LOG_PRINTF(3, 4);
 

@@ -2,11 +2,16 @@
 /* evfdd's logging: both line formats, level filtering, escaping, truncation, errno handling, JOURNAL_STREAM
  * detection, fatal's exit, whole lines from many threads, and the rate limiter's suppressed count. */
 #include <errno.h>
+#include <sched.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -108,6 +113,82 @@ static void test_journal(void)
 	log_setlevel(99);
 	CHECK(log_getlevel() == LOG_DEBUG, "clamp high");
 	expect(capture_end(), "<4>yes\n<3>yes\n");
+}
+
+#define JOURNAL_SOCKET "/run/systemd/journal/socket"
+
+/* In a child with a mount namespace of its own and a private /run, so that the stand-in for journald's socket
+ * can disturb neither a real journald nor the stand-in of test-systemd.sh running beside it: one datagram per
+ * log_fields under journald, with the fields; and the plain "<N>" line when the socket is not there. */
+static void journal_child(void)
+{
+	static const char *const fields[] = { "SERVICE=web", "BACKEND=/run/a b", "STATE=down", NULL };
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct pollfd pfd;
+	char dgram[4096];
+	ssize_t n;
+	int fd;
+
+	CHECK(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0, "mount --make-rprivate /: %s", strerror(errno));
+	CHECK(mount("tmpfs", "/run", "tmpfs", 0, "mode=0755") == 0, "mount tmpfs /run: %s", strerror(errno));
+	CHECK(mkdir("/run/systemd", 0755) == 0 && mkdir("/run/systemd/journal", 0755) == 0, "mkdir: %s",
+	      strerror(errno));
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	CHECK(fd >= 0, "socket: %s", strerror(errno));
+	memcpy(sa.sun_path, JOURNAL_SOCKET, sizeof(JOURNAL_SOCKET));
+	CHECK(bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0, "bind %s: %s", JOURNAL_SOCKET, strerror(errno));
+	log_init(LOG_DEBUG, true);
+	capture_start();
+	log_fields(LOG_NOTICE, fields, "[web] backend %s is up\x01", "/run/a b");
+	expect(capture_end(), "");   /* nothing on stderr: it went to the journal */
+	pfd = (struct pollfd){ .fd = fd, .events = POLLIN };
+	CHECK(poll(&pfd, 1, 5000) == 1, "no datagram on the journal's socket");
+	n = recv(fd, dgram, sizeof(dgram) - 1, 0);
+	CHECK(n > 0, "recv: %s", strerror(errno));
+	dgram[n] = '\0';
+	CHECK(strstr(dgram, "MESSAGE=[web] backend /run/a b is up\\x01\n"), "MESSAGE, escaped: %s", dgram);
+	CHECK(strstr(dgram, "\nPRIORITY=5\n") && strstr(dgram, "\nSYSLOG_IDENTIFIER=evfdd\n") &&
+	      strstr(dgram, "\nSERVICE=web\n") && strstr(dgram, "\nBACKEND=/run/a b\n") && strstr(dgram, "\nSTATE=down"),
+	      "fields: %s", dgram);
+	close(fd);
+	unlink(JOURNAL_SOCKET);
+	/* sd_journal_sendv drops a message when the socket is missing; log_fields writes the line instead */
+	capture_start();
+	log_fields(LOG_WARNING, fields, "[web] backend %s is down", "x");
+	expect(capture_end(), "<4>[web] backend x is down\n");
+	_exit(0);
+}
+
+static void test_fields(void)
+{
+	static const char *const fields[] = { "SERVICE=web", "BACKEND=/run/a b", "STATE=down", NULL };
+	char want[256];
+	int status;
+	pid_t pid;
+
+	log_init(LOG_DEBUG, false);
+	capture_start();
+	log_fields(LOG_WARNING, fields, "[%s] backend %s is down", "web", "/run/a b");
+	log_fields(LOG_DEBUG + 1, fields, "filtered");
+	snprintf(want, sizeof(want), "evfdd[%d]: warning: [web] backend /run/a b is down\n", (int)getpid());
+	expect(capture_end(), want);
+
+	if (geteuid() != 0) {
+		printf("test-log: the journal datagram is not checked: not root (needs a mount namespace)\n");
+		return;
+	}
+	pid = fork();
+	CHECK(pid >= 0, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		if (unshare(CLONE_NEWNS) < 0) {
+			printf("test-log: the journal datagram is not checked: unshare(CLONE_NEWNS): %s\n",
+			       strerror(errno));
+			_exit(0);
+		}
+		journal_child();
+	}
+	CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	      "the journal check failed (status %d)", status);
 }
 
 static void test_escaping_and_truncation(void)
@@ -296,6 +377,7 @@ int main(void)
 
 	test_plain();
 	test_journal();
+	test_fields();
 	test_escaping_and_truncation();
 	test_level_names();
 	test_journal_stream();
