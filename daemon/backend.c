@@ -434,7 +434,7 @@ int evfdd_pool_pick(struct evfdd_pool *p, const struct sockaddr *src, const uint
 	unsigned char key[16];
 	size_t klen = p->balance == EVFDD_BALANCE_SOURCE_HASH ? pool_src_key(src, key) : 0;
 	uint16_t skip[EVFDD_CONFIG_MAX_RETRIES + 1 + EVFDD_CONFIG_MAX_BACKENDS];
-	unsigned nskip = ntried, tier, i;
+	unsigned nskip = ntried, tier, i, open;
 	int pick;
 
 	*trial = false;
@@ -483,12 +483,9 @@ int evfdd_pool_pick(struct evfdd_pool *p, const struct sockaddr *src, const uint
 				continue;
 			}
 			/* maxconn is a hard limit: another ring may have taken the last place meanwhile */
-			if (!p->v[pick].maxconn ||
-			    atomic_fetch_add(&p->v[pick].b->open, 1) < p->v[pick].maxconn) {
-				if (!p->v[pick].maxconn)
-					atomic_fetch_add(&p->v[pick].b->open, 1);
+			open = atomic_fetch_add(&p->v[pick].b->open, 1);
+			if (!p->v[pick].maxconn || open < p->v[pick].maxconn)
 				return pick;
-			}
 			atomic_fetch_sub(&p->v[pick].b->open, 1);
 			skip[nskip++] = (uint16_t)pick;
 		}
