@@ -154,10 +154,15 @@ static void check_finish(struct check *c, const char *why)
 	c->seen_changes = atomic_load(&b->state_changes);
 }
 
-static void check_op_done(struct check *c)
+/* The start of every step's completion: false when the check was removed meanwhile (it is over then). */
+static bool check_step_done(struct check *c)
 {
 	c->pending--;
 	c->op = NULL;
+	if (!c->removed)
+		return true;
+	check_finish(c, "removed");
+	return false;
 }
 
 static void check_link_timeout_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
@@ -213,11 +218,8 @@ static void check_recv_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe
 	struct check *c = arg;
 	char why[128];
 
-	check_op_done(c);
-	if (c->removed) {
-		check_finish(c, "removed");
+	if (!check_step_done(c))
 		return;
-	}
 	if (cqe->res < 0) {
 		snprintf(why, sizeof(why), "receiving: %s", check_errstr(cqe->res));
 		check_finish(c, why);
@@ -252,11 +254,8 @@ static void check_send_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe
 	struct check *c = arg;
 	char why[128];
 
-	check_op_done(c);
-	if (c->removed) {
-		check_finish(c, "removed");
+	if (!check_step_done(c))
 		return;
-	}
 	if (cqe->res <= 0) {
 		snprintf(why, sizeof(why), "sending: %s", cqe->res ? check_errstr(cqe->res) : "nothing sent");
 		check_finish(c, why);
@@ -281,11 +280,8 @@ static void check_connect_cb(struct evfd_ring *ring, const struct io_uring_cqe *
 	struct check *c = arg;
 	char why[128];
 
-	check_op_done(c);
-	if (c->removed) {
-		check_finish(c, "removed");
+	if (!check_step_done(c))
 		return;
-	}
 	if (cqe->res == 0) {
 		check_next(c);
 		return;
