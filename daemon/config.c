@@ -59,9 +59,9 @@ const char evfdd_config_default_text[] =
 
 enum cfg_section { SEC_NONE, SEC_BROKEN, SEC_GLOBAL, SEC_SERVICE };
 
-enum global_key { GK_WORKERS, GK_RINGS, GK_CONTROL, GK_LOG_LEVEL, GK_SHUTDOWN_TIMEOUT, GK_COUNT };
+enum global_key { GK_WORKERS, GK_RINGS, GK_CONTROL, GK_LOG_LEVEL, GK_SHUTDOWN_TIMEOUT, GK_METRICS, GK_COUNT };
 static const char *const global_keys[GK_COUNT] = {
-	"workers", "rings", "control", "log_level", "shutdown_timeout",
+	"workers", "rings", "control", "log_level", "shutdown_timeout", "metrics",
 };
 
 enum service_key {
@@ -96,6 +96,7 @@ struct cfg_globals {
 	char *control;
 	int log_level;
 	uint32_t shutdown_timeout_ms;
+	struct evfdd_endpoint metrics;
 };
 
 
@@ -1025,6 +1026,7 @@ static void cfg_section_end(struct cfg_parser *ps)
 
 	if (ps->sec == SEC_GLOBAL && ps->gcur == &ps->g_dup) {
 		free(ps->g_dup.control);
+		cfg_endpoint_free(&ps->g_dup.metrics);
 		memset(&ps->g_dup, 0, sizeof(ps->g_dup));
 	}
 	if (ps->sec != SEC_SERVICE)
@@ -1161,6 +1163,13 @@ static void cfg_section_begin(struct cfg_parser *ps, const char *name, size_t le
 		ps->sec_keep = false;
 		return;
 	}
+	if (strcmp(ps->sec_name, "metrics") == 0) {
+		cfg_error(ps, ps->lineno, ps->sec_name, NULL,
+			  "reserved name (the metrics endpoint's activated socket); rename the service, and set "
+			  "the endpoint's address with metrics = in [evfdd]");
+		ps->sec_keep = false;
+		return;
+	}
 	for (size_t i = 0; i < cfg->nservices; i++)
 		if (strcmp(cfg->services[i].name, ps->sec_name) == 0) {
 			cfg_error(ps, ps->lineno, ps->sec_name, NULL,
@@ -1214,6 +1223,11 @@ static void cfg_global_key(struct cfg_parser *ps, enum global_key k)
 			cfg_value_error(ps, "unknown level; use debug, info, notice, warning or err");
 		else
 			g->log_level = level;
+		break;
+	case GK_METRICS:
+		/* like a listen address: numeric, or an absolute Unix socket path */
+		cfg_endpoint_free(&g->metrics);
+		cfg_endpoint(ps, true, &g->metrics, NULL, NULL);
 		break;
 	case GK_SHUTDOWN_TIMEOUT:
 		cfg_duration(ps, 0, MS_HOUR, &g->shutdown_timeout_ms);
@@ -1464,6 +1478,7 @@ void evfdd_config_free(struct evfdd_config *cfg)
 		cfg_service_free(&cfg->services[i]);
 	free(cfg->services);
 	free(cfg->control);
+	cfg_endpoint_free(&cfg->metrics);
 	free(cfg->source);
 	free(cfg);
 }
@@ -1534,6 +1549,8 @@ static int cfg_parse(const char *data, size_t len, const char *name, unsigned fl
 		cfg->rings = EVFDD_CONFIG_MAX_RINGS;
 	cfg->control = ps.g.control;
 	ps.g.control = NULL;
+	cfg->metrics = ps.g.metrics;
+	memset(&ps.g.metrics, 0, sizeof(ps.g.metrics));
 	cfg->log_level = ps.g.log_level;
 	cfg->shutdown_timeout_ms = ps.g.shutdown_timeout_ms;
 	cfg->source = strdup(name);
@@ -1543,6 +1560,7 @@ out:
 	if (ps.oom)
 		cfg_error(&ps, 0, NULL, NULL, "out of memory");
 	free(ps.g.control);
+	cfg_endpoint_free(&ps.g.metrics);
 	free(ps.sec_name);
 	cfg_service_free(&ps.svc);
 	cfg_errors_sort(errs);

@@ -223,7 +223,7 @@ static bool control_allowed(struct evfdd_control *c, struct varlink_call *call)
 
 enum control_kind {
 	CONTROL_STATUS, CONTROL_LOOPS, CONTROL_RINGS, CONTROL_SERVICES, CONTROL_MOVE, CONTROL_RELOAD,
-	CONTROL_BACKENDS, CONTROL_SET_BACKEND
+	CONTROL_BACKENDS, CONTROL_SET_BACKEND, CONTROL_METRICS
 };
 
 static const struct control_method {
@@ -238,6 +238,7 @@ static const struct control_method {
 	{ "Reload", CONTROL_RELOAD },
 	{ "Backends", CONTROL_BACKENDS },
 	{ "SetBackendState", CONTROL_SET_BACKEND },
+	{ "Metrics", CONTROL_METRICS },
 };
 
 static void control_read(struct evfdd_control *c, struct varlink_call *call, struct json_object *params,
@@ -356,6 +357,9 @@ static void control_method(void *arg, struct varlink_call *call, const char *met
 		break;
 	case CONTROL_SERVICES:
 		get = c->ops.services;
+		break;
+	case CONTROL_METRICS:
+		get = c->ops.metrics;
 		break;
 	case CONTROL_MOVE:
 		implemented = c->ops.move != NULL;

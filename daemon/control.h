@@ -22,11 +22,13 @@ struct evfdd_control;
 typedef void (*evfdd_control_done_fn)(void *cookie, const char *error, struct json_object *params);
 
 struct evfdd_control_ops {
-	/* The reply parameters of Status, Loops, Rings and Services as a new object; NULL when out of memory. */
+	/* The reply parameters of Status, Loops, Rings, Services and Metrics as a new object; NULL when out of
+	 * memory. */
 	struct json_object *(*status)(void *arg);
 	struct json_object *(*loops)(void *arg);
 	struct json_object *(*rings)(void *arg);
 	struct json_object *(*services)(void *arg);
+	struct json_object *(*metrics)(void *arg);   /* Metrics: {"text": the exposition} */
 	/* MoveRing and Reload: @done runs later (or at once, for an immediate error), exactly once. */
 	void (*move)(void *arg, uint64_t ring, uint64_t loop, evfdd_control_done_fn done, void *cookie);
 	void (*reload)(void *arg, evfdd_control_done_fn done, void *cookie);

@@ -14,6 +14,7 @@
 #include "control.h"
 #include "evfd.h"
 #include "health.h"
+#include "metrics.h"
 #include "reload.h"
 #include "resolve.h"
 
@@ -38,6 +39,7 @@ struct daemon {
 	struct evfd_loop *main;
 	struct ev_loop *ev;
 	struct evfdd_control *control;
+	struct evfdd_metrics *metrics;   /* the Prometheus endpoint, when configured or activated */
 	struct evfdd_health *health;     /* active health checks */
 	struct evfdd_resolve *resolve;   /* names looked up again every resolve_interval */
 	bool workers_gone, health_gone;  /* stopping: evfdd exits once both are */
@@ -51,7 +53,7 @@ struct daemon {
 	bool aborted;
 	struct reload_waiters waiters;         /* of the reload running */
 	struct reload_waiters next_waiters;    /* of the one to come */
-	unsigned reloads;
+	unsigned reloads, reloads_failed;
 	struct evfdd_reload_result last;
 	bool have_last;
 	int exit_code;
@@ -84,6 +86,8 @@ void evfdd_inspect_backends(void *arg, const char *service, evfdd_control_done_f
  * is now, or NoSuchService / NoSuchBackend. */
 void evfdd_inspect_backend_answer(evfdd_control_done_fn done, void *cookie, const struct evfdd_svc *s,
 				  const char *service, const char *backend);
+/* Metrics (io.evfdd): the exposition text as {"text": ...}. */
+struct json_object *evfdd_inspect_metrics(void *arg);
 /* Answer a Reload with @r: the reply, or the error ReloadFailed. */
 void evfdd_inspect_reload_answer(evfdd_control_done_fn done, void *cookie, const struct evfdd_reload_result *r);
 /* Answer a MoveRing that moved @ring from loop @from to loop @to in @usec. */
@@ -94,5 +98,9 @@ void evfdd_inspect_move_answer(evfdd_control_done_fn done, void *cookie, unsigne
 void evfdd_inspect_move_refused(evfdd_control_done_fn done, void *cookie, int err, uint64_t ring, uint64_t loop);
 /* Answer any call that came while evfdd is stopping. */
 void evfdd_inspect_shutting_down(evfdd_control_done_fn done, void *cookie);
+
+/* prometheus.c: the daemon's state in Prometheus' text exposition format, malloc'd (*@len bytes); NULL when out
+ * of memory. @arg is the struct daemon (evfdd_metrics_text_fn). */
+char *evfdd_prometheus_text(void *arg, size_t *len);
 
 #endif

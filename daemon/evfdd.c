@@ -139,6 +139,7 @@ static void reload_done(void *arg, struct evfdd_reload_result *r)
 		log_notice("reload %u done in %.1f ms: %s", d->reloads, (double)r->duration_usec / 1000.0, r->summary);
 		snprintf(status, sizeof(status), "reloaded: %s", r->summary);
 	} else {
+		d->reloads_failed++;
 		log_errx("reload %u failed; still running on the previous configuration (%s):", d->reloads,
 			 d->plane.cfg->source);
 		for (i = 0; i < r->nerrors; i++)
@@ -374,6 +375,7 @@ static const struct evfdd_control_ops control_ops = {
 	.services = evfdd_inspect_services,
 	.move = control_move,
 	.reload = control_reload,
+	.metrics = evfdd_inspect_metrics,
 	.backends = evfdd_inspect_backends,
 	.set_backend = control_set_backend,
 };
@@ -394,7 +396,7 @@ static int control_open(struct daemon *d, int fd)
 
 static int run(struct daemon *d)
 {
-	int control_fd = -1, rc = EXIT_STARTUP;
+	int control_fd = -1, metrics_fd = -1, rc = EXIT_STARTUP;
 	char err[512];
 
 	signal(SIGPIPE, SIG_IGN);
@@ -422,9 +424,12 @@ static int run(struct daemon *d)
 		log_errx("%s", err);
 		goto out;
 	}
-	if (evfdd_listen_new(&d->plane.listen, d->plane.cfg, &control_fd) < 0)
+	if (evfdd_listen_new(&d->plane.listen, d->plane.cfg, &control_fd, &metrics_fd) < 0)
 		goto out;
 	if (control_open(d, control_fd) < 0)
+		goto out;
+	if ((metrics_fd >= 0 || d->plane.cfg->metrics.kind != EVFDD_ENDPOINT_NONE) &&
+	    evfdd_metrics_start(&d->metrics, d->ev, metrics_fd, &d->plane.cfg->metrics, evfdd_prometheus_text, d) < 0)
 		goto out;
 	if (evfdd_reload_initial(&d->plane, started, d, err, sizeof(err)) < 0) {
 		if (err[0])
@@ -446,6 +451,7 @@ out:
 	signal(SIGHUP, SIG_IGN);
 	ev_timer_stop(d->ev, &d->shutdown_timer);
 	evfdd_control_free(d->control);
+	evfdd_metrics_free(d->metrics);
 	evfdd_resolve_free(d->resolve);
 	evfdd_health_free(d->health);
 	/* After a start-up failure with rings already running, the process exits without waiting for them. */

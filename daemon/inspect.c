@@ -302,6 +302,20 @@ void evfdd_inspect_backend_answer(evfdd_control_done_fn done, void *cookie, cons
 	done(cookie, NULL, p);
 }
 
+struct json_object *evfdd_inspect_metrics(void *arg)
+{
+	struct json_object *o;
+	size_t len = 0;
+	char *text = evfdd_prometheus_text(arg, &len);
+
+	if (!text)
+		return NULL;
+	o = json_object_new_object();
+	json_object_object_add(o, "text", json_object_new_string_len(text, (int)len));
+	free(text);
+	return o;
+}
+
 void evfdd_inspect_reload_answer(evfdd_control_done_fn done, void *cookie, const struct evfdd_reload_result *r)
 {
 	struct json_object *p = json_object_new_object();

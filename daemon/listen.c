@@ -11,13 +11,15 @@
 #include "log.h"
 
 struct evfdd_listen {
-	struct evfdd_listener **activated;   /* every activated socket but control, for the daemon's lifetime */
+	struct evfdd_listener **activated;   /* every activated socket but control and metrics, for the daemon's
+					      * lifetime */
 	size_t nactivated;
 	struct evfdd_listener **cur;         /* the listeners the current configuration uses */
 	size_t ncur;
 };
 
 #define CONTROL_FD_NAME "control"
+#define METRICS_FD_NAME "metrics"
 
 int evfdd_listen_unix_clear(const struct safepath *sp, bool *replaced, struct stat *st, char *err,
 			    size_t errlen)
@@ -221,13 +223,13 @@ static bool key_equal(const struct evfdd_endpoint_key *a, const struct evfdd_end
 	       memcmp(&a->addr.u, &b->addr.u, a->addr.len) == 0;
 }
 
-int evfdd_listen_new(struct evfdd_listen **out, const struct evfdd_config *cfg, int *control_fd)
+int evfdd_listen_new(struct evfdd_listen **out, const struct evfdd_config *cfg, int *control_fd, int *metrics_fd)
 {
 	struct evfdd_listen *ls = calloc(1, sizeof(*ls));
 	char **names = NULL;
 	int n, i, errors = 0;
 
-	*control_fd = -1;
+	*control_fd = *metrics_fd = -1;
 	if (!ls)
 		fatalx("out of memory");
 	/* Unset the environment so that nothing evfdd starts inherits the activation. */
@@ -247,6 +249,10 @@ int evfdd_listen_new(struct evfdd_listen **out, const struct evfdd_config *cfg, 
 
 		if (!strcmp(name, CONTROL_FD_NAME)) {
 			*control_fd = fd;
+			continue;
+		}
+		if (!strcmp(name, METRICS_FD_NAME)) {
+			*metrics_fd = fd;
 			continue;
 		}
 		if (!evfdd_config_service(cfg, name)) {

@@ -36,8 +36,9 @@ void evfdd_listener_unref(struct evfdd_listener *l);   /* any thread */
 struct evfdd_listen;
 
 /* Take systemd's activated sockets (LISTEN_FDS), checking them against @cfg: a socket naming no service is
- * an error. @control_fd receives an activated fd named "control", or -1. Returns 0, or -EINVAL after logging. */
-int evfdd_listen_new(struct evfdd_listen **out, const struct evfdd_config *cfg, int *control_fd);
+ * an error. @control_fd and @metrics_fd receive the activated fds named "control" and "metrics", or -1.
+ * Returns 0, or -EINVAL after logging. */
+int evfdd_listen_new(struct evfdd_listen **out, const struct evfdd_config *cfg, int *control_fd, int *metrics_fd);
 
 /* The listeners @cfg's services need, in service order, one reference each in @out: the activated socket
  * named after the service, else the current listener on the same address, else a socket bound now. Changes

@@ -65,6 +65,7 @@ struct evfdd_workers {
 	void (*apply_done)(void *arg, int err);
 	void *apply_arg;
 	unsigned moves;                  /* moves asked through evfdd_workers_move, unfinished */
+	uint64_t moves_made;             /* every move finished, by hand or by an apply */
 	/* stopping */
 	bool stopping;
 	void (*stop_done)(void *arg);
@@ -329,6 +330,7 @@ static void moved_on_main(struct evfd_loop *loop, void *arg)
 	struct evfdd_workers *w = slot->w;
 
 	slot->moving = false;
+	w->moves_made++;
 	if (m->done) {
 		w->moves--;
 		m->done(m->arg, m->from, slot->loop->id, util_now_us(CLOCK_MONOTONIC) - m->t0);
@@ -766,6 +768,11 @@ unsigned evfdd_workers_loops(const struct evfdd_workers *w)
 	for (i = 0; i < w->nloops; i++)
 		n += !w->loops[i]->retiring;
 	return n;
+}
+
+uint64_t evfdd_workers_moves(const struct evfdd_workers *w)
+{
+	return w ? w->moves_made : 0;
 }
 
 unsigned evfdd_workers_rings(const struct evfdd_workers *w)

@@ -568,7 +568,7 @@ static void test_structure_errors(void)
 		      "health_check, health_interval, resolve_interval");
 	expect_errors("[evfdd]\nthreads = 4\n[web]\nforward = echo\n",
 		      "F:2: [evfdd] threads: unknown key; [evfdd] takes workers, rings, control, log_level, "
-		      "shutdown_timeout");
+		      "shutdown_timeout, metrics");
 	expect_errors("; comment\nworkers = 4\n[web]\nforward = echo\n",
 		      "F:2: workers: outside any section; put it under [evfdd] or under a service's [NAME]");
 	expect_errors("[web]\nforward = echo\n[other]\nforward = echo\n[web]\nforward = 127.0.0.1:1\n",

@@ -3,11 +3,12 @@
 # The systemd units as make renders them: `systemd-analyze verify` says nothing about them, evfdd.service
 # scores at most 2.0 in `systemd-analyze security --offline=yes`, and the sockets fit evfdd (the data
 # socket's FileDescriptorName= is a service of conf/evfdd.conf, the control socket is named "control",
-# and the service takes every shipped socket). tests/test-systemd.sh runs them under a real systemd.
+# the metrics socket "metrics", and the service takes every shipped socket: the data and control sockets
+# always (Sockets=), the opt-in metrics socket when it is enabled (its Service=). tests/test-systemd.sh runs them under a real systemd.
 set -eu
 srcdir=${top_srcdir:-.}
 builddir=$(cd "${top_builddir:-.}" && pwd)
-units="evfdd.service evfdd.socket evfdd-control.socket"
+units="evfdd.service evfdd.socket evfdd-control.socket evfdd-metrics.socket"
 max_exposure=2.0
 
 fail() { echo "FAIL: $*"; exit 1; }
@@ -79,6 +80,11 @@ sockets=" $(key evfdd.service Sockets | tr '\n' ' ') "
 for u in $units; do
 	case $u in *.socket) ;; *) continue ;; esac
 	[ "$(key "$u" Service)" = evfdd.service ] || fail "$u: Service= must be evfdd.service"
+	# Sockets= also means Wants=: the metrics socket, opt-in, is passed through its Service= alone.
+	[ "$u" = evfdd-metrics.socket ] && continue
 	case $sockets in *" $u "*) ;; *) fail "evfdd.service: Sockets= must list $u, or evfdd would not get it" ;; esac
 done
-echo "ok sockets: [$name] and control, both passed to evfdd.service"
+case $sockets in *" evfdd-metrics.socket "*) fail "evfdd.service: Sockets= must not list the opt-in evfdd-metrics.socket (it would always start it)" ;; esac
+[ "$(key evfdd-metrics.socket FileDescriptorName)" = metrics ] ||
+	fail "evfdd-metrics.socket: FileDescriptorName= must be \"metrics\", the name evfdd reserves for it"
+echo "ok sockets: [$name] and control passed to evfdd.service, metrics when enabled"
