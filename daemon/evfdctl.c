@@ -2,15 +2,19 @@
 /* evfdctl: one call to evfdd's control socket (Varlink, daemon/io.evfdd.varlink), its answer printed for a
  * person or, with --json, as JSON. See evfdctl(8). */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 #include <json-c/json.h>
@@ -26,13 +30,21 @@ enum { EXIT_OK = 0, EXIT_ERROR_REPLY = 1, EXIT_USAGE = 2 };
 #define MAX_REPLY (64u * 1024 * 1024)
 #define JSON_PRETTY (JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE)
 
+/* What the options asked for, beyond the socket. */
+struct options {
+	bool json;
+	double interval;	/* top: seconds between refreshes; 0 when not given */
+	int64_t iterations;	/* top: refreshes before it exits; 0 when not given */
+};
+
 struct command {
 	const char *name;
-	const char *method;	/* without "io.evfdd." */
+	const char *method;	/* without "io.evfdd."; NULL for a command that makes calls of its own (run) */
 	int min_args, max_args;
 	const char *args;	/* for a usage message: "RING LOOP" */
 	int timeout_sec;
 	void (*print)(struct json_object *params);
+	int (*run)(const char *path, const struct options *o);	/* returns the exit status */
 };
 
 static void usage(FILE *f)
@@ -55,11 +67,18 @@ static void usage(FILE *f)
 		"                   stop giving a backend new connections (open ones carry on), or start again;\n"
 		"                   lasts across reloads (root or evfdd's user)\n"
 		"  move RING LOOP   move a ring, with its connections, to another loop (root or evfdd's user)\n"
-		"  reload           reload the configuration and wait for the outcome (root or evfdd's user)\n\n"
+		"  reload           reload the configuration and wait for the outcome (root or evfdd's user)\n"
+		"  metrics          the counters in Prometheus's text format, as GET /metrics serves them\n"
+		"  top [-i SECONDS] [-n N]\n"
+		"                   rates per service and per loop, refreshed in place (q quits); without a\n"
+		"                   terminal, N plain blocks (default 1)\n\n"
 		"Options:\n"
 		"  -s, --socket SOCKET  the control socket (default: $EVFDCTL_SOCKET, else evfdd's default;\n"
 		"                       here and now: %s)\n"
 		"  -j, --json           print the answer as JSON\n"
+		"  -i, --interval SECONDS\n"
+		"                       top: seconds between refreshes, 0.1 to 3600 (default 1)\n"
+		"  -n, --iterations N   top: exit after N refreshes\n"
 		"  -h, --help           show this help\n"
 		"  -V, --version        show the version\n\n"
 		"Exit status: 0 success, 1 evfdd answered with an error, 2 usage or connection error, or a\n"
@@ -495,15 +514,31 @@ static void print_reload(struct json_object *params)
 	putchar('\n');
 }
 
+/* The exposition text exactly as sent: it ends with its own newline. */
+static void print_metrics(struct json_object *params)
+{
+	struct json_object *t;
+
+	if (!json_object_object_get_ex(params, "text", &t) || !json_object_is_type(t, json_type_string)) {
+		fprintf(stderr, "evfdctl: the answer has no string \"text\"; is evfdd the same version as evfdctl?\n");
+		exit(EXIT_USAGE);
+	}
+	fwrite(json_object_get_string(t), 1, (size_t)json_object_get_string_len(t), stdout);
+}
+
+static int run_top(const char *path, const struct options *o);
+
 static const struct command commands[] = {
-	{ "status", "Status", 0, 0, "", TIMEOUT_SEC, print_kv },
-	{ "loops", "Loops", 0, 0, "", TIMEOUT_SEC, print_loops },
-	{ "rings", "Rings", 0, 0, "", TIMEOUT_SEC, print_rings },
-	{ "services", "Services", 0, 0, "", TIMEOUT_SEC, print_services },
-	{ "backends", "Backends", 0, 1, "[SERVICE]", TIMEOUT_SEC, print_backends },
-	{ "backend", "SetBackendState", 3, 3, "drain|enable SERVICE BACKEND", TIMEOUT_SEC, print_backend },
-	{ "move", "MoveRing", 2, 2, "RING LOOP", TIMEOUT_SEC, print_move },
-	{ "reload", "Reload", 0, 0, "", RELOAD_TIMEOUT_SEC, print_reload },
+	{ "status", "Status", 0, 0, "", TIMEOUT_SEC, print_kv, NULL },
+	{ "loops", "Loops", 0, 0, "", TIMEOUT_SEC, print_loops, NULL },
+	{ "rings", "Rings", 0, 0, "", TIMEOUT_SEC, print_rings, NULL },
+	{ "services", "Services", 0, 0, "", TIMEOUT_SEC, print_services, NULL },
+	{ "backends", "Backends", 0, 1, "[SERVICE]", TIMEOUT_SEC, print_backends, NULL },
+	{ "backend", "SetBackendState", 3, 3, "drain|enable SERVICE BACKEND", TIMEOUT_SEC, print_backend, NULL },
+	{ "move", "MoveRing", 2, 2, "RING LOOP", TIMEOUT_SEC, print_move, NULL },
+	{ "reload", "Reload", 0, 0, "", RELOAD_TIMEOUT_SEC, print_reload, NULL },
+	{ "metrics", "Metrics", 0, 0, "", TIMEOUT_SEC, print_metrics, NULL },
+	{ "top", NULL, 0, 0, "", TIMEOUT_SEC, NULL, run_top },
 };
 
 /* An error answer, said for a person on stderr. */
@@ -538,6 +573,10 @@ static void print_error(const struct command *cmd, const char *error, struct jso
 		fprintf(stderr, "ring %" PRId64 " cannot move now: ", get_int(params, "ring"));
 		put_escaped(stderr, get_str(params, "reason"));
 		fputc('\n', stderr);
+	} else if (!strcmp(error, "org.varlink.service.MethodNotFound")) {
+		fprintf(stderr, "evfdd does not know the call ");
+		put_escaped(stderr, get_str(params, "method"));
+		fprintf(stderr, "; is it older than evfdctl (evfdctl -V, evfdctl status)?\n");
 	} else if (!strcmp(e, "PermissionDenied"))
 		fprintf(stderr, "permission denied: %s needs root or the user evfdd runs as\n", cmd->method);
 	else if (!strcmp(e, "ShuttingDown"))
@@ -779,31 +818,698 @@ out:
 	return text;
 }
 
+/*
+ * call - make one call on the connected @fd and wait for its answer
+ * @cmd: the command, for the messages
+ * @msg, @len: the call, NUL included (build_call)
+ * @json: print an error answer whole on stdout too (--json)
+ * @params: receives the answer's parameters on success (a reference of its own: put it)
+ *
+ * Returns EXIT_OK; EXIT_ERROR_REPLY after saying on stderr what the error answer means; or EXIT_USAGE after
+ * saying why there is no answer, or why it is not one.
+ */
+static int call(int fd, const char *path, const struct command *cmd, const char *msg, size_t len, bool json,
+		struct json_object **params)
+{
+	struct json_object *answer = NULL, *p, *error;
+	struct json_tokener *tok = NULL;
+	char *reply = NULL;
+	int rc = EXIT_USAGE;
+
+	*params = NULL;
+	if (!send_all(fd, msg, len)) {
+		/* Closed before the call was read: a client limit, say, as when it is closed unanswered. */
+		if (errno == EPIPE || errno == ECONNRESET)
+			fprintf(stderr, "evfdctl: evfdd closed the connection on %s without answering; see its log\n",
+				path);
+		else
+			fprintf(stderr, "evfdctl: sending to %s: %s; did evfdd stop?\n", path, strerror(errno));
+		goto out;
+	}
+	reply = read_reply(fd, path, cmd->timeout_sec, &len);
+	if (!reply)
+		goto out;
+	tok = json_tokener_new();
+	answer = tok ? json_tokener_parse_ex(tok, reply, (int)len + 1) : NULL;
+	if (!answer || !json_object_is_type(answer, json_type_object)) {
+		fprintf(stderr, "evfdctl: the answer on %s is not a JSON object; is that evfdd's control socket?\n",
+			path);
+		goto out;
+	}
+	if (!json_object_object_get_ex(answer, "parameters", &p) || !json_object_is_type(p, json_type_object))
+		p = NULL;
+	if (json_object_object_get_ex(answer, "error", &error)) {
+		if (json)
+			printf("%s\n", json_object_to_json_string_ext(answer, JSON_PRETTY));
+		print_error(cmd, json_object_get_string(error), p);
+		rc = EXIT_ERROR_REPLY;
+		goto out;
+	}
+	if (!p) {
+		fprintf(stderr, "evfdctl: the answer on %s has no parameters; is that evfdd's control socket?\n", path);
+		goto out;
+	}
+	*params = json_object_get(p);
+	rc = EXIT_OK;
+out:
+	json_object_put(answer);
+	if (tok)
+		json_tokener_free(tok);
+	free(reply);
+	return rc;
+}
+
+/* ---- top: rates per service and per loop, from successive Status, Services and Loops answers ----------- */
+
+/* One look at the daemon: the answers' parameters (NULL for one not valid) and when it was taken. */
+struct sample {
+	struct json_object *status, *services, *loops;
+	int64_t usec;	/* CLOCK_MONOTONIC, just before the first call */
+};
+
+static void sample_free(struct sample *s)
+{
+	json_object_put(s->status);
+	json_object_put(s->services);
+	json_object_put(s->loops);
+	memset(s, 0, sizeof(*s));
+}
+
+/* @params's array @key, or NULL when it has none (an older or newer daemon): its rows show as missing. */
+static struct json_object *take_list(struct json_object *params, const char *key)
+{
+	struct json_object *v = NULL;
+
+	if (!json_object_object_get_ex(params, key, &v) || !json_object_is_type(v, json_type_array))
+		v = NULL;
+	json_object_get(v);
+	json_object_put(params);
+	return v;
+}
+
+/*
+ * sample_take - ask evfdd at @path for Status, Services and Loops, one call after the other on one connection
+ * @s: receives the answers (sample_free it, also after a failure)
+ *
+ * Returns EXIT_OK, or the exit status after saying why not (as the other commands do).
+ */
+static int sample_take(const char *path, struct sample *s)
+{
+	static const struct command calls[] = {
+		{ "top", "Status", 0, 0, "", TIMEOUT_SEC, NULL, NULL },
+		{ "top", "Services", 0, 0, "", TIMEOUT_SEC, NULL, NULL },
+		{ "top", "Loops", 0, 0, "", TIMEOUT_SEC, NULL, NULL },
+	};
+	struct json_object *params[3] = { NULL };
+	int fd, rc = EXIT_OK;
+	size_t i, len;
+
+	fd = connect_to(path, TIMEOUT_SEC);
+	if (fd < 0)
+		return EXIT_USAGE;
+	s->usec = (int64_t)util_now_us(CLOCK_MONOTONIC);
+	for (i = 0; i < 3 && rc == EXIT_OK; i++) {
+		char *msg = build_call(&calls[i], NULL, &len);
+
+		if (!msg) {
+			fprintf(stderr, "evfdctl: out of memory\n");
+			rc = EXIT_USAGE;
+			break;
+		}
+		rc = call(fd, path, &calls[i], msg, len, false, &params[i]);
+		free(msg);
+	}
+	close(fd);
+	if (rc != EXIT_OK) {
+		for (i = 0; i < 3; i++)
+			json_object_put(params[i]);
+		return rc;
+	}
+	s->status = params[0];
+	s->services = take_list(params[1], "services");
+	s->loops = take_list(params[2], "loops");
+	return EXIT_OK;
+}
+
+/* @o's member @key if it is a count (an integer, not negative): true with *@out set. */
+static bool count_of(struct json_object *o, const char *key, uint64_t *out)
+{
+	struct json_object *v;
+	int64_t i;
+
+	if (!o || !json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_int))
+		return false;
+	i = json_object_get_int64(v);
+	if (i < 0)
+		return false;
+	*out = (uint64_t)i;
+	return true;
+}
+
+/* The connections of @service that ended other than by a clean close or a stop: the sum of its ends but
+ * "shutdown". False when it has no ends (an evfdd older than them). */
+static bool errors_of(struct json_object *service, uint64_t *out)
+{
+	struct json_object *ends;
+	struct json_object_iterator it, end;
+	uint64_t sum = 0;
+
+	if (!service || !json_object_object_get_ex(service, "ends", &ends) || !json_object_is_type(ends, json_type_object))
+		return false;
+	it = json_object_iter_begin(ends);
+	end = json_object_iter_end(ends);
+	for (; !json_object_iter_equal(&it, &end); json_object_iter_next(&it)) {
+		uint64_t n;
+
+		if (!strcmp(json_object_iter_peek_name(&it), "shutdown") ||
+		    !count_of(ends, json_object_iter_peek_name(&it), &n))
+			continue;
+		sum = n > UINT64_MAX - sum ? UINT64_MAX : sum + n;
+	}
+	*out = sum;
+	return true;
+}
+
+/* The row of the list @rows whose @key is @match's: a string (a service's name) or an integer (a loop's id). */
+static struct json_object *find_row(struct json_object *rows, const char *key, struct json_object *match)
+{
+	size_t i, n = rows ? json_object_array_length(rows) : 0;
+
+	if (!match)
+		return NULL;
+	for (i = 0; i < n; i++) {
+		struct json_object *row = json_object_array_get_idx(rows, i), *v;
+
+		if (!json_object_is_type(row, json_type_object) || !json_object_object_get_ex(row, key, &v) ||
+		    json_object_get_type(v) != json_object_get_type(match))
+			continue;
+		if (json_object_is_type(v, json_type_string) ?
+		    !strcmp(json_object_get_string(v), json_object_get_string(match)) :
+		    json_object_get_int64(v) == json_object_get_int64(match))
+			return row;
+	}
+	return NULL;
+}
+
+/* A rate as text in @buf: bytes with a binary unit and no blank ("1.5MiB"), else with one decimal; "-" when a
+ * count is missing (@ok false) or went down (the daemon restarted), or there is no interval yet. */
+static void rate_text(char *buf, size_t size, bool ok, uint64_t before, uint64_t now, double secs, bool bytes)
+{
+	static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
+	double r;
+	unsigned u = 0;
+
+	if (!ok || now < before || secs <= 0) {
+		snprintf(buf, size, "-");
+		return;
+	}
+	r = (double)(now - before) / secs;
+	if (!bytes) {
+		snprintf(buf, size, r < 100000 ? "%.1f" : "%.0f", r);
+		return;
+	}
+	while (r >= 1024 && u + 1 < sizeof(units) / sizeof(units[0])) {
+		r /= 1024;
+		u++;
+	}
+	snprintf(buf, size, u ? "%.1f%s" : "%.0f%s", r, units[u]);
+}
+
+/* The rate of the counter @key between the rows @prev and @cur. */
+static void row_rate(char *buf, size_t size, struct json_object *prev, struct json_object *cur, const char *key,
+		     double secs, bool bytes)
+{
+	uint64_t a = 0, b = 0;
+	bool ok = count_of(prev, key, &a) && count_of(cur, key, &b);
+
+	rate_text(buf, size, ok, a, b, secs, bytes);
+}
+
+static void count_text(char *buf, size_t size, struct json_object *o, const char *key)
+{
+	uint64_t n;
+
+	if (count_of(o, key, &n))
+		snprintf(buf, size, "%" PRIu64, n);
+	else
+		snprintf(buf, size, "-");
+}
+
+/* @o's string @key escaped, or "-". */
+static void put_str(FILE *f, struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	if (o && json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string))
+		put_escaped(f, json_object_get_string(v));
+	else
+		fputc('-', f);
+}
+
+/* The header: who, how long up, how big; the time of @cur. */
+static void render_header(FILE *f, const struct sample *cur, double interval, bool live)
+{
+	char buf[64], when[32] = "";
+	uint64_t up;
+	time_t t = time(NULL);
+	struct tm tm;
+
+	if (localtime_r(&t, &tm))
+		strftime(when, sizeof(when), "%H:%M:%S", &tm);
+	fputs("evfdd ", f);
+	put_str(f, cur->status, "version");
+	count_text(buf, sizeof(buf), cur->status, "pid");
+	fprintf(f, "  pid %s  ", buf);
+	put_str(f, cur->status, "state");
+	if (count_of(cur->status, "uptime_usec", &up))
+		human_duration(buf, sizeof(buf), up);
+	else
+		snprintf(buf, sizeof(buf), "-");
+	fprintf(f, "  up %s  %s\n", buf, when);
+	count_text(buf, sizeof(buf), cur->status, "workers");
+	fprintf(f, "workers %s", buf);
+	count_text(buf, sizeof(buf), cur->status, "rings");
+	fprintf(f, "  rings %s", buf);
+	count_text(buf, sizeof(buf), cur->status, "reloads");
+	fprintf(f, "  reloads %s  every %g s%s\n\n", buf, interval, live ? "  (q quits)" : "");
+}
+
+/* The services' table: connections/s, open, bytes/s each way, errors/s (rates "-" without @prev). */
+static void render_services(FILE *f, const struct sample *cur, const struct sample *prev, double secs)
+{
+	size_t i, n = cur->services ? json_object_array_length(cur->services) : 0, width = 7;
+	struct json_object *v;
+
+	if (!cur->services) {
+		fputs("no list of services in the answer; is evfdd the same version as evfdctl?\n", f);
+		return;
+	}
+	if (n == 0) {
+		fputs("no services\n", f);
+		return;
+	}
+	for (i = 0; i < n; i++) {
+		struct json_object *row = json_object_array_get_idx(cur->services, i);
+		char *name;
+
+		if (json_object_object_get_ex(row, "name", &v) && json_object_is_type(v, json_type_string) &&
+		    (name = escaped(json_object_get_string(v)))) {
+			width = strlen(name) > width ? strlen(name) : width;
+			free(name);
+		}
+	}
+	fprintf(f, "%-*s %10s %8s %10s %10s %9s\n", (int)width, "SERVICE", "CONN/S", "OPEN", "UP/S", "DOWN/S",
+		"ERR/S");
+	for (i = 0; i < n; i++) {
+		struct json_object *row = json_object_array_get_idx(cur->services, i), *name = NULL, *old;
+		char conn[32], open_[32], up[32], down[32], err[32], *s = NULL;
+		uint64_t a = 0, b = 0;
+		bool ok;
+
+		if (!json_object_is_type(row, json_type_object))
+			row = NULL;
+		if (row && json_object_object_get_ex(row, "name", &name) && json_object_is_type(name, json_type_string))
+			s = escaped(json_object_get_string(name));
+		else
+			name = NULL;
+		old = prev ? find_row(prev->services, "name", name) : NULL;
+		row_rate(conn, sizeof(conn), old, row, "total", secs, false);
+		count_text(open_, sizeof(open_), row, "open");
+		row_rate(up, sizeof(up), old, row, "bytes_up", secs, true);
+		row_rate(down, sizeof(down), old, row, "bytes_down", secs, true);
+		ok = errors_of(old, &a) && errors_of(row, &b);
+		rate_text(err, sizeof(err), ok, a, b, secs, false);
+		fprintf(f, "%-*s %10s %8s %10s %10s %9s\n", (int)width, s ? s : "-", conn, open_, up, down, err);
+		free(s);
+	}
+}
+
+/* The loops' table: rings, wakeups/s, completions/s. */
+static void render_loops(FILE *f, const struct sample *cur, const struct sample *prev, double secs)
+{
+	size_t i, n = cur->loops ? json_object_array_length(cur->loops) : 0;
+
+	if (!cur->loops) {
+		fputs("no list of loops in the answer; is evfdd the same version as evfdctl?\n", f);
+		return;
+	}
+	if (n == 0) {
+		fputs("no loops\n", f);
+		return;
+	}
+	fprintf(f, "%-6s %6s %12s %12s\n", "LOOP", "RINGS", "WAKEUPS/S", "COMPL/S");
+	for (i = 0; i < n; i++) {
+		struct json_object *row = json_object_array_get_idx(cur->loops, i), *id = NULL, *old;
+		char idt[32], rings[32], wake[32], compl[32];
+
+		if (!json_object_is_type(row, json_type_object))
+			row = NULL;
+		if (!row || !json_object_object_get_ex(row, "id", &id) || !json_object_is_type(id, json_type_int))
+			id = NULL;
+		count_text(idt, sizeof(idt), row, "id");
+		old = prev ? find_row(prev->loops, "id", id) : NULL;
+		count_text(rings, sizeof(rings), row, "rings");
+		row_rate(wake, sizeof(wake), old, row, "wakeups", secs, false);
+		row_rate(compl, sizeof(compl), old, row, "completions", secs, false);
+		fprintf(f, "%-6s %6s %12s %12s\n", idt, rings, wake, compl);
+	}
+}
+
+/* A refresh as text (NULL when out of memory): the rates between @prev and @cur, or "-" without @prev or when
+ * the daemon is another one (a new pid: its counters started again). */
+static char *render(const struct sample *cur, const struct sample *prev, double interval, bool live)
+{
+	uint64_t p1, p2;
+	double secs = 0;
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	if (!f)
+		return NULL;
+	if (prev && prev->usec && cur->usec > prev->usec &&
+	    !(count_of(prev->status, "pid", &p1) && count_of(cur->status, "pid", &p2) && p1 != p2))
+		secs = (double)(cur->usec - prev->usec) / 1e6;
+	else
+		prev = NULL;
+	render_header(f, cur, interval, live);
+	render_services(f, cur, prev, secs);
+	fputc('\n', f);
+	render_loops(f, cur, prev, secs);
+	if (fclose(f) != 0) {
+		free(buf);
+		return NULL;
+	}
+	return buf;
+}
+
+/* The terminal of the live view: its settings before, restored on every way out (signal handlers included). */
+static struct termios term_before;
+static volatile sig_atomic_t term_changed, cursor_hidden;
+static int wake_pipe[2] = { -1, -1 };	/* a signal handler's word to the loop: redraw */
+
+/* Put everything back as it was; async-signal-safe, and harmless twice. */
+static void term_restore(void)
+{
+	static const char show[] = "\033[?25h";
+
+	if (cursor_hidden) {
+		cursor_hidden = 0;
+		(void)!write(STDOUT_FILENO, show, sizeof(show) - 1);
+	}
+	if (term_changed) {
+		term_changed = 0;
+		(void)tcsetattr(STDIN_FILENO, TCSANOW, &term_before);
+	}
+}
+
+/* Keys one at a time, not echoed, when stdin is a terminal (Ctrl-C still signals); the cursor hidden.
+ * Async-signal-safe (after a stop, SIGCONT). */
+static void term_enter(void)
+{
+	static const char hide[] = "\033[?25l";
+	struct termios t;
+
+	if (isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &term_before) == 0) {
+		t = term_before;
+		t.c_lflag &= ~(tcflag_t)(ICANON | ECHO);
+		t.c_cc[VMIN] = 1;
+		t.c_cc[VTIME] = 0;
+		term_changed = 1;
+		if (tcsetattr(STDIN_FILENO, TCSANOW, &t) != 0)
+			term_changed = 0;
+	}
+	cursor_hidden = 1;
+	(void)!write(STDOUT_FILENO, hide, sizeof(hide) - 1);
+}
+
+static void on_signal(int sig);
+
+static void catch_signal(int sig)
+{
+	struct sigaction sa = { .sa_handler = on_signal };
+
+	sigemptyset(&sa.sa_mask);
+	(void)sigaction(sig, &sa, NULL);
+}
+
+/* Ctrl-C is a way to quit (status 0); the other stop signals still end the process by the signal; Ctrl-Z
+ * gives the terminal back while stopped; a new size or a continue redraws. All after the terminal is as it
+ * was. Only async-signal-safe calls. */
+static void on_signal(int sig)
+{
+	int saved_errno = errno;
+	sigset_t set;
+
+	switch (sig) {
+	case SIGINT:
+		term_restore();
+		_exit(EXIT_OK);
+	case SIGTSTP:
+		term_restore();
+		signal(SIGTSTP, SIG_DFL);
+		sigemptyset(&set);
+		sigaddset(&set, SIGTSTP);
+		sigprocmask(SIG_UNBLOCK, &set, NULL);
+		raise(SIGTSTP);	/* stopped here until SIGCONT */
+		sigprocmask(SIG_BLOCK, &set, NULL);
+		catch_signal(SIGTSTP);
+		term_enter();
+		/* fall through */
+	case SIGWINCH:
+	case SIGCONT:
+		if (wake_pipe[1] >= 0)
+			(void)!write(wake_pipe[1], "", 1);
+		break;
+	default:
+		term_restore();
+		signal(sig, SIG_DFL);
+		raise(sig);	/* delivered when the handler returns */
+	}
+	errno = saved_errno;
+}
+
+static void put_all(const char *s, size_t len)
+{
+	while (len) {
+		ssize_t r = write(STDOUT_FILENO, s, len);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return;
+		s += r;
+		len -= (size_t)r;
+	}
+}
+
+/* @text drawn from the top left corner of the terminal, over what was there: each line cut to its width,
+ * the lines to its height less one (the cursor waits on the last), in one write. */
+static void draw(const char *text)
+{
+	struct winsize ws = { 0 };
+	size_t rows = 24, cols = 80, row = 0, len = 0;
+	char *buf = NULL;
+	const char *line, *nl;
+	FILE *f;
+
+	if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col) {
+		rows = ws.ws_row;
+		cols = ws.ws_col;
+	}
+	f = open_memstream(&buf, &len);
+	if (!f)
+		return;
+	fputs("\033[H", f);
+	for (line = text; *line && row + 1 < rows; line = *nl ? nl + 1 : nl, row++) {
+		static const char more[] = "(more below: a taller terminal shows it)";
+		size_t col = 0;
+		const char *p, *stop;
+
+		nl = stop = strchrnul(line, '\n');
+		if (row + 2 == rows && *nl && nl[1]) {
+			line = more;
+			stop = more + sizeof(more) - 1;
+			nl = "";
+		}
+		for (p = line; p < stop; p++) {
+			/* columns: one per character, UTF-8 continuation bytes none */
+			if (((unsigned char)*p & 0xc0) != 0x80 && ++col > cols)
+				break;
+			fputc(*p, f);
+		}
+		fputs("\033[K\n", f);
+	}
+	fputs("\033[J", f);
+	if (fclose(f) == 0)
+		put_all(buf, len);
+	free(buf);
+}
+
+/*
+ * top_wait - wait for the next refresh at @deadline (CLOCK_MONOTONIC, microseconds), a key or a signal
+ * @keys: read keys from stdin; cleared when it ends
+ *
+ * Returns 'q' to quit, 'r' to redraw now (a new size, a continue), or 0 at @deadline.
+ */
+static int top_wait(int64_t deadline, bool *keys)
+{
+	for (;;) {
+		struct pollfd p[2] = { { .fd = wake_pipe[0], .events = POLLIN },
+				       { .fd = *keys ? STDIN_FILENO : -1, .events = POLLIN } };
+		int64_t left = deadline - (int64_t)util_now_us(CLOCK_MONOTONIC);
+		char buf[64];
+		ssize_t r, i;
+
+		if (left <= 0)
+			return 0;
+		if (poll(p, 2, (int)((left + 999) / 1000)) < 0) {
+			if (errno == EINTR)
+				continue;
+			return 'q';	/* cannot wait: end, rather than spin */
+		}
+		if (p[0].revents) {
+			while (read(wake_pipe[0], buf, sizeof(buf)) > 0)
+				;
+			return 'r';
+		}
+		if (!p[1].revents)
+			continue;
+		r = read(STDIN_FILENO, buf, sizeof(buf));
+		if (r < 0 && (errno == EINTR || errno == EAGAIN))
+			continue;
+		if (r <= 0)
+			*keys = false;
+		for (i = 0; i < r; i++)
+			if (buf[i] == 'q' || buf[i] == 'Q')
+				return 'q';
+	}
+}
+
+/*
+ * run_top - evfdctl top: a refresh every @o->interval seconds, in place on a terminal, else plain blocks
+ *
+ * On a terminal, until q, Ctrl-C or @o->iterations refreshes; the first screen comes at once, its rates "-".
+ * Otherwise @o->iterations blocks (1 by default), each after an interval, with the rates over it. Returns the
+ * exit status: EXIT_OK, or that of the call that failed (after saying why, the terminal restored).
+ */
+static int run_top(const char *path, const struct options *o)
+{
+	static const int stops[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGTSTP, SIGWINCH, SIGCONT };
+	bool live = isatty(STDOUT_FILENO), keys = live && isatty(STDIN_FILENO);
+	double interval = o->interval > 0 ? o->interval : 1;
+	int64_t done = 0, limit = o->iterations ? o->iterations : live ? 0 : 1;
+	struct sample prev = { 0 }, cur = { 0 };
+	int rc;
+	size_t i;
+
+	if (live) {
+		if (pipe2(wake_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+			fprintf(stderr, "evfdctl: pipe: %s\n", strerror(errno));
+			return EXIT_USAGE;
+		}
+		for (i = 0; i < sizeof(stops) / sizeof(stops[0]); i++)
+			catch_signal(stops[i]);
+		term_enter();
+		put_all("\033[2J", 4);
+	}
+	rc = sample_take(path, &cur);
+	if (rc != EXIT_OK)
+		goto out;
+	for (;;) {
+		int what = 0;
+		char *text;
+
+		if (live || done) {
+			text = render(&cur, prev.usec ? &prev : NULL, interval, live);
+			if (!text) {
+				fprintf(stderr, "evfdctl: out of memory\n");
+				rc = EXIT_USAGE;
+				goto out;
+			}
+			if (live)
+				draw(text);
+			else if (printf("%s%s", done > 1 ? "\n" : "", text) < 0 || fflush(stdout) != 0)
+				rc = EXIT_USAGE;
+			free(text);
+			if (rc != EXIT_OK || (limit && done >= limit))
+				break;
+		}
+		while ((what = top_wait(cur.usec + (int64_t)(interval * 1e6), &keys)) == 'r' && live) {
+			text = render(&cur, prev.usec ? &prev : NULL, interval, live);
+			if (text)
+				draw(text);
+			free(text);
+		}
+		if (what == 'q')
+			break;
+		sample_free(&prev);
+		prev = cur;
+		memset(&cur, 0, sizeof(cur));
+		rc = sample_take(path, &cur);
+		if (rc != EXIT_OK)
+			goto out;
+		done++;
+	}
+out:
+	term_restore();
+	sample_free(&prev);
+	sample_free(&cur);
+	return rc;
+}
+
+/* -i: seconds, 0.1 to 3600. */
+static bool parse_interval(const char *s, double *out)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (end == s || *end || errno || !(v >= 0.1 && v <= 3600))
+		return false;
+	*out = v;
+	return true;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
 		{ "json", no_argument, NULL, 'j' },
+		{ "interval", required_argument, NULL, 'i' },
+		{ "iterations", required_argument, NULL, 'n' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ 0 }
 	};
 	const struct command *cmd = NULL;
 	const char *env = getenv("EVFDCTL_SOCKET"), *sock = NULL;
-	char *path = NULL, *msg = NULL, *reply = NULL;
-	struct json_object *answer = NULL, *params, *error;
-	struct json_tokener *tok = NULL;
-	bool json = false;
+	char *path = NULL, *msg = NULL;
+	struct json_object *params = NULL;
+	struct options o = { 0 };
 	int c, fd = -1, rc = EXIT_USAGE;
-	size_t i, len;
+	size_t i, len = 0;
 
-	while ((c = getopt_long(argc, argv, "s:jhV", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "s:ji:n:hV", opts, NULL)) != -1) {
 		switch (c) {
 		case 's':
 			sock = optarg;
 			break;
 		case 'j':
-			json = true;
+			o.json = true;
+			break;
+		case 'i':
+			if (!parse_interval(optarg, &o.interval)) {
+				fprintf(stderr, "evfdctl: --interval takes seconds from 0.1 to 3600, not \"%s\"\n", optarg);
+				return EXIT_USAGE;
+			}
+			break;
+		case 'n':
+			if (!parse_index(optarg, &o.iterations) || o.iterations < 1) {
+				fprintf(stderr, "evfdctl: --iterations takes a count of 1 or more, not \"%s\"\n", optarg);
+				return EXIT_USAGE;
+			}
 			break;
 		case 'h':
 			usage(stdout);
@@ -837,64 +1543,47 @@ int main(int argc, char **argv)
 			fprintf(stderr, "evfdctl: %s takes no arguments\n", cmd->name);
 		return EXIT_USAGE;
 	}
-	msg = build_call(cmd, argv + optind + 1, &len);
+	if (!cmd->run && (o.interval > 0 || o.iterations)) {
+		fprintf(stderr, "evfdctl: --interval and --iterations are for top only\n");
+		return EXIT_USAGE;
+	}
+	if (cmd->run && o.json) {
+		fprintf(stderr, "evfdctl: %s has no --json; evfdctl --json services and evfdctl metrics give the "
+			"counters to a program\n", cmd->name);
+		return EXIT_USAGE;
+	}
+	if (!cmd->run && !(msg = build_call(cmd, argv + optind + 1, &len)))
+		goto oom;
 	if (sock)
 		path = strdup(sock);
 	else if (env && *env)
 		path = strdup(env);
 	else
 		path = evfdd_control_default_path();
-	if (!path || !msg) {
-		fprintf(stderr, "evfdctl: out of memory\n");
+	if (!path)
+		goto oom;
+	if (cmd->run) {
+		rc = cmd->run(path, &o);
 		goto out;
 	}
 	fd = connect_to(path, cmd->timeout_sec);
 	if (fd < 0)
 		goto out;
-	if (!send_all(fd, msg, len)) {
-		/* Closed before the call was read: a client limit, say, as when it is closed unanswered. */
-		if (errno == EPIPE || errno == ECONNRESET)
-			fprintf(stderr, "evfdctl: evfdd closed the connection on %s without answering; see its log\n",
-				path);
-		else
-			fprintf(stderr, "evfdctl: sending to %s: %s; did evfdd stop?\n", path, strerror(errno));
+	rc = call(fd, path, cmd, msg, len, o.json, &params);
+	if (rc != EXIT_OK)
 		goto out;
-	}
-	reply = read_reply(fd, path, cmd->timeout_sec, &len);
-	if (!reply)
-		goto out;
-	tok = json_tokener_new();
-	answer = tok ? json_tokener_parse_ex(tok, reply, (int)len + 1) : NULL;
-	if (!answer || !json_object_is_type(answer, json_type_object)) {
-		fprintf(stderr, "evfdctl: the answer on %s is not a JSON object; is that evfdd's control socket?\n",
-			path);
-		goto out;
-	}
-	if (!json_object_object_get_ex(answer, "parameters", &params) || !json_object_is_type(params, json_type_object))
-		params = NULL;
-	if (json_object_object_get_ex(answer, "error", &error)) {
-		if (json)
-			printf("%s\n", json_object_to_json_string_ext(answer, JSON_PRETTY));
-		print_error(cmd, json_object_get_string(error), params);
-		rc = EXIT_ERROR_REPLY;
-		goto out;
-	}
-	if (!params) {
-		fprintf(stderr, "evfdctl: the answer on %s has no parameters; is that evfdd's control socket?\n", path);
-		goto out;
-	}
-	if (json)
+	if (o.json)
 		printf("%s\n", json_object_to_json_string_ext(params, JSON_PRETTY));
 	else
 		cmd->print(params);
 	rc = fflush(stdout) == 0 ? EXIT_OK : EXIT_USAGE;
+	goto out;
+oom:
+	fprintf(stderr, "evfdctl: out of memory\n");
 out:
 	if (fd >= 0)
 		close(fd);
-	json_object_put(answer);
-	if (tok)
-		json_tokener_free(tok);
-	free(reply);
+	json_object_put(params);
 	free(msg);
 	free(path);
 	return rc;
