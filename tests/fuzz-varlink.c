@@ -225,7 +225,17 @@ static void stub_set_backend(void *arg, const char *service, const char *backend
 	stub_answer(drain, done, cookie, "io.evfdd.NoSuchBackend", p);
 }
 
+static struct json_object *stub_metrics(void *arg)
+{
+	struct json_object *o = json_object_new_object();
+
+	obj_add(o, "text", json_object_new_string("# HELP evfdd_workers Worker loops.\n# TYPE evfdd_workers gauge\n"
+						  "evfdd_workers 2\n"));
+	return o;
+}
+
 static const struct evfdd_control_ops stub_ops = {
+	.metrics = stub_metrics,
 	.backends = stub_backends,
 	.set_backend = stub_set_backend,
 	.status = stub_status,
