@@ -22,7 +22,7 @@ import traceback
 import urllib.parse
 import urllib.request
 
-from evfddtest import EVFDCTL, EVFDD, SCALE, Busy, DaemonLog, free_port, sanitizer_report
+from evfddtest import EVFDCTL, EVFDD, SA_ENV, SCALE, Busy, DaemonLog, free_port, sanitizer_report
 
 TMP = tempfile.mkdtemp(prefix="evfdd-metrics-")
 os.environ["RUNTIME_DIRECTORY"] = TMP
@@ -45,14 +45,15 @@ def fail(msg):
 class Daemon(DaemonLog):
     slow = SLOW
 
-    def __init__(self, conf):
+    def __init__(self, conf, wrap=(), wait_ready=True):
         self.path = os.path.join(TMP, "evfdd-%d.conf" % random.randrange(1 << 30))
         self.control = self.path + ".ctl"
         self.write(conf)
         self.log = open(self.path + ".log", "w+")
-        self.proc = subprocess.Popen([EVFDD, "-c", self.path], stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(list(wrap) + [EVFDD, "-c", self.path], stdout=self.log, stderr=self.log)
         DAEMONS.append(self)
-        self.wait_log("ready")
+        if wait_ready:
+            self.wait_log("ready")
 
     def write(self, conf):
         conf = conf.replace("[evfdd]\n", "[evfdd]\ncontrol = %s\n" % self.control, 1)
@@ -213,6 +214,33 @@ def case_unix_endpoint():
     if os.path.exists(sock):
         fail("the metrics socket %s is left after exit" % sock)
     print("ok the endpoint on a Unix socket (mode 0660, removed at exit)", flush=True)
+
+
+def case_activated():
+    """An activated socket named metrics is the endpoint (evfdd-metrics.socket's FileDescriptorName=), also
+    without metrics = in the file."""
+    sa = shutil.which("systemd-socket-activate")
+    if not sa:
+        print("note: systemd-socket-activate not installed; the activated endpoint is not checked", flush=True)
+        return
+    mport, eport = free_port(), free_port()
+    # systemd-socket-activate starts evfdd on the first connection to the socket, as systemd does.
+    d = Daemon("[evfdd]\n[echo]\nlisten = 127.0.0.1:%d\nforward = echo\n" % eport,
+               wrap=[sa, "-l", "127.0.0.1:%d" % mport, "--fdname=metrics"] + SA_ENV, wait_ready=False)
+    end = time.time() + 10 * SLOW
+    while True:
+        try:
+            status, ctype, _, body = get(mport)
+            break
+        except ConnectionRefusedError:
+            if time.time() > end or d.proc.poll() is not None:
+                fail("systemd-socket-activate never listened on %d:\n%s" % (mport, d.text()))
+            time.sleep(0.05)
+    if status != 200 or b'evfdd_connections_total{service="echo"} 0' not in body:
+        fail("GET /metrics on the activated socket: %d\n%s" % (status, body[:1000]))
+    d.wait_log("metrics: using the activated socket")
+    d.stop()
+    print("ok an activated socket named metrics is the endpoint", flush=True)
 
 
 def case_config_errors():
@@ -380,7 +408,7 @@ def case_scrapes_under_load():
           flush=True)
 
 
-CASES = [case_exposition, case_unix_endpoint, case_config_errors, case_prometheus, case_scrapes_under_load]
+CASES = [case_exposition, case_unix_endpoint, case_activated, case_config_errors, case_prometheus, case_scrapes_under_load]
 
 
 def main():
