@@ -342,6 +342,41 @@ def case_terminal(d, ctl, echo, fwd):
        "were; a resize redraws to the new size" % frames)
 
 
+def case_tmux(d, ctl, echo, fwd):
+    """As an operator sees it: top in a tmux window (send-keys, capture-pane) shows the services and quits on q."""
+    tmux = shutil.which("tmux")
+    if not tmux:
+        ok("tmux not installed (tools/install-deps installs it): the tmux case is not run")
+        return
+    sock = os.path.join(TMP, "tmux.sock")
+    base = [tmux, "-S", sock]
+    done = os.path.join(TMP, "top.status")
+    cmd = "%s -s %s top -i 0.2; echo $? > %s; sleep 30" % (EVFDCTL, ctl, done)
+    env = dict(os.environ, TERM=os.environ.get("TERM") or "xterm")   # make check may run without one
+    if subprocess.run(base + ["new-session", "-d", "-x", "100", "-y", "30", cmd], env=env).returncode != 0:
+        fail("tmux new-session failed")
+    try:
+        end = time.time() + 10
+        screen = ""
+        while time.time() < end:
+            screen = subprocess.run(base + ["capture-pane", "-p"], capture_output=True, text=True).stdout
+            if all(w in screen for w in ("SERVICE", "echo ", "fwd ", "LOOP")) and re.search(r"\n\s*fwd\s+[0-9.]+", screen):
+                break
+            time.sleep(0.1)
+        else:
+            fail("top in tmux never showed the services with rates:\n%s" % screen)
+        subprocess.run(base + ["send-keys", "q"], check=True)
+        end = time.time() + 5
+        while time.time() < end and not os.path.exists(done):
+            time.sleep(0.05)
+        if not os.path.exists(done) or open(done).read().strip() != "0":
+            fail("top in tmux did not quit with status 0 on q (status file: %s)"
+                 % (open(done).read().strip() if os.path.exists(done) else "none"))
+    finally:
+        subprocess.run(base + ["kill-server"], capture_output=True)
+    ok("top in tmux (send-keys, capture-pane): the services with their rates on screen, q quits with status 0")
+
+
 def case_metrics(d, ctl, echo, fwd):
     out = evfdctl(ctl, ["metrics"])
     if out.returncode == 1 and "does not know the call" in out.stderr:
@@ -405,7 +440,7 @@ def case_completion(d, ctl, echo, fwd):
        "from the running evfdd through -s/--socket/EVFDCTL_SOCKET; silent without it")
 
 
-CASES = (case_plain, case_usage, case_terminal, case_metrics, case_completion)
+CASES = (case_plain, case_usage, case_terminal, case_tmux, case_metrics, case_completion)
 
 
 def main():
