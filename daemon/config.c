@@ -1094,6 +1094,15 @@ static bool cfg_service_name_ok(const char *n)
 	       strspn(n, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-") == len;
 }
 
+/* Names of activated sockets that are not services (listen.c takes them by these names). */
+static const struct {
+	const char *name, *what, *instead;
+} reserved_names[] = {
+	{ "control", "the control socket", "set the control socket's path with control = in [evfdd]" },
+	{ "metrics", "the metrics endpoint's activated socket",
+	  "set the endpoint's address with metrics = in [evfdd]" },
+};
+
 static void cfg_section_begin(struct cfg_parser *ps, const char *name, size_t len)
 {
 	struct evfdd_config *cfg = ps->cfg;
@@ -1156,20 +1165,13 @@ static void cfg_section_begin(struct cfg_parser *ps, const char *name, size_t le
 		ps->sec_keep = false;
 		return;
 	}
-	if (strcmp(ps->sec_name, "control") == 0) {
-		cfg_error(ps, ps->lineno, ps->sec_name, NULL,
-			  "reserved name (the control socket); rename the service, and set the control "
-			  "socket's path with control = in [evfdd]");
-		ps->sec_keep = false;
-		return;
-	}
-	if (strcmp(ps->sec_name, "metrics") == 0) {
-		cfg_error(ps, ps->lineno, ps->sec_name, NULL,
-			  "reserved name (the metrics endpoint's activated socket); rename the service, and set "
-			  "the endpoint's address with metrics = in [evfdd]");
-		ps->sec_keep = false;
-		return;
-	}
+	for (size_t i = 0; i < sizeof(reserved_names) / sizeof(reserved_names[0]); i++)
+		if (strcmp(ps->sec_name, reserved_names[i].name) == 0) {
+			cfg_error(ps, ps->lineno, ps->sec_name, NULL, "reserved name (%s); rename the service, and %s",
+				  reserved_names[i].what, reserved_names[i].instead);
+			ps->sec_keep = false;
+			return;
+		}
 	for (size_t i = 0; i < cfg->nservices; i++)
 		if (strcmp(cfg->services[i].name, ps->sec_name) == 0) {
 			cfg_error(ps, ps->lineno, ps->sec_name, NULL,

@@ -11,7 +11,6 @@
 
 struct name {
 	TAILQ_ENTRY(name) link;
-	struct evfdd_resolve *r;
 	struct evfdd_backend *b;         /* a reference */
 	uint32_t interval_ms;
 	bool kept;
@@ -116,7 +115,6 @@ static int name_want(struct evfdd_resolve *r, struct evfdd_backend *b, uint32_t 
 	n = calloc(1, sizeof(*n));
 	if (!n)
 		return -ENOMEM;
-	n->r = r;
 	n->b = evfdd_backend_ref(b);
 	n->interval_ms = interval_ms;
 	n->kept = true;

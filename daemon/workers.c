@@ -65,7 +65,7 @@ struct evfdd_workers {
 	void (*apply_done)(void *arg, int err);
 	void *apply_arg;
 	unsigned moves;                  /* moves asked through evfdd_workers_move, unfinished */
-	uint64_t moves_made;             /* every move finished, by hand or by an apply */
+	uint64_t moves_made;             /* every move made, by hand or by an apply (failed ones not) */
 	/* stopping */
 	bool stopping;
 	void (*stop_done)(void *arg);
@@ -95,6 +95,7 @@ struct move_msg {
 	void *arg;
 	unsigned from;
 	uint64_t t0;
+	bool moved;                      /* the ring reached its new owner */
 };
 
 struct hb_msg {
@@ -330,7 +331,7 @@ static void moved_on_main(struct evfd_loop *loop, void *arg)
 	struct evfdd_workers *w = slot->w;
 
 	slot->moving = false;
-	w->moves_made++;
+	w->moves_made += m->moved;
 	if (m->done) {
 		w->moves--;
 		m->done(m->arg, m->from, slot->loop->id, util_now_us(CLOCK_MONOTONIC) - m->t0);
@@ -346,6 +347,7 @@ static void ring_moved(struct evfd_ring *ring, int err, void *arg)
 
 	if (err)
 		log_errx("ring %u: move failed: %s", m->slot->id, strerror(-err));
+	m->moved = !err;
 	post_main(m->slot->w, moved_on_main, m);
 }
 

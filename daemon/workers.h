@@ -55,7 +55,7 @@ void evfdd_workers_free(struct evfdd_workers *w);
 /* Running loops and accepting rings, for the STATUS= line. */
 unsigned evfdd_workers_loops(const struct evfdd_workers *w);
 unsigned evfdd_workers_rings(const struct evfdd_workers *w);
-/* Ring moves finished since start-up, by hand (evfdd_workers_move) or to even out the loops. */
+/* Ring moves made since start-up, by hand (evfdd_workers_move) or to even out the loops; failed ones not. */
 uint64_t evfdd_workers_moves(const struct evfdd_workers *w);
 
 struct evfdd_loop_info {
