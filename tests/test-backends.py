@@ -57,13 +57,13 @@ class Daemon(DaemonLog):
 
     slow = SLOW
 
-    def __init__(self, conf, wait_ready=True):
+    def __init__(self, conf, wait_ready=True, wrap=()):
         self.path = os.path.join(TMP, "evfdd-%d.conf" % random.randrange(1 << 30))
         self.control = self.path + ".ctl"
         self.write(conf)
         self.log = open(self.path + ".log", "w+")
         self.started = time.time()
-        self.proc = subprocess.Popen([EVFDD, "-c", self.path], stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(list(wrap) + [EVFDD, "-c", self.path], stdout=self.log, stderr=self.log)
         DAEMONS.append(self)
         if wait_ready:
             self.wait_log("ready")
@@ -240,6 +240,19 @@ class IdBackend(ThreadedServer):
             c.close()
             with self.lock:
                 self.open -= 1
+
+
+class AddrIdBackend(IdBackend):
+    """An IdBackend on a given loopback address and port."""
+
+    def __init__(self, tag, ip, port):
+        self._init_counts(tag)
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind((ip, port))
+        self.lsock.listen(128)
+        self.name = "%s:%d" % (ip, port)
+        threading.Thread(target=self._accept, daemon=True).start()
 
 
 class UnixIdBackend(IdBackend):
@@ -1209,8 +1222,60 @@ def case_health_send_expect():
           "apart; clients reached only the healthy one" % (len(checks), fall), flush=True)
 
 
+def case_resolve_interval():
+    """A backend written as a name follows its name: evfdd runs in a mount namespace of its own whose /etc/hosts
+    is a file of the test's, rewritten in place; with resolve_interval = 1s the connections move to the new
+    address, and a name that stops resolving keeps the last addresses (a warning says so)."""
+    unshare = shutil.which("unshare")
+    if not unshare or os.geteuid() != 0:
+        print("note: resolve_interval not checked: needs root and unshare(1) for a private /etc/hosts", flush=True)
+        return
+    hosts = os.path.join(TMP, "hosts")
+    name = "evfdd-resolve-test"
+
+    def set_hosts(text):
+        # In place: the bind mount follows the inode, a rename would leave evfdd on the old file.
+        with open(hosts, "r+" if os.path.exists(hosts) else "w") as f:
+            f.seek(0)
+            f.truncate()
+            f.write(text)
+
+    set_hosts("127.0.0.2 %s\n" % name)
+    probe = socket.socket()
+    probe.bind(("127.0.0.2", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    a, b = AddrIdBackend(b"A", "127.0.0.2", port), AddrIdBackend(b"B", "127.0.0.3", port)
+    lport = free_port()
+    wrap = [unshare, "-m", "--propagation", "private", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',
+            hosts]
+    d = Daemon(head() + "[rs]\nlisten = 127.0.0.1:%d\nforward = %s:%d\nresolve_interval = 1s\n"
+               % (lport, name, port), wrap=wrap)
+    addr = ("127.0.0.1", lport)
+    if tally(visits(addr, 6, "name at 127.0.0.2")) != {b"A": 6}:
+        fail("before the change, the connections did not all go to 127.0.0.2")
+    at = len(d.text())
+    set_hosts("127.0.0.3 %s\n" % name)
+    d.wait_log("[rs] backend %s:%d: \"%s\" now resolves to 1 address" % (name, port, name), timeout=10, start=at)
+    per = tally(visits(addr, 6, "name moved to 127.0.0.3"))
+    info = d.backends("rs")["%s:%d" % (name, port)]
+    if per != {b"B": 6} or info["addresses"] != ["127.0.0.3:%d" % port]:
+        fail("after the name moved: connections %s, addresses %s" % (per, info["addresses"]))
+    at = len(d.text())
+    set_hosts("")
+    d.wait_log("cannot resolve \"%s\" again" % name, timeout=10, start=at)
+    if tally(visits(addr, 4, "name gone")) != {b"B": 4} or d.backends("rs")["%s:%d" % (name, port)]["addresses"] != [
+            "127.0.0.3:%d" % port]:
+        fail("a name that no longer resolves lost its last addresses")
+    d.stop()
+    for x in (a, b):
+        x.close()
+    print("ok resolve_interval: a name's new address taken within a second or two, a failed lookup keeps the old "
+          "one", flush=True)
+
+
 CASES = (case_round_robin, case_weights, case_least_connections, case_source_hash, case_failure, case_backup,
-         case_drain, case_config_errors, case_health_send_expect)
+         case_drain, case_config_errors, case_health_send_expect, case_resolve_interval)
 
 
 def main():
