@@ -52,6 +52,12 @@
 #ifndef IORING_RECVSEND_BUNDLE
 #define IORING_RECVSEND_BUNDLE (1U << 4)
 #endif
+/* An accept that fails with -EAGAIN instead of waiting (Linux 6.10); older kernels refuse it (-EINVAL). */
+#ifndef IORING_ACCEPT_DONTWAIT
+#define IORING_ACCEPT_DONTWAIT (1U << 1)
+#endif
+/* Connections an acceptor that stops takes from its listener's queue at most (acceptor_sweep). */
+#define ACCEPT_SWEEP_MAX 16
 
 enum side { CLIENT, BACKEND };
 
@@ -99,6 +105,8 @@ struct acceptor {
 	struct evfdd_listener *lst;      /* NULL once retired and nothing is in flight on it */
 	struct evfd_op *op, *retry_op;
 	bool armed, retrying, retired;
+	bool sweeping;                   /* its accept is a sweep's (acceptor_sweep) */
+	unsigned swept;
 	bool held;                       /* serving a connection it just accepted: not to be freed yet */
 	bool out_of_fds;                 /* a backend socket failed with EMFILE/ENFILE: pause accepting */
 	bool client_tcp;                 /* the listener is TCP (its connections can be reset) */
@@ -153,6 +161,7 @@ struct evfdd_relay {
 	struct evfd_op *tick_op;
 	struct __kernel_timespec tick_ts;
 	bool stopping;
+	bool retiring;                   /* stopped while other rings go on accepting (acceptor_sweep) */
 	bool aborting;                   /* stopped with abort: every connection is cut */
 	unsigned hold;                   /* inside a walk or an accept: the relay must not be freed yet */
 	void (*done)(struct evfdd_relay *, void *);
@@ -1032,15 +1041,19 @@ static void accept_retry_cb(struct evfd_ring *ring, const struct io_uring_cqe *c
 	relay_maybe_done(rl);
 }
 
+static void acceptor_sweep(struct acceptor *a);
+
 static void accept_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
 {
 	struct acceptor *a = arg;
 	struct evfdd_relay *rl = a->rl;
 	struct io_uring_sqe sqe = { 0 };
 	unsigned long missed = 0;
+	bool sweeping = a->sweeping;
 
 	rl->pending--;
 	a->armed = false;
+	a->sweeping = false;
 	a->op = NULL;
 	if (cqe->res >= 0) {
 		/* Served whatever the state: the kernel handed the connection over (also after the accept was
@@ -1052,6 +1065,10 @@ static void accept_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, vo
 		a->held = false;
 	}
 	if (rl->stopping || a->retired || cqe->res == -ECANCELED) {
+		/* A sweep goes on while it finds connections; a cancelled accept starts one. */
+		if (((sweeping && cqe->res >= 0) || (!sweeping && cqe->res == -ECANCELED)) &&
+		    (a->retired || rl->retiring))
+			acceptor_sweep(a);
 		acceptor_maybe_free(a);
 		relay_maybe_done(rl);
 		return;
@@ -1095,6 +1112,30 @@ static void acceptor_arm(struct acceptor *a)
 		a->armed = true;
 	} else {
 		log_warnx("[%s] cannot arm accept on a ring", a->svc->name);
+	}
+}
+
+/*
+ * Take what the listener's queue holds, with accepts that never wait, and serve it. Started when an accept of
+ * an acceptor that stops while other rings go on accepting on the listener (a retired service, a draining
+ * ring) came back cancelled: the kernel wakes one exclusive waiter per new connection, and a waiter that is
+ * being cancelled at that moment swallows the wake-up (seen on 6.18: about 1 in 400 cancels racing a
+ * connect), so the connection would wait in the queue, with accepts armed on other rings, until another one
+ * arrives. At most ACCEPT_SWEEP_MAX connections; nothing on a kernel without IORING_ACCEPT_DONTWAIT.
+ */
+static void acceptor_sweep(struct acceptor *a)
+{
+	struct io_uring_sqe sqe = { 0 };
+
+	if (!a->lst || a->armed || a->rl->aborting || a->swept >= ACCEPT_SWEEP_MAX)
+		return;
+	io_uring_prep_accept(&sqe, a->lst->fd, NULL, NULL, SOCK_CLOEXEC);
+	sqe.ioprio |= IORING_ACCEPT_DONTWAIT;
+	if (evfd_ring_submit(a->rl->ring, &sqe, accept_cb, a, 0, &a->op) == 0) {
+		a->rl->pending++;
+		a->armed = true;
+		a->sweeping = true;
+		a->swept++;
 	}
 }
 
@@ -1329,8 +1370,10 @@ void evfdd_relay_update(struct evfdd_relay *rl, struct evfdd_relay_service *svcs
 	}
 }
 
-void evfdd_relay_stop(struct evfdd_relay *rl, bool abort, void (*done)(struct evfdd_relay *, void *), void *arg)
+void evfdd_relay_stop(struct evfdd_relay *rl, enum evfdd_relay_stop_how how,
+		      void (*done)(struct evfdd_relay *, void *), void *arg)
 {
+	bool abort = how == EVFDD_RELAY_ABORT;
 	struct acceptor *a, *anext;
 
 	if (rl->counted) {
@@ -1338,6 +1381,7 @@ void evfdd_relay_stop(struct evfdd_relay *rl, bool abort, void (*done)(struct ev
 		rl->counted = false;
 	}
 	rl->stopping = true;
+	rl->retiring = how == EVFDD_RELAY_RETIRE && !rl->aborting;
 	rl->aborting = rl->aborting || abort;
 	rl->hold++;
 	rl->done = done;

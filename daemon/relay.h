@@ -48,10 +48,18 @@ int evfdd_relay_start(struct evfd_ring *ring, struct evfdd_relay_service *svcs, 
  * listener shared by both never goes unserved. Connections carry on with the service they started with. */
 void evfdd_relay_update(struct evfdd_relay *rl, struct evfdd_relay_service *svcs, unsigned nsvcs);
 
-/* On the owner thread: stop accepting; with @abort, also cut every open connection (counted as shutdown, with
- * a reset toward TCP peers). @done(arg) runs on the owner thread once nothing of the relay is in flight (the
- * ring may then be closed). */
-void evfdd_relay_stop(struct evfdd_relay *rl, bool abort, void (*done)(struct evfdd_relay *, void *), void *arg);
+enum evfdd_relay_stop_how {
+	EVFDD_RELAY_RETIRE,	/* the ring drains while others go on accepting: connections finish */
+	EVFDD_RELAY_STOP,	/* evfdd stops: connections finish; what the listeners queue stays there */
+	EVFDD_RELAY_ABORT,	/* evfdd stops now: every open connection is cut */
+};
+
+/* On the owner thread: stop accepting. A retiring ring serves what its cancelled accepts may have left in a
+ * listener's queue (relay.c, acceptor_sweep); with EVFDD_RELAY_ABORT every open connection is cut (counted as
+ * shutdown, with a reset toward TCP peers). @done(arg) runs on the owner thread once nothing of the relay is
+ * in flight (the ring may then be closed). */
+void evfdd_relay_stop(struct evfdd_relay *rl, enum evfdd_relay_stop_how how,
+		      void (*done)(struct evfdd_relay *, void *), void *arg);
 
 void evfdd_relay_free(struct evfdd_relay *rl);
 

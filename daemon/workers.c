@@ -85,7 +85,7 @@ struct services_msg {                /* start a relay, or give it a new set of s
 
 struct stop_msg {
 	struct ring_slot *slot;
-	bool abort;
+	enum evfdd_relay_stop_how how;
 };
 
 struct move_msg {
@@ -317,11 +317,11 @@ static void ring_stop(struct evfd_ring *ring, int err, void *arg)
 {
 	struct stop_msg *m = arg;
 	struct ring_slot *slot = m->slot;
-	bool abort = m->abort;
+	enum evfdd_relay_stop_how how = m->how;
 
 	free(m);
 	if (!err && slot->relay)
-		evfdd_relay_stop(slot->relay, abort, relay_stopped, slot);
+		evfdd_relay_stop(slot->relay, how, relay_stopped, slot);
 }
 
 static void moved_on_main(struct evfd_loop *loop, void *arg)
@@ -370,12 +370,12 @@ static void ring_call_or_die(struct ring_slot *slot, evfd_move_cb fn, void *m)
 		fatalx("cannot reach ring %u: out of memory", slot->id);
 }
 
-static void ring_send_stop(struct ring_slot *slot, bool abort)
+static void ring_send_stop(struct ring_slot *slot, enum evfdd_relay_stop_how how)
 {
 	struct stop_msg *m = msg_alloc(sizeof(*m));
 
 	m->slot = slot;
-	m->abort = abort;
+	m->how = how;
 	ring_call_or_die(slot, ring_stop, m);
 }
 
@@ -619,7 +619,7 @@ int evfdd_workers_apply(struct evfdd_workers *w, unsigned loops, unsigned rings,
 			continue;
 		if (i++ >= rings) {
 			s->state = R_DRAINING;
-			ring_send_stop(s, false);
+			ring_send_stop(s, EVFDD_RELAY_RETIRE);
 			continue;
 		}
 		ring_call_or_die(s, ring_update, services_msg_new(s, svcs, nsvcs));
@@ -738,7 +738,7 @@ void evfdd_workers_stop(struct evfdd_workers *w, bool abort, void (*done)(void *
 			continue;
 		if (s->state == R_RUNNING)
 			s->state = R_DRAINING;
-		ring_send_stop(s, abort);
+		ring_send_stop(s, abort ? EVFDD_RELAY_ABORT : EVFDD_RELAY_STOP);
 	}
 }
 

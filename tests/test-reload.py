@@ -125,6 +125,26 @@ class Daemon(DaemonLog):
         self.hup()
         return self.wait_reloads(before + 1, timeout)
 
+    def stall_report(self, addr, local, nrecv):
+        """Where a stalled client connection stands, taken while it stalls: its sockets as ss(8) sees them
+        (a server side with no process is still in the listener's queue), the listener's queue, and the
+        rings and loops evfdd reports."""
+        out = ["a connection from %s to %s stalled after %d bytes back:" % (local, addr, nrecv)]
+        if isinstance(addr, tuple):
+            for args in (["ss", "-tanpie", "( sport = :%d or dport = :%d )" % (local[1], local[1])],
+                         ["ss", "-ltnpi", "( sport = :%d )" % addr[1]]):
+                r = subprocess.run(args, capture_output=True, text=True)
+                out.append("$ %s\n%s%s" % (" ".join(args), r.stdout, r.stderr))
+        else:
+            r = subprocess.run(["ss", "-xlpn", "src", addr], capture_output=True, text=True)
+            out.append("$ ss -xlpn src %s\n%s%s" % (addr, r.stdout, r.stderr))
+        for what in ("status", "loops", "rings"):
+            r = subprocess.run([EVFDCTL, "-s", self.control, "--json", what], capture_output=True, text=True,
+                               timeout=30)
+            out.append("evfdctl %s: %s%s" % (what, r.stdout.strip(), r.stderr.strip()))
+        out.append("evfdd's log (end):\n" + self.text()[-3000:])
+        return "\n".join(out)
+
     def wait_reloads(self, count, timeout=60):
         end = time.time() + timeout * SLOW
         while True:
@@ -379,14 +399,17 @@ class Churn:
     connection it opened (by address) and every failure by kind: a reset, an empty EOF (the reply never
     came), a short or corrupted reply, another error."""
 
-    def __init__(self, addrs, seed=7):
+    def __init__(self, addrs, seed=7, stall=10, deadline=30):
         self.addrs = addrs
+        self.stall, self.deadline = stall * SLOW, deadline * SLOW
         self.ok = 0
         self.opened = {}
         self.failures = []
         self.kinds = {"reset": 0, "eof": 0, "short": 0, "other": 0}
         self.stopping = False
         self.seed = seed
+        self.diag = None        # diag(addr, local address, bytes received) -> text, called once on a stall
+        self.diagnosis = ""
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         CLIENTS.append(self)
@@ -416,8 +439,19 @@ class Churn:
                 s.sendall(payload)
                 s.shutdown(socket.SHUT_WR)
                 got = b""
+                # A reply late by 10 s is a stall: say where the connection stands (in a listener's queue,
+                # held by evfdd, ...) while it still stands there, then wait out the rest of the timeout.
+                s.settimeout(self.stall)
+                deadline = time.time() + self.deadline
                 while True:
-                    d = s.recv(1 << 16)
+                    try:
+                        d = s.recv(1 << 16)
+                    except socket.timeout:
+                        if time.time() >= deadline:
+                            raise
+                        if self.diag and not self.diagnosis:
+                            self.diagnosis = self.diag(addr, s.getsockname(), len(got))
+                        continue
                     if not d:
                         break
                     got += d
@@ -442,8 +476,9 @@ class Churn:
         if self.thread.is_alive():
             fail("%s: the churn client hung in a round trip" % what)
         if self.failures:
-            fail("%s: the churn client had %d failures in %d round trips (%s), first: %s"
-                 % (what, len(self.failures), self.ok + len(self.failures), self.kinds, self.failures[0]))
+            fail("%s: the churn client had %d failures in %d round trips (%s), first: %s%s"
+                 % (what, len(self.failures), self.ok + len(self.failures), self.kinds, self.failures[0],
+                    "\n" + self.diagnosis if self.diagnosis else ""))
         if self.ok == 0:
             fail("%s: the churn client completed no round trip" % what)
         return self.ok
@@ -635,6 +670,8 @@ def case_reload_under_load():
     try:
         load = Load(addrs, nconns)
         churns = [Churn(addrs, seed) for seed in (7, 8)]
+        for churn in churns:
+            churn.diag = d.stall_report
         load.wait_progress("start")
         rnd = random.Random(3)
         seen = set()
@@ -656,8 +693,9 @@ def case_reload_under_load():
             load.wait_progress("reload %d to %d workers, %d rings" % (k + 1, workers, nrings))
             for churn in churns:
                 if churn.failures:
-                    fail("after reload %d: the churn client failed (%s): %s" % (k + 1, churn.kinds,
-                                                                                churn.failures[0]))
+                    fail("after reload %d: the churn client failed (%s): %s\n%s" % (k + 1, churn.kinds,
+                                                                                    churn.failures[0],
+                                                                                    churn.diagnosis))
         round_trips = sum(churn.finish("reloads under load") for churn in churns)
         total = load.finish("reloads under load")
     finally:
@@ -684,6 +722,44 @@ def case_reload_under_load():
           "round trips; no reset, no empty EOF; evfdd counted %d connections, all closed cleanly, as the "
           "clients saw" % (reloads, len(seen), len(busy.procs), nconns, total, round_trips,
                            sum(per_service.values())), flush=True)
+
+
+def case_retire_queue():
+    """Rings retire while one client per listener connects without pause. A retiring ring cancels its accepts,
+    and a cancelled accept can swallow the kernel's wake-up for a connection arriving at that moment (one
+    exclusive waiter is woken per connection): the connection would then wait in the listener's queue, with
+    other rings' accepts armed, until the next connection woke one of them; with one client per listener, for
+    ever. Every round trip must complete within seconds."""
+    nreloads = 150 if SCALE == 1 else max(30, 150 // SCALE)
+    port = free_port()
+    sock = os.path.join(TMP, "q-uecho.sock")
+    ctl = os.path.join(TMP, "ctl-queue.sock")
+    def conf(rings):
+        return ("[evfdd]\nworkers = 2\nrings = %d\ncontrol = %s\n\n[echo]\nlisten = 127.0.0.1:%d\n"
+                "forward = echo\n\n[uecho]\nlisten = %s\nforward = echo\n" % (rings, ctl, port, sock))
+    d = Daemon(conf(8))
+    wait_topology(d, 2, 8, "at start")
+    busy = Busy()
+    try:
+        churns = [Churn([addr], seed, stall=3, deadline=6) for seed, addr in ((11, ("127.0.0.1", port)),
+                                                                              (12, sock))]
+        for churn in churns:
+            churn.diag = d.stall_report
+        rnd = random.Random(5)
+        rings = 8
+        for k in range(nreloads):
+            rings = rnd.choice([r for r in (1, 2, 5, 8) if r != rings])
+            d.reload(conf(rings))
+            for churn in churns:
+                if churn.failures:
+                    fail("after reload %d (rings -> %d): a round trip stalled (%s): %s\n%s"
+                         % (k + 1, rings, churn.kinds, churn.failures[0], churn.diagnosis))
+        trips = sum(churn.finish("rings retiring") for churn in churns)
+    finally:
+        busy.stop()
+    d.stop()
+    print("ok %d reloads retiring rings (among 1, 2, 5, 8) under %d round trips from one client per listener "
+          "(TCP and Unix): none waited in a listener's queue" % (nreloads, trips), flush=True)
 
 
 def case_rings_up_down():
@@ -1267,7 +1343,7 @@ def case_stop_stuck_loop():
           "exit 0 once it ran again" % m.group(1), flush=True)
 
 
-CASES = (case_reload_under_load, case_rings_up_down, case_services, case_bad_config, case_notify_order,
+CASES = (case_reload_under_load, case_retire_queue, case_rings_up_down, case_services, case_bad_config, case_notify_order,
          case_watchdog, case_shutdown_timeout, case_stop_stuck_loop)
 
 
