@@ -27,6 +27,10 @@
  * address space (touched only as far as the queue ever fills). */
 #define EVFDD_ACCESSLOG_CAP_MAX (1u << 20)
 
+/* The queue evfdd runs with: 16384 entries (about 10 MB for the two arrays, touched only as far as they
+ * fill), a second of 16000 connections per second should the journal stall that long. */
+#define EVFDD_ACCESSLOG_QUEUE 16384u
+
 struct evfdd_access_entry {
 	char service[EVFDD_CONFIG_NAME_MAX + 1];
 	char client[EVFDD_ADDR_TEXT_MAX];        /* evfdd_addr_format of the (learned) client address */

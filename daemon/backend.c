@@ -203,6 +203,44 @@ fail:
 	return -ENOMEM;
 }
 
+int evfdd_pool_init_route(struct evfdd_pool *rp, const struct evfdd_pool *all,
+			  const struct evfdd_backend_conf *list, size_t n)
+{
+	int err = -ENOMEM;
+
+	memset(rp, 0, sizeof(*rp));
+	atomic_init(&rp->rr[0], 0);
+	atomic_init(&rp->rr[1], 0);
+	rp->balance = all->balance;
+	rp->retries = all->retries;
+	rp->fall = all->fall;
+	rp->rise = all->rise;
+	rp->down_time_ms = all->down_time_ms;
+	rp->checked = all->checked;
+	rp->v = calloc(n, sizeof(*rp->v));
+	if (!rp->v)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		struct evfdd_svc_backend *sb = evfdd_pool_find(all, list[i].ep.text);
+
+		if (!sb) {
+			err = -ENOENT;
+			goto fail;
+		}
+		rp->v[i].b = evfdd_backend_ref(sb->b);
+		rp->v[i].weight = list[i].weight;
+		rp->v[i].maxconn = list[i].maxconn;
+		rp->v[i].backup = list[i].backup;
+		rp->n = (unsigned)i + 1;
+	}
+	if (pool_order(rp, 0) < 0 || pool_order(rp, 1) < 0)
+		goto fail;
+	return 0;
+fail:
+	evfdd_pool_clear(rp);
+	return err;
+}
+
 int evfdd_pool_refresh(struct evfdd_pool *p, const struct evfdd_service *s)
 {
 	for (unsigned i = 0; i < p->n; i++) {

@@ -85,6 +85,16 @@ struct evfdd_pick_why {
 int evfdd_pool_init(struct evfdd_pool *p, const struct evfdd_service *s, const struct evfdd_pool *prev);
 void evfdd_pool_clear(struct evfdd_pool *p);
 
+/*
+ * evfdd_pool_init_route - @rp: the pool of one SNI route of section @s, the @n backends of @list (each one
+ * also in @all, the service's pool, by name), sharing their state with @all's; each with the weight, maxconn
+ * and backup that @list gives it. Balance, retries and health settings as @all's.
+ *
+ * Returns 0, -ENOMEM, or -ENOENT when a backend is not in @all.
+ */
+int evfdd_pool_init_route(struct evfdd_pool *rp, const struct evfdd_pool *all,
+			  const struct evfdd_backend_conf *list, size_t n);
+
 /* Give @p's backends the addresses loading @s resolved (@s lists the same backends in the same order).
  * Returns 0 or -ENOMEM (then some kept their old ones). */
 int evfdd_pool_refresh(struct evfdd_pool *p, const struct evfdd_service *s);

@@ -34,8 +34,10 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "addr.h"
 #include "config.h"
 #include "log.h"
+#include "sni.h"
 
 /*
  * Two services: an echo, and a forwarder in front of it, so the whole data path (accept, connect,
@@ -67,22 +69,28 @@ static const char *const global_keys[GK_COUNT] = {
 enum service_key {
 	SK_LISTEN, SK_FORWARD, SK_MAX_CONNECTIONS, SK_CONNECT_TIMEOUT, SK_IDLE_TIMEOUT, SK_BACKLOG,
 	SK_TCP_NODELAY, SK_SOCKET_MODE, SK_BALANCE, SK_RETRIES, SK_FALL, SK_RISE, SK_DOWN_TIME,
-	SK_HEALTH_CHECK, SK_HEALTH_INTERVAL, SK_RESOLVE_INTERVAL, SK_COUNT
+	SK_HEALTH_CHECK, SK_HEALTH_INTERVAL, SK_RESOLVE_INTERVAL,
+	/* the edge (evfdd.conf(5): what comes before the relay, and around it) */
+	SK_SEND_PROXY, SK_ACCEPT_PROXY, SK_PROXY_FROM, SK_PROXY_TIMEOUT, SK_SNI_ROUTE, SK_SNI_DEFAULT, SK_ALLOW,
+	SK_DENY, SK_MAX_PER_SOURCE, SK_TCP_KEEPALIVE, SK_TCP_USER_TIMEOUT, SK_SOURCE, SK_ACCESS_LOG, SK_COUNT
 };
 static const char *const service_keys[SK_COUNT] = {
 	"listen", "forward", "max_connections", "connect_timeout", "idle_timeout", "backlog",
 	"tcp_nodelay", "socket_mode", "balance", "retries", "fall", "rise", "down_time",
 	"health_check", "health_interval", "resolve_interval",
+	"send_proxy", "accept_proxy", "proxy_from", "proxy_timeout", "sni_route", "sni_default", "allow",
+	"deny", "max_connections_per_source", "tcp_keepalive", "tcp_user_timeout", "source", "access_log",
 };
 
 /* Keys that may be given several times in a section, each line appending to the list (a line holds at most
  * 197 bytes, too few for a long list). */
 static bool cfg_list_key(enum cfg_section sec, int k)
 {
-	return sec == SEC_SERVICE && k == SK_FORWARD;
+	return sec == SEC_SERVICE && (k == SK_FORWARD || k == SK_PROXY_FROM || k == SK_SNI_ROUTE || k == SK_ALLOW ||
+				      k == SK_DENY);
 }
 
-#define MAX_KEYS 16	/* the larger of GK_COUNT and SK_COUNT */
+#define MAX_KEYS SK_COUNT	/* the larger of GK_COUNT and SK_COUNT */
 
 #define MS_SECOND 1000ull
 #define MS_MINUTE (60 * MS_SECOND)
@@ -627,6 +635,40 @@ static void cfg_backends_free(struct evfdd_backend_conf *b, size_t n);
 
 /* ---- backends -------------------------------------------------------------------------------------- */
 
+static bool cfg_backend_known(const struct evfdd_service *s, const char *name)
+{
+	for (size_t i = 0; i < s->nbackends; i++)
+		if (strcmp(s->backends[i].ep.text, name) == 0)
+			return true;
+	return false;
+}
+
+/* Append a deep copy of @b to the service's own list of backends. */
+static bool cfg_backend_append_copy(struct cfg_parser *ps, const struct evfdd_backend_conf *b)
+{
+	struct evfdd_service *s = &ps->svc;
+	struct evfdd_backend_conf c = *b, *list;
+
+	c.ep.text = strdup(b->ep.text);
+	c.ep.addrs = malloc((b->ep.naddrs ? b->ep.naddrs : 1) * sizeof(*c.ep.addrs));
+	c.host = b->host ? strdup(b->host) : NULL;
+	c.port = b->port ? strdup(b->port) : NULL;
+	list = realloc(s->backends, (s->nbackends + 1) * sizeof(*list));
+	if (list)
+		s->backends = list;
+	if (!c.ep.text || !c.ep.addrs || (b->host && !c.host) || (b->port && !c.port) || !list) {
+		free(c.ep.text);
+		free(c.ep.addrs);
+		free(c.host);
+		free(c.port);
+		ps->oom = true;
+		return false;
+	}
+	memcpy(c.ep.addrs, b->ep.addrs, b->ep.naddrs * sizeof(*c.ep.addrs));
+	s->backends[s->nbackends++] = c;
+	return true;
+}
+
 static bool cfg_blank(char c)
 {
 	return c == ' ' || c == '\t';
@@ -683,12 +725,20 @@ static bool cfg_backend_options(struct cfg_parser *ps, const char *opts, struct 
 	return ok;
 }
 
+/* The backends of one list: a forward line's (all of them) or an SNI route's. */
+struct cfg_blist {
+	struct evfdd_backend_conf **v;
+	size_t *n;
+	bool route;			/* an SNI route's: no echo */
+};
+
 /*
- * One backend of a forward line, starting at @p: ADDR[,OPTION...], where ADDR may be a double-quoted Unix
- * path (escapes \" and \\). Returns where the next one starts; errors are reported against the backend's own
+ * One backend of a forward line or an SNI route, starting at @p: ADDR[,OPTION...], where ADDR may be a
+ * double-quoted Unix path (escapes \" and \\); a route's backends are joined by @stop ('+'). Appends it to
+ * @bl. Returns where the next one starts (at @stop or a blank); errors are reported against the backend's own
  * text.
  */
-static const char *cfg_backend(struct cfg_parser *ps, const char *p)
+static const char *cfg_backend(struct cfg_parser *ps, const char *p, char stop, struct cfg_blist *bl)
 {
 	struct evfdd_service *s = &ps->svc;
 	struct evfdd_backend_conf b = { .weight = 1 }, *list;
@@ -697,7 +747,7 @@ static const char *cfg_backend(struct cfg_parser *ps, const char *p)
 	size_t n = 0;
 	bool ok = false;
 
-	while (*p && !cfg_blank(*p)) {
+	while (*p && !cfg_blank(*p) && *p != stop) {
 		if (*p == '"' && p == start) {
 			/* skip the quoted part: blanks inside belong to it */
 			for (p++; *p && *p != '"'; p++)
@@ -757,27 +807,35 @@ static const char *cfg_backend(struct cfg_parser *ps, const char *p)
 	if (!cfg_endpoint(ps, false, &b.ep, &b.host, &b.port))
 		goto out;
 	ps->value = tok;
-	if ((b.ep.kind == EVFDD_ENDPOINT_ECHO && (*opts || s->nbackends)) ||
-	    (s->nbackends && s->backends[0].ep.kind == EVFDD_ENDPOINT_ECHO)) {
+	if (bl->route && b.ep.kind == EVFDD_ENDPOINT_ECHO) {
+		cfg_value_error(ps, "an SNI route forwards to backends; echo is not one");
+		goto out;
+	}
+	if ((b.ep.kind == EVFDD_ENDPOINT_ECHO && (*opts || *bl->n)) ||
+	    (*bl->n && (*bl->v)[0].ep.kind == EVFDD_ENDPOINT_ECHO)) {
 		cfg_value_error(ps, "echo is a backend of its own: it takes no options and no other backend");
 		goto out;
 	}
-	for (size_t i = 0; i < s->nbackends; i++)
-		if (strcmp(s->backends[i].ep.text, b.ep.text) == 0) {
+	for (size_t i = 0; i < *bl->n; i++)
+		if (strcmp((*bl->v)[i].ep.text, b.ep.text) == 0) {
 			cfg_value_error(ps, "this backend is already in the list; give each once");
 			goto out;
 		}
-	if (s->nbackends >= EVFDD_CONFIG_MAX_BACKENDS) {
+	if (*bl->n >= EVFDD_CONFIG_MAX_BACKENDS || (bl->route && s->nbackends >= EVFDD_CONFIG_MAX_BACKENDS &&
+						    !cfg_backend_known(s, b.ep.text))) {
 		cfg_value_error(ps, "too many backends (at most %d per service)", EVFDD_CONFIG_MAX_BACKENDS);
 		goto out;
 	}
-	list = realloc(s->backends, (s->nbackends + 1) * sizeof(*list));
+	/* A route's backend is also one of the service's, once (its health and counters are one). */
+	if (bl->route && !cfg_backend_known(s, b.ep.text) && !cfg_backend_append_copy(ps, &b))
+		goto out;
+	list = realloc(*bl->v, (*bl->n + 1) * sizeof(*list));
 	if (!list) {
 		ps->oom = true;
 		goto out;
 	}
-	s->backends = list;
-	s->backends[s->nbackends++] = b;
+	*bl->v = list;
+	list[(*bl->n)++] = b;
 	memset(&b, 0, sizeof(b));
 	ok = true;
 out:
@@ -796,6 +854,7 @@ out:
 static void cfg_forward(struct cfg_parser *ps)
 {
 	struct evfdd_service *s = &ps->svc;
+	struct cfg_blist bl = { .v = &s->backends, .n = &s->nbackends };
 	const char *p = ps->value;
 	char *text;
 
@@ -818,7 +877,7 @@ static void cfg_forward(struct cfg_parser *ps)
 				  "';', not '#'", cfg_esc(ps->value, SIZE_MAX, true, v, sizeof(v)));
 			break;
 		}
-		p = cfg_backend(ps, p);
+		p = cfg_backend(ps, p, '\0', &bl);
 	}
 }
 
@@ -921,6 +980,204 @@ static void cfg_health_check(struct cfg_parser *ps, struct evfdd_service *s)
 	s->check = EVFDD_CHECK_EXCHANGE;
 }
 
+/* ---- the edge ------------------------------------------------------------------------------------- */
+
+/* CIDR [CIDR ...] appended to *@v (allow, deny, proxy_from: list keys). */
+static void cfg_cidrs(struct cfg_parser *ps, struct evfdd_cidr **v, size_t *n)
+{
+	const char *p = ps->value;
+
+	for (;;) {
+		struct evfdd_cidr c, *list;
+		char tok[128], err[256];
+		size_t len;
+
+		while (cfg_blank(*p))
+			p++;
+		if (!*p)
+			break;
+		len = strcspn(p, " \t");
+		if (len >= sizeof(tok) || *n >= 4096) {
+			cfg_value_error(ps, "%s", len >= sizeof(tok) ? "an address that long is no CIDR prefix" :
+					"too many prefixes (at most 4096)");
+			return;
+		}
+		memcpy(tok, p, len);
+		tok[len] = '\0';
+		p += len;
+		if (evfdd_cidr_parse(tok, &c, err, sizeof(err)) < 0) {
+			cfg_error(ps, ps->lineno, ps->sec_name, ps->key, "%s", err);
+			continue;
+		}
+		list = realloc(*v, (*n + 1) * sizeof(*list));
+		if (!list) {
+			ps->oom = true;
+			return;
+		}
+		*v = list;
+		list[(*n)++] = c;
+	}
+}
+
+/* BACKEND[+BACKEND...] at @p into @r (sni_route's value after NAME=, sni_default's whole value); returns where
+ * it ends. */
+static const char *cfg_route_backends(struct cfg_parser *ps, const char *p, struct evfdd_sni_route *r)
+{
+	struct cfg_blist bl = { .v = &r->backends, .n = &r->nbackends, .route = true };
+
+	for (;;) {
+		if (!*p || cfg_blank(*p) || *p == '+') {
+			cfg_value_error(ps, "a backend is missing%s; join backends with '+', no blanks",
+					*p == '+' ? " before '+'" : "");
+			while (*p && !cfg_blank(*p))
+				p++;
+			return p;
+		}
+		p = cfg_backend(ps, p, '+', &bl);
+		if (*p != '+')
+			return p;
+		p++;
+	}
+}
+
+/* sni_route = NAME=BACKENDS [NAME=BACKENDS ...] (a list key) */
+static void cfg_sni_route(struct cfg_parser *ps)
+{
+	struct evfdd_service *s = &ps->svc;
+	const char *p = ps->value;
+
+	for (;;) {
+		struct evfdd_sni_route r = { 0 }, *list;
+		char name[EVFDD_SNI_NAME_MAX + 1], err[256], e[600];
+		const char *eq;
+		size_t len;
+
+		while (cfg_blank(*p))
+			p++;
+		if (!*p)
+			break;
+		len = strcspn(p, " \t=");
+		eq = p + len;
+		if (*eq != '=' || !len || len > EVFDD_SNI_NAME_MAX) {
+			len = strcspn(p, " \t");
+			cfg_error(ps, ps->lineno, ps->sec_name, ps->key, "\"%s\": %s",
+				  cfg_esc(p, len < 100 ? len : 100, true, e, sizeof(e)),
+				  *eq != '=' ? "expected NAME=BACKENDS, e.g. www.example.com=10.0.0.1:443" :
+				  "a server name has 1 to 255 characters");
+			p += len;
+			continue;
+		}
+		for (size_t i = 0; i < len; i++)
+			name[i] = (char)tolower((unsigned char)p[i]);
+		name[len] = '\0';
+		if (evfdd_sni_name_check(name, err, sizeof(err)) < 0) {
+			cfg_error(ps, ps->lineno, ps->sec_name, ps->key, "%s", err);
+			p = eq + strcspn(eq, " \t");
+			continue;
+		}
+		for (size_t i = 0; i < s->nroutes; i++)
+			if (strcmp(s->routes[i].name, name) == 0) {
+				cfg_error(ps, ps->lineno, ps->sec_name, ps->key, "\"%s\" is routed twice; give each "
+					  "name once", name);
+				name[0] = '\0';
+				break;
+			}
+		p = cfg_route_backends(ps, eq + 1, &r);
+		if (!name[0] || !r.nbackends || s->nroutes >= EVFDD_CONFIG_MAX_BACKENDS) {
+			if (name[0] && r.nbackends)
+				cfg_value_error(ps, "too many routes (at most %d)", EVFDD_CONFIG_MAX_BACKENDS);
+			cfg_backends_free(r.backends, r.nbackends);
+			continue;
+		}
+		r.name = strdup(name);
+		list = realloc(s->routes, (s->nroutes + 1) * sizeof(*list));
+		if (list)
+			s->routes = list;
+		if (!r.name || !list) {
+			free(r.name);
+			cfg_backends_free(r.backends, r.nbackends);
+			ps->oom = true;
+			return;
+		}
+		s->routes[s->nroutes++] = r;
+	}
+}
+
+/* tcp_keepalive = off | IDLE,INTERVAL,COUNT */
+static void cfg_keepalive(struct cfg_parser *ps, struct evfdd_service *s)
+{
+	const char *v = ps->value, *c1, *c2;
+	char part[64];
+	uint32_t ms[2];
+	uint64_t cnt;
+	bool ok = true;
+
+	if (strcmp(v, "off") == 0) {
+		s->tcp_keepalive = false;
+		return;
+	}
+	c1 = strchr(v, ',');
+	c2 = c1 ? strchr(c1 + 1, ',') : NULL;
+	if (!c2 || strchr(c2 + 1, ',')) {
+		cfg_value_error(ps, "expected off or IDLE,INTERVAL,COUNT, e.g. 60s,10s,5");
+		return;
+	}
+	for (int i = 0; i < 2; i++) {
+		const char *from = i ? c1 + 1 : v, *to = i ? c2 : c1;
+
+		snprintf(part, sizeof(part), "%.*s", (int)(to - from), from);
+		ps->value = part;
+		if (!cfg_duration(ps, MS_SECOND, 2 * MS_HOUR, &ms[i]))
+			ok = false;
+		else if (ms[i] % MS_SECOND) {
+			cfg_value_error(ps, "in whole seconds (the kernel counts keepalive in seconds)");
+			ok = false;
+		}
+	}
+	ps->value = c2 + 1;
+	if (!cfg_uint(ps, 1, 100, &cnt))
+		ok = false;
+	ps->value = v;
+	if (!ok)
+		return;
+	s->tcp_keepalive = true;
+	s->keepalive_idle_s = ms[0] / 1000;
+	s->keepalive_intvl_s = ms[1] / 1000;
+	s->keepalive_cnt = (unsigned)cnt;
+}
+
+/* source = ADDR: a numeric IPv4 or IPv6 address, no port */
+static void cfg_source(struct cfg_parser *ps, struct evfdd_service *s)
+{
+	struct evfdd_sockaddr *a = &s->source;
+
+	memset(a, 0, sizeof(*a));
+	if (inet_pton(AF_INET, ps->value, &a->u.in.sin_addr) == 1) {
+		a->u.in.sin_family = AF_INET;
+		a->len = sizeof(a->u.in);
+	} else if (inet_pton(AF_INET6, ps->value, &a->u.in6.sin6_addr) == 1) {
+		a->u.in6.sin6_family = AF_INET6;
+		a->len = sizeof(a->u.in6);
+	} else {
+		cfg_value_error(ps, "not a numeric IPv4 or IPv6 address (no port, no brackets, no name)");
+		return;
+	}
+	s->has_source = true;
+}
+
+/* Keep every edge key's value as written, so that a reload can tell whether the edge changed. */
+static void cfg_edge_text(struct cfg_parser *ps, struct evfdd_service *s)
+{
+	char *text;
+
+	if (asprintf(&text, "%s%s=%s\n", s->edge_text ? s->edge_text : "", ps->key, ps->value) < 0) {
+		ps->oom = true;
+		return;
+	}
+	free(s->edge_text);
+	s->edge_text = text;
+}
+
 int evfdd_config_resolve(const char *host, const char *port, struct evfdd_endpoint *out, char *why, size_t whylen)
 {
 	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
@@ -986,6 +1243,16 @@ static void cfg_service_free(struct evfdd_service *s)
 	cfg_backends_free(s->backends, s->nbackends);
 	free(s->check_send);
 	free(s->check_expect);
+	free(s->proxy_from);
+	free(s->allow);
+	free(s->deny);
+	for (size_t i = 0; i < s->nroutes; i++) {
+		free(s->routes[i].name);
+		cfg_backends_free(s->routes[i].backends, s->routes[i].nbackends);
+	}
+	free(s->routes);
+	cfg_backends_free(s->sni_default.backends, s->sni_default.nbackends);
+	free(s->edge_text);
 	memset(s, 0, sizeof(*s));
 }
 
@@ -1016,6 +1283,61 @@ static bool cfg_endpoint_overlap(const struct evfdd_endpoint *a, const struct ev
 	return false;
 }
 
+/* A service routed by SNI shows its routes where others show their forward list. */
+static void cfg_sni_forward_text(struct cfg_parser *ps, struct evfdd_service *s)
+{
+	char *text = NULL, *next;
+
+	for (size_t i = 0; i < s->nroutes + 1; i++) {
+		const struct evfdd_sni_route *r = i < s->nroutes ? &s->routes[i] : &s->sni_default;
+
+		if (!r->nbackends)
+			continue;
+		for (size_t k = 0; k < r->nbackends; k++) {
+			if (asprintf(&next, "%s%s%s%s%s", text ? text : "", text && k == 0 ? " " : "",
+				     k == 0 ? (r->name ? r->name : "default") : "+", k == 0 ? "=" : "",
+				     r->backends[k].ep.text) < 0) {
+				ps->oom = true;
+				free(text);
+				return;
+			}
+			free(text);
+			text = next;
+		}
+	}
+	free(s->forward_text);
+	s->forward_text = text;
+}
+
+/* The edge keys' rules that need the whole section. */
+static void cfg_edge_checks(struct cfg_parser *ps, struct evfdd_service *s)
+{
+	bool unix_listen = s->listen.kind == EVFDD_ENDPOINT_UNIX;
+	bool echo = s->nbackends && s->backends[0].ep.kind == EVFDD_ENDPOINT_ECHO;
+	static const int tcp_only[] = { SK_ALLOW, SK_DENY, SK_MAX_PER_SOURCE, SK_PROXY_FROM };
+
+	if (s->send_proxy && echo)
+		cfg_error(ps, ps->key_line[SK_SEND_PROXY], ps->sec_name, "send_proxy",
+			  "the echo has no backend to tell; remove it");
+	if (ps->key_line[SK_PROXY_FROM] && !s->accept_proxy)
+		cfg_error(ps, ps->key_line[SK_PROXY_FROM], ps->sec_name, "proxy_from",
+			  "applies only with accept_proxy = yes");
+	if (unix_listen) {
+		for (size_t i = 0; i < sizeof(tcp_only) / sizeof(tcp_only[0]); i++)
+			if (ps->key_line[tcp_only[i]])
+				cfg_error(ps, ps->key_line[tcp_only[i]], ps->sec_name, service_keys[tcp_only[i]],
+					  "applies only to a TCP listener: on a Unix socket its mode decides who may "
+					  "connect (socket_mode); remove it");
+	} else if (s->accept_proxy && !ps->key_line[SK_PROXY_FROM]) {
+		cfg_error(ps, ps->key_line[SK_ACCEPT_PROXY], ps->sec_name, "accept_proxy",
+			  "needs proxy_from: the addresses of the load balancers that may send a header (anyone "
+			  "else could claim any address)");
+	}
+	if (ps->key_line[SK_PROXY_TIMEOUT] && !s->accept_proxy && !ps->key_line[SK_SNI_ROUTE])
+		cfg_error(ps, ps->key_line[SK_PROXY_TIMEOUT], ps->sec_name, "proxy_timeout",
+			  "applies only with accept_proxy or sni_route; remove it");
+}
+
 /* Checks that need the whole section, then keep or drop it. */
 static void cfg_section_end(struct cfg_parser *ps)
 {
@@ -1032,12 +1354,26 @@ static void cfg_section_end(struct cfg_parser *ps)
 	if (ps->sec != SEC_SERVICE)
 		goto out;
 
-	if (!ps->key_line[SK_FORWARD])
+	if (ps->key_line[SK_SNI_ROUTE]) {
+		if (ps->key_line[SK_FORWARD])
+			cfg_error(ps, ps->key_line[SK_FORWARD], ps->sec_name, "forward",
+				  "a service routed by SNI takes its backends from sni_route and sni_default; "
+				  "remove forward, or move its backends to sni_default");
+		else if (!s->nroutes)
+			ps->sec_keep = false;   /* every route had an error, reported */
+		else
+			cfg_sni_forward_text(ps, s);
+	} else if (ps->key_line[SK_SNI_DEFAULT]) {
+		cfg_error(ps, ps->key_line[SK_SNI_DEFAULT], ps->sec_name, "sni_default",
+			  "applies only with sni_route; use forward for a service that does not route by name");
+	} else if (!ps->key_line[SK_FORWARD]) {
 		cfg_error(ps, ps->sec_line, ps->sec_name, "forward",
 			  "missing; every service needs forward = HOST:PORT, [IPv6]:PORT, an absolute Unix "
-			  "socket path or echo");
-	else if (!s->nbackends)
+			  "socket path or echo (or sni_route)");
+	} else if (!s->nbackends) {
 		ps->sec_keep = false;   /* every backend had an error, reported */
+	}
+	cfg_edge_checks(ps, s);
 	if (ps->key_line[SK_SOCKET_MODE] && s->listen.kind == EVFDD_ENDPOINT_INET)
 		cfg_error(ps, ps->key_line[SK_SOCKET_MODE], ps->sec_name, "socket_mode",
 			  "applies only to a Unix socket listen path; remove it");
@@ -1153,6 +1489,7 @@ static void cfg_section_begin(struct cfg_parser *ps, const char *name, size_t le
 		.rise = EVFDD_DEFAULT_RISE,
 		.down_time_ms = EVFDD_DEFAULT_DOWN_TIME_MS,
 		.health_interval_ms = EVFDD_DEFAULT_HEALTH_INTERVAL_MS,
+		.proxy_timeout_ms = EVFDD_DEFAULT_PROXY_TIMEOUT_MS,
 	};
 	s->name = strdup(ps->sec_name);
 	if (!s->name)
@@ -1300,9 +1637,59 @@ static void cfg_service_key(struct cfg_parser *ps, enum service_key k)
 	case SK_SOCKET_MODE:
 		cfg_mode(ps, &s->socket_mode);
 		break;
+	case SK_SEND_PROXY:
+		if (strcmp(ps->value, "off") == 0)
+			s->send_proxy = 0;
+		else if (strcmp(ps->value, "v1") == 0)
+			s->send_proxy = 1;
+		else if (strcmp(ps->value, "v2") == 0)
+			s->send_proxy = 2;
+		else
+			cfg_value_error(ps, "expected off, v1 or v2");
+		break;
+	case SK_ACCEPT_PROXY:
+		cfg_bool(ps, &s->accept_proxy);
+		break;
+	case SK_PROXY_FROM:
+		cfg_cidrs(ps, &s->proxy_from, &s->nproxy_from);
+		break;
+	case SK_PROXY_TIMEOUT:
+		cfg_duration(ps, 100, MS_MINUTE, &s->proxy_timeout_ms);
+		break;
+	case SK_SNI_ROUTE:
+		cfg_sni_route(ps);
+		break;
+	case SK_SNI_DEFAULT:
+		if (*cfg_route_backends(ps, ps->value, &s->sni_default))
+			cfg_value_error(ps, "one list of backends joined with '+', no blanks");
+		break;
+	case SK_ALLOW:
+		cfg_cidrs(ps, &s->allow, &s->nallow);
+		break;
+	case SK_DENY:
+		cfg_cidrs(ps, &s->deny, &s->ndeny);
+		break;
+	case SK_MAX_PER_SOURCE:
+		if (cfg_uint(ps, 0, 1000000, &v))
+			s->max_per_source = (uint32_t)v;
+		break;
+	case SK_TCP_KEEPALIVE:
+		cfg_keepalive(ps, s);
+		break;
+	case SK_TCP_USER_TIMEOUT:
+		cfg_duration(ps, 0, MS_HOUR, &s->tcp_user_timeout_ms);
+		break;
+	case SK_SOURCE:
+		cfg_source(ps, s);
+		break;
+	case SK_ACCESS_LOG:
+		cfg_bool(ps, &s->access_log);
+		break;
 	case SK_COUNT:
 		break;
 	}
+	if (k >= SK_SEND_PROXY)
+		cfg_edge_text(ps, s);
 }
 
 static int cfg_key_index(const char *const *keys, int n, const char *name)
@@ -1315,7 +1702,7 @@ static int cfg_key_index(const char *const *keys, int n, const char *name)
 
 static void cfg_unknown_key(struct cfg_parser *ps, const char *name, const char *const *keys, int n)
 {
-	char list[256];
+	char list[700];
 	size_t o = 0;
 
 	list[0] = '\0';

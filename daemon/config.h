@@ -122,6 +122,17 @@ struct evfdd_backend_conf {
 	bool backup;			/* only when no other backend can take a connection */
 };
 
+/* One route of sni_route (or sni_default, whose name is NULL). */
+struct evfdd_sni_route {
+	char *name;			/* lowercase: an exact name, or "*.suffix" */
+	size_t nbackends;		/* >= 1; 0 for a service without sni_default */
+	struct evfdd_backend_conf *backends;	/* each also in the service's backends (by name) */
+};
+
+#define EVFDD_DEFAULT_PROXY_TIMEOUT_MS 3000u
+
+struct evfdd_cidr;
+
 struct evfdd_service {
 	char *name;			/* the section name, matched against FileDescriptorName= */
 	unsigned line;			/* line of its [name] header, for messages at apply time */
@@ -144,6 +155,25 @@ struct evfdd_service {
 	int backlog;			/* listen(2) backlog for self-bound listeners */
 	bool tcp_nodelay;		/* TCP_NODELAY on both TCP sides */
 	mode_t socket_mode;		/* file mode of a self-bound Unix listener */
+
+	/* The edge (evfdd.conf(5)). With sni_route, backends holds every backend of every route, once. */
+	unsigned send_proxy;		/* 0 off, 1 or 2: the PROXY protocol version sent to backends */
+	bool accept_proxy;		/* a PROXY header comes first from clients in proxy_from */
+	struct evfdd_cidr *proxy_from, *allow, *deny;
+	size_t nproxy_from, nallow, ndeny;
+	uint32_t proxy_timeout_ms;	/* for the PROXY header and the ClientHello */
+	size_t nroutes;
+	struct evfdd_sni_route *routes;	/* sni_route, in the order written */
+	struct evfdd_sni_route sni_default;
+	uint32_t max_per_source;	/* open connections per source address (IPv6: /64); 0 = no limit */
+	bool tcp_keepalive;
+	uint32_t keepalive_idle_s, keepalive_intvl_s;
+	unsigned keepalive_cnt;
+	uint32_t tcp_user_timeout_ms;	/* 0 = the kernel's default */
+	bool has_source;
+	struct evfdd_sockaddr source;	/* local address of backend sockets (port 0) */
+	bool access_log;
+	char *edge_text;		/* every edge key as written ("key=value\n"...): reloads compare it */
 };
 
 struct evfdd_config {

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
+#include "accesslog.h"
 #include "control.h"
 #include "daemon.h"
 #include "log.h"
@@ -97,11 +98,22 @@ static void stop_begin(struct daemon *d)
 	evfdd_workers_stop(d->plane.workers, false, workers_gone, d);
 }
 
-/* What runs beside the data plane follows the services in force: health checks, name lookups. */
+/* What runs beside the data plane follows the services in force: health checks, name lookups, the access
+ * log's writer (started when a service first asks for it, then kept until exit). */
 static void services_follow(struct daemon *d)
 {
+	int err;
+
 	evfdd_health_apply(d->health, d->plane.svcs, d->plane.nsvcs);
 	evfdd_resolve_apply(d->resolve, d->plane.svcs, d->plane.nsvcs);
+	for (size_t i = 0; i < d->plane.nsvcs; i++)
+		if (d->plane.svcs[i].svc->access_log) {
+			err = evfdd_accesslog_start(EVFDD_ACCESSLOG_QUEUE);
+			if (err < 0)
+				log_warnx("[%s] access log: cannot start its writer: %s; connections are served "
+					  "without entries", d->plane.svcs[i].svc->name, strerror(-err));
+			break;
+		}
 }
 
 /* Cut every connection still open. */
@@ -459,6 +471,7 @@ out:
 		evfdd_workers_free(d->plane.workers);
 		d->plane.workers = NULL;
 	}
+	evfdd_accesslog_stop();   /* what the rings queued is written; anything later is dropped silently */
 	waiters_answer(&d->waiters, NULL);
 	waiters_answer(&d->next_waiters, NULL);
 	evfdd_reload_result_clear(&d->last);

@@ -54,10 +54,12 @@ static void counts_json(struct json_object *o, const struct evfdd_counts *t)
 	add_int(o, "open", t->open);
 	for (k = 0; k < EVFDD_CTR_COUNT; k++)
 		add_int(evfdd_counter_info[k].end ? ends : o, evfdd_counter_info[k].name, t->v[k]);
-	add_int(o, "refused", e[EVFDD_END_LIMIT] + e[EVFDD_END_NO_RESOURCES]);
+	add_int(o, "refused", e[EVFDD_END_LIMIT] + e[EVFDD_END_NO_RESOURCES] + e[EVFDD_END_DENIED] +
+		e[EVFDD_END_SOURCE_LIMIT]);
 	add_int(o, "connect_errors", e[EVFDD_END_CONNECT_FAILED] + e[EVFDD_END_NO_BACKEND]);
 	add_int(o, "aborted", e[EVFDD_END_CLIENT_RESET] + e[EVFDD_END_BACKEND_RESET] + e[EVFDD_END_CLIENT_ERROR] +
-		e[EVFDD_END_BACKEND_ERROR] + e[EVFDD_END_IDLE_TIMEOUT] + e[EVFDD_END_SHUTDOWN]);
+		e[EVFDD_END_BACKEND_ERROR] + e[EVFDD_END_IDLE_TIMEOUT] + e[EVFDD_END_SHUTDOWN] +
+		e[EVFDD_END_BAD_PROXY_HEADER] + e[EVFDD_END_BAD_CLIENT_HELLO] + e[EVFDD_END_NO_ROUTE]);
 	json_object_object_add(o, "ends", ends);
 }
 

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "accesslog.h"
 #include "daemon.h"
 #include "iofeatures.h"
 #include "util.h"
@@ -272,6 +273,9 @@ char *evfdd_prometheus_text(void *arg, size_t *len)
 	}
 	family(f, "evfdd_ring_moves_total", "counter", "Ring moves between worker loops, by hand or by a reload.");
 	sample(f, "evfdd_ring_moves_total", NULL, NULL, NULL, NULL, evfdd_workers_moves(d->plane.workers));
+	family(f, "evfdd_access_log_dropped_total", "counter",
+	       "Access log entries dropped because the writer could not keep up (access_log).");
+	sample(f, "evfdd_access_log_dropped_total", NULL, NULL, NULL, NULL, evfdd_accesslog_dropped());
 	loops_text(f, d);
 	services_text(f, d);
 	backends_text(f, d);

@@ -35,8 +35,14 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+#include "accesslog.h"
+#include "addr.h"
 #include "log.h"
+#include "proxyproto.h"
 #include "relay.h"
+#include "sni.h"
+#include "srclimit.h"
+#include "tlshello.h"
 #include "util.h"
 
 #define RELAY_BGID 1
@@ -47,6 +53,9 @@
 /* How long a reset waits for the surviving side's send queue to empty, and how often it looks. */
 #define RESET_FLUSH_MS 1000
 #define RESET_POLL_MS 5
+/* The buffer for what comes before the data (PROXY header, ClientHello): grown from this up to PRE_MAX. */
+#define PRE_FIRST 2048
+#define PRE_MAX (EVFDD_PROXY_MAX + EVFDD_TLS_HELLO_MAX)
 
 /* The kernel's name for bundles (Linux 6.10), missing from liburing 2.3's headers. */
 #ifndef IORING_RECVSEND_BUNDLE
@@ -137,6 +146,24 @@ struct conn {
 	struct evfd_op *connect_op, *flush_op;
 	struct __kernel_timespec cto, flush_ts;
 	struct half up, down;
+
+	struct evfdd_pool *pool;         /* where it picks its backend: the service's, or its SNI route's */
+	/* The edge: the client's address (learned from a PROXY header), the one it reached, unmapped; len 0 while
+	 * not looked up. */
+	struct evfdd_sockaddr peer, local;
+	bool src_counted;                /* counted in the service's per-source table under src_key */
+	struct evfdd_source_key src_key;
+	uint64_t start_ns, bytes_up, bytes_down;
+	/* Before the relay: the PROXY header and the ClientHello, read into pre (pre_used of them taken by the
+	 * header), under a deadline; then what goes to the backend first (the header evfdd sends, the bytes
+	 * read ahead) in init. */
+	enum { PRE_NONE, PRE_PROXY, PRE_HELLO } pre_state;
+	unsigned char *pre;
+	unsigned pre_len, pre_cap, pre_used;
+	struct evfd_op *pre_op;
+	struct __kernel_timespec pre_deadline;
+	unsigned char *init;
+	unsigned init_len, init_off, init_hdr;   /* init_hdr: the PROXY header's part; the rest is the client's */
 };
 
 struct evfdd_relay {
@@ -313,10 +340,39 @@ static void conn_leave_backend(struct conn *c)
 	if (c->be < 0)
 		return;
 	if (c->trial)
-		atomic_store(&c->svc->pool.v[c->be].b->trial, false);   /* cut before the trial's outcome */
-	evfdd_pool_release(&c->svc->pool, (unsigned)c->be);
+		atomic_store(&c->pool->v[c->be].b->trial, false);   /* cut before the trial's outcome */
+	evfdd_pool_release(c->pool, (unsigned)c->be);
 	c->be = -1;
 	c->trial = false;
+}
+
+static bool conn_echo(const struct conn *c)
+{
+	return c->svc->echo;
+}
+
+/* One access log entry for @c, which is ending. */
+static void conn_access_log(const struct conn *c)
+{
+	struct evfdd_access_entry e;
+
+	memset(&e, 0, sizeof(e));
+	snprintf(e.service, sizeof(e.service), "%s", c->svc->name);
+	if (c->peer.len)
+		evfdd_addr_format(&c->peer, e.client, sizeof(e.client));
+	else
+		snprintf(e.client, sizeof(e.client), "unknown");
+	if (conn_echo(c))
+		snprintf(e.backend, sizeof(e.backend), "echo");
+	else if (c->be >= 0)
+		snprintf(e.backend, sizeof(e.backend), "%s", c->pool->v[c->be].b->name);
+	else if (c->ntried)
+		snprintf(e.backend, sizeof(e.backend), "%s", c->pool->v[c->tried[c->ntried - 1]].b->name);
+	e.bytes_up = c->bytes_up;
+	e.bytes_down = c->bytes_down;
+	e.duration_usec = (util_now_ns(CLOCK_MONOTONIC) - c->start_ns) / 1000;
+	e.end = c->end < EVFDD_END_COUNT ? evfdd_counter_info[evfdd_counter_end(c->end)].name : "closed";
+	evfdd_accesslog_submit(&e);
 }
 
 static void conn_free(struct conn *c)
@@ -325,6 +381,12 @@ static void conn_free(struct conn *c)
 	struct acceptor *a = c->acc;
 
 	TAILQ_REMOVE(&a->lru, c, lru);
+	if (c->svc->access_log)
+		conn_access_log(c);
+	if (c->src_counted)
+		evfdd_srclimit_give(c->svc->st->sources, &c->src_key);
+	free(c->pre);
+	free(c->init);
 	free(c->up.vec);
 	free(c->down.vec);
 	sock_close(c->cfd, c->rst_client);
@@ -341,11 +403,6 @@ static void conn_free(struct conn *c)
 		atomic_fetch_sub_explicit(&rl->balance->conns, 1, memory_order_relaxed);
 	acceptor_maybe_free(a);
 	relay_maybe_done(rl);
-}
-
-static bool conn_echo(const struct conn *c)
-{
-	return c->svc->echo;
 }
 
 static bool conn_finished(const struct conn *c)
@@ -473,6 +530,8 @@ static void conn_cut(struct conn *c, enum evfdd_end why, bool rst)
 		(void)evfd_op_cancel(c->acc->rl->ring, c->connect_op);
 	if (c->flush_op)
 		(void)evfd_op_cancel(c->acc->rl->ring, c->flush_op);
+	if (c->pre_op)
+		(void)evfd_op_cancel(c->acc->rl->ring, c->pre_op);
 	half_stop(&c->up);
 	if (!conn_echo(c))
 		half_stop(&c->down);
@@ -613,9 +672,10 @@ static void half_send_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe,
 		return;
 	}
 	evfdd_svc_count(c->acc->blk, h == &c->up ? EVFDD_CTR_BYTES_UP : EVFDD_CTR_BYTES_DOWN, (uint64_t)cqe->res);
+	*(h == &c->up ? &c->bytes_up : &c->bytes_down) += (uint64_t)cqe->res;
 	if (c->be >= 0)
-		atomic_fetch_add_explicit(h == &c->up ? &c->svc->pool.v[c->be].b->bytes_up :
-					  &c->svc->pool.v[c->be].b->bytes_down, (uint64_t)cqe->res,
+		atomic_fetch_add_explicit(h == &c->up ? &c->pool->v[c->be].b->bytes_up :
+					  &c->pool->v[c->be].b->bytes_down, (uint64_t)cqe->res,
 					  memory_order_relaxed);
 	s->off += (unsigned)cqe->res;
 	conn_touch(c);
@@ -771,6 +831,354 @@ static void conn_start_relay(struct conn *c)
 }
 
 static void conn_connect(struct conn *c);
+static void conn_pick(struct conn *c);
+
+/* ---- the edge: what comes before the relay --------------------------------------------------------- */
+
+/* tcp_keepalive and tcp_user_timeout on a TCP socket of the service. */
+static void conn_tcp_options(const struct evfdd_svc *svc, int fd)
+{
+	int one = 1, v;
+
+	if (svc->tcp_keepalive) {
+		(void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+		v = (int)svc->keepalive_idle_s;
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &v, sizeof(v));
+		v = (int)svc->keepalive_intvl_s;
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &v, sizeof(v));
+		v = (int)svc->keepalive_cnt;
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &v, sizeof(v));
+	}
+	if (svc->tcp_user_timeout_ms) {
+		unsigned t = svc->tcp_user_timeout_ms;
+
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &t, sizeof(t));
+	}
+}
+
+/* Refuse @c for @why, saying so (rate-limited) with the client's address. May free @c. */
+static void conn_refuse(struct conn *c, enum evfdd_end why, const char *what)
+{
+	unsigned long missed = 0;
+	char peer[EVFDD_ADDR_TEXT_MAX];
+
+	if (log_ratelimit(&c->svc->st->edge_rl, &missed)) {
+		if (!c->peer.len) {
+			socklen_t len = sizeof(c->peer.u);
+
+			if (getpeername(c->cfd, &c->peer.u.sa, &len) == 0)
+				c->peer.len = len;
+		}
+		if (c->peer.len)
+			evfdd_addr_format(&c->peer, peer, sizeof(peer));
+		else
+			snprintf(peer, sizeof(peer), "a client");
+		log_warnx("[%s] %s: %s; closing it (%lu similar messages suppressed)", c->svc->name, peer, what,
+			  missed);
+	}
+	conn_cut(c, why, false);
+}
+
+/* allow, deny and max_connections_per_source, on the client's (learned) address. Returns false when @c was
+ * refused (and may be gone). */
+static bool conn_admit(struct conn *c)
+{
+	struct evfdd_svc *svc = c->svc;
+	char what[64];
+
+	if (!c->acc->client_tcp || !c->peer.len)
+		return true;
+	if ((svc->ndeny && evfdd_cidr_match(svc->deny, svc->ndeny, &c->peer)) ||
+	    (svc->nallow && !evfdd_cidr_match(svc->allow, svc->nallow, &c->peer))) {
+		conn_refuse(c, EVFDD_END_DENIED, "not allowed (allow, deny)");
+		return false;
+	}
+	if (svc->max_per_source && evfdd_addr_source_key(&c->peer, &c->src_key)) {
+		if (!evfdd_srclimit_take(svc->st->sources, &c->src_key, svc->max_per_source)) {
+			snprintf(what, sizeof(what), "max_connections_per_source (%u) reached", svc->max_per_source);
+			conn_refuse(c, EVFDD_END_SOURCE_LIMIT, what);
+			return false;
+		}
+		c->src_counted = true;
+	}
+	return true;
+}
+
+/* What the backend gets first: the PROXY header (send_proxy) and the bytes read ahead of the relay. Returns
+ * false when out of memory (@c is cut). */
+static bool conn_init_prepare(struct conn *c)
+{
+	unsigned char hdr[EVFDD_PROXY_BUILD_MAX];
+	unsigned ahead = c->pre_len - c->pre_used;
+	int n = 0;
+
+	if (c->svc->send_proxy)
+		n = evfdd_proxy_build((int)c->svc->send_proxy, c->peer.len ? &c->peer : NULL,
+				      c->local.len ? &c->local : NULL, hdr, sizeof(hdr));
+	if (n < 0)
+		n = 0;
+	if (!n && !ahead) {
+		free(c->pre);
+		c->pre = NULL;
+		return true;
+	}
+	c->init = malloc((size_t)n + ahead);
+	if (!c->init) {
+		conn_cut(c, EVFDD_END_NO_RESOURCES, false);
+		return false;
+	}
+	memcpy(c->init, hdr, (size_t)n);
+	if (ahead)
+		memcpy(c->init + n, c->pre + c->pre_used, ahead);
+	c->init_len = (unsigned)n + ahead;
+	c->init_off = 0;
+	c->init_hdr = (unsigned)n;
+	free(c->pre);
+	c->pre = NULL;
+	return true;
+}
+
+static void conn_init_send(struct conn *c);
+
+static void init_send_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
+{
+	struct conn *c = arg;
+
+	c->pending--;
+	if (c->cutting) {
+		conn_settle(c);
+		return;
+	}
+	if (cqe->res < 0) {
+		conn_side_failed(c, conn_echo(c) ? CLIENT : BACKEND, cqe->res);
+		return;
+	}
+	c->init_off += (unsigned)cqe->res;
+	conn_init_send(c);
+}
+
+/* Send c->init to the backend (the echo: back to the client), then relay. May free @c. */
+static void conn_init_send(struct conn *c)
+{
+	struct io_uring_sqe sqe = { 0 };
+
+	if (c->init_off >= c->init_len) {
+		uint64_t ahead = c->init_len - c->init_hdr;
+
+		/* The bytes read ahead were relayed too. */
+		evfdd_svc_count(c->acc->blk, EVFDD_CTR_BYTES_UP, ahead);
+		c->bytes_up += ahead;
+		if (c->be >= 0)
+			atomic_fetch_add_explicit(&c->pool->v[c->be].b->bytes_up, ahead, memory_order_relaxed);
+		free(c->init);
+		c->init = NULL;
+		c->init_len = c->init_off = 0;
+		conn_start_relay(c);
+		return;
+	}
+	io_uring_prep_send(&sqe, conn_echo(c) ? c->cfd : c->bfd, c->init + c->init_off, c->init_len - c->init_off,
+			   MSG_NOSIGNAL);
+	if (conn_submit(c, &sqe, init_send_cb, c, NULL) < 0)
+		conn_cut(c, EVFDD_END_NO_RESOURCES, false);
+}
+
+/* The backend accepted: what goes first, then the relay. May free @c. */
+static void conn_connected(struct conn *c)
+{
+	if (c->svc->send_proxy && !c->init && !conn_init_prepare(c))
+		return;
+	conn_init_send(c);
+}
+
+static void conn_pre_recv(struct conn *c);
+
+/* The preamble is complete: pick a backend (or, for the echo, send back what was read ahead). */
+static void conn_pre_done(struct conn *c)
+{
+	c->pre_state = PRE_NONE;
+	if (conn_echo(c)) {
+		if (conn_init_prepare(c))
+			conn_init_send(c);
+		return;
+	}
+	if (!c->svc->send_proxy && !conn_init_prepare(c))
+		return;
+	conn_pick(c);
+}
+
+/* Look at what the client sent so far. May free @c. */
+static void conn_pre_parse(struct conn *c)
+{
+	struct evfdd_svc *svc = c->svc;
+	char why[96], name[EVFDD_SNI_NAME_MAX + 1];
+	int r;
+
+	if (c->pre_state == PRE_PROXY) {
+		struct evfdd_proxy_info info;
+
+		r = evfdd_proxy_parse(c->pre, c->pre_len, &info);
+		if (r == 0)
+			goto more;
+		if (r < 0) {
+			snprintf(why, sizeof(why), "bad PROXY header (%s)", r == -EMSGSIZE ? "too long" : "malformed");
+			conn_refuse(c, EVFDD_END_BAD_PROXY_HEADER, why);
+			return;
+		}
+		c->pre_used = (unsigned)r;
+		if (!info.local) {
+			c->peer = info.src;
+			c->local = info.dst;
+			evfdd_addr_unmap(&c->peer);
+			evfdd_addr_unmap(&c->local);
+		}
+		if (!conn_admit(c))
+			return;
+		c->pre_state = svc->nroutes ? PRE_HELLO : PRE_NONE;
+	}
+	if (c->pre_state == PRE_HELLO) {
+		r = evfdd_tls_hello_sni(c->pre + c->pre_used, c->pre_len - c->pre_used, EVFDD_TLS_HELLO_MAX, name,
+					sizeof(name));
+		if (r == 0)
+			goto more;
+		if (r < 0) {
+			snprintf(why, sizeof(why), "bad TLS ClientHello (%s)",
+				 r == -EMSGSIZE ? "over 16 KiB" : "malformed, or not TLS");
+			conn_refuse(c, EVFDD_END_BAD_CLIENT_HELLO, why);
+			return;
+		}
+		r = evfdd_sni_match(svc->route_names, svc->nnamed, name);
+		if (r < 0 && svc->nroutes > svc->nnamed)
+			r = (int)svc->nnamed;   /* sni_default */
+		if (r < 0) {
+			char e[EVFDD_SNI_NAME_MAX + 64];
+
+			snprintf(e, sizeof(e), "no route for server name \"%s\" and no sni_default", name);
+			conn_refuse(c, EVFDD_END_NO_ROUTE, e);
+			return;
+		}
+		c->pool = &svc->routes[r].pool;
+	}
+	conn_pre_done(c);
+	return;
+more:
+	conn_pre_recv(c);
+}
+
+static void pre_recv_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
+{
+	struct conn *c = arg;
+	enum evfdd_end why = c->pre_state == PRE_PROXY ? EVFDD_END_BAD_PROXY_HEADER : EVFDD_END_BAD_CLIENT_HELLO;
+	const char *what = c->pre_state == PRE_PROXY ? "PROXY header" : "TLS ClientHello";
+	char msg[96];
+
+	c->pending--;
+	c->pre_op = NULL;
+	if (c->cutting) {
+		conn_settle(c);
+		return;
+	}
+	if (cqe->res <= 0) {
+		snprintf(msg, sizeof(msg), "no complete %s (%s)", what,
+			 cqe->res == 0 ? "closed first" : cqe->res == -ECANCELED ? "proxy_timeout passed" :
+			 strerror(-cqe->res));
+		conn_refuse(c, why, msg);
+		return;
+	}
+	c->pre_len += (unsigned)cqe->res;
+	conn_touch(c);
+	conn_pre_parse(c);
+}
+
+static void pre_timeout_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
+{
+	struct conn *c = arg;
+
+	c->pending--;
+	conn_settle(c);
+}
+
+/* Receive more of the preamble, until the deadline. May free @c. */
+static void conn_pre_recv(struct conn *c)
+{
+	struct io_uring_sqe sqe = { 0 };
+
+	if (c->pre_len == c->pre_cap) {
+		unsigned cap = c->pre_cap ? c->pre_cap * 2 : PRE_FIRST;
+		unsigned char *p;
+
+		if (c->pre_cap >= PRE_MAX) {
+			/* Cannot happen: the parsers refuse what would not fit. */
+			conn_refuse(c, c->pre_state == PRE_PROXY ? EVFDD_END_BAD_PROXY_HEADER :
+				    EVFDD_END_BAD_CLIENT_HELLO, "preamble too long");
+			return;
+		}
+		if (cap > PRE_MAX)
+			cap = PRE_MAX;
+		p = realloc(c->pre, cap);
+		if (!p) {
+			conn_cut(c, EVFDD_END_NO_RESOURCES, false);
+			return;
+		}
+		c->pre = p;
+		c->pre_cap = cap;
+	}
+	io_uring_prep_recv(&sqe, c->cfd, c->pre + c->pre_len, c->pre_cap - c->pre_len, 0);
+	sqe.flags |= IOSQE_IO_LINK;
+	if (conn_submit(c, &sqe, pre_recv_cb, c, &c->pre_op) < 0)
+		goto fail;
+	memset(&sqe, 0, sizeof(sqe));
+	io_uring_prep_link_timeout(&sqe, &c->pre_deadline, IORING_TIMEOUT_ABS);
+	if (conn_submit(c, &sqe, pre_timeout_cb, c, NULL) < 0)
+		goto fail;
+	return;
+fail:
+	conn_cut(c, EVFDD_END_NO_RESOURCES, false);
+}
+
+/* A new connection's edge: its addresses, proxy_from, the rules, then the preamble or the backend. May free
+ * @c. */
+static void conn_edge(struct conn *c)
+{
+	struct evfdd_svc *svc = c->svc;
+	bool need = svc->send_proxy || svc->accept_proxy || svc->access_log || svc->nallow || svc->ndeny ||
+		    svc->max_per_source || svc->pool.balance == EVFDD_BALANCE_SOURCE_HASH;
+
+	if (c->acc->client_tcp)
+		conn_tcp_options(svc, c->cfd);
+	if (need) {
+		socklen_t len = sizeof(c->peer.u);
+
+		if (getpeername(c->cfd, &c->peer.u.sa, &len) == 0) {
+			c->peer.len = len;
+			evfdd_addr_unmap(&c->peer);
+		}
+		len = sizeof(c->local.u);
+		if (getsockname(c->cfd, &c->local.u.sa, &len) == 0) {
+			c->local.len = len;
+			evfdd_addr_unmap(&c->local);
+		}
+	}
+	if (svc->accept_proxy && c->acc->client_tcp && svc->nproxy_from &&
+	    !evfdd_cidr_match(svc->proxy_from, svc->nproxy_from, &c->peer)) {
+		conn_refuse(c, EVFDD_END_DENIED, "not in proxy_from: may not send a PROXY header");
+		return;
+	}
+	if (!svc->accept_proxy && !conn_admit(c))
+		return;
+	if (svc->accept_proxy || svc->nroutes) {
+		uint64_t at = util_now_ns(CLOCK_MONOTONIC) + (uint64_t)svc->proxy_timeout_ms * 1000000u;
+
+		c->pre_deadline.tv_sec = (long long)(at / 1000000000u);
+		c->pre_deadline.tv_nsec = (long long)(at % 1000000000u);
+		c->pre_state = svc->accept_proxy ? PRE_PROXY : PRE_HELLO;
+		conn_pre_recv(c);
+		return;
+	}
+	if (svc->echo)
+		conn_start_relay(c);
+	else
+		conn_pick(c);
+}
 
 /* Every backend tried for @c failed, or none is left to try. May free @c. */
 static void conn_connect_gave_up(struct conn *c)
@@ -782,7 +1190,7 @@ static void conn_connect_gave_up(struct conn *c)
 		log_warnx("[%s] backend connect failed: %s (%u backend%s tried, the last %s); closing the client "
 			  "(%lu similar messages suppressed)", svc->name,
 			  c->last_err == -ETIMEDOUT ? "timed out" : strerror(-c->last_err), c->ntried,
-			  c->ntried == 1 ? "" : "s", svc->pool.v[c->tried[c->ntried - 1]].b->name, missed);
+			  c->ntried == 1 ? "" : "s", c->pool->v[c->tried[c->ntried - 1]].b->name, missed);
 	conn_cut(c, EVFDD_END_CONNECT_FAILED, false);
 }
 
@@ -790,18 +1198,15 @@ static void conn_connect_gave_up(struct conn *c)
 static void conn_pick(struct conn *c)
 {
 	struct evfdd_svc *svc = c->svc;
-	struct sockaddr_storage peer;
-	socklen_t plen = sizeof(peer);
 	const struct sockaddr *src = NULL;
 	struct evfdd_pick_why why;
 	unsigned long missed = 0;
 	bool trial;
 	int i;
 
-	if (svc->pool.balance == EVFDD_BALANCE_SOURCE_HASH && c->acc->client_tcp &&
-	    getpeername(c->cfd, (struct sockaddr *)&peer, &plen) == 0)
-		src = (const struct sockaddr *)&peer;
-	i = evfdd_pool_pick(&svc->pool, src, c->tried, c->ntried, &trial, &why);
+	if (c->pool->balance == EVFDD_BALANCE_SOURCE_HASH && c->peer.len && c->peer.u.sa.sa_family != AF_UNIX)
+		src = &c->peer.u.sa;
+	i = evfdd_pool_pick(c->pool, src, c->tried, c->ntried, &trial, &why);
 	if (i >= 0) {
 		c->be = i;
 		c->trial = trial;
@@ -826,10 +1231,10 @@ static void conn_pick(struct conn *c)
 static void conn_backend_failed(struct conn *c, int err)
 {
 	c->last_err = err;
-	evfdd_pool_result(&c->svc->pool, (unsigned)c->be, err, c->trial);
+	evfdd_pool_result(c->pool, (unsigned)c->be, err, c->trial);
 	c->trial = false;
 	conn_leave_backend(c);
-	if (c->ntried <= c->svc->pool.retries)
+	if (c->ntried <= c->pool->retries)
 		conn_pick(c);
 	else
 		conn_connect_gave_up(c);
@@ -843,7 +1248,7 @@ static void conn_connect_failed(struct conn *c, int err)
 	c->bfd = -1;
 	c->down.from = c->up.to = -1;
 	c->last_err = err;
-	if (evfdd_backend_addr(c->svc->pool.v[c->be].b, ++c->addr_k, &c->baddr))
+	if (evfdd_backend_addr(c->pool->v[c->be].b, ++c->addr_k, &c->baddr))
 		conn_connect(c);
 	else
 		conn_backend_failed(c, err);
@@ -860,9 +1265,9 @@ static void connect_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, v
 		return;
 	}
 	if (cqe->res == 0) {
-		evfdd_pool_result(&c->svc->pool, (unsigned)c->be, 0, c->trial);
+		evfdd_pool_result(c->pool, (unsigned)c->be, 0, c->trial);
 		c->trial = false;
-		conn_start_relay(c);
+		conn_connected(c);
 		return;
 	}
 	/* Refused, unreachable or timed out (-ECANCELED from the linked timeout). */
@@ -883,7 +1288,7 @@ static void conn_connect(struct conn *c)
 	struct io_uring_sqe sqe = { 0 };
 	int one = 1;
 
-	if (c->addr_k == 0 && !evfdd_backend_addr(c->svc->pool.v[c->be].b, 0, &c->baddr)) {
+	if (c->addr_k == 0 && !evfdd_backend_addr(c->pool->v[c->be].b, 0, &c->baddr)) {
 		conn_backend_failed(c, -EHOSTUNREACH);   /* a name that lost its addresses */
 		return;
 	}
@@ -907,6 +1312,22 @@ static void conn_connect(struct conn *c)
 	}
 	if (c->svc->tcp_nodelay && c->baddr.u.sa.sa_family != AF_UNIX)
 		(void)setsockopt(c->bfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (c->baddr.u.sa.sa_family != AF_UNIX)
+		conn_tcp_options(c->svc, c->bfd);
+	if (c->svc->has_source && c->svc->source.u.sa.sa_family == c->baddr.u.sa.sa_family) {
+		/* The port is picked at connect, per destination: a busy source address does not run out of ports
+		 * after 28000 connections. */
+		(void)setsockopt(c->bfd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+		if (bind(c->bfd, &c->svc->source.u.sa, c->svc->source.len) < 0) {
+			unsigned long missed = 0;
+
+			if (log_ratelimit(&c->svc->st->connect_rl, &missed))
+				log_warn("[%s] bind to source address (%lu similar messages suppressed)", c->svc->name,
+					 missed);
+			conn_connect_failed(c, -errno);
+			return;
+		}
+	}
 	c->down.from = c->up.to = c->bfd;
 	io_uring_prep_connect(&sqe, c->bfd, &c->baddr.u.sa, c->baddr.len);
 	sqe.flags |= IOSQE_IO_LINK;
@@ -960,6 +1381,8 @@ static void conn_new(struct acceptor *a, int fd)
 	c->bfd = -1;
 	c->be = -1;
 	c->end = EVFDD_END_COUNT;
+	c->pool = &svc->pool;
+	c->start_ns = util_now_ns(CLOCK_MONOTONIC);
 	c->up.c = c->down.c = c;
 	c->up.cap = c->down.cap = 1;
 	c->up.from = fd;
@@ -976,12 +1399,12 @@ static void conn_new(struct acceptor *a, int fd)
 	if (rl->aborting) {
 		/* Accepted after a forced stop began: it is cut like the others. */
 		conn_cut(c, EVFDD_END_SHUTDOWN, true);
-	} else if (svc->echo) {
-		c->up.to = fd;
-		c->down.eof = c->down.done = true;
-		conn_start_relay(c);
 	} else {
-		conn_pick(c);
+		if (svc->echo) {
+			c->up.to = fd;
+			c->down.eof = c->down.done = true;
+		}
+		conn_edge(c);
 	}
 }
 

@@ -26,6 +26,8 @@
 #include "config.h"
 #include "log.h"
 
+struct evfdd_srclimit;
+
 /* X(ID, name, help): what a service counts, besides why its connections ended. */
 #define EVFDD_SVC_COUNTERS(X)                                                                             \
 	X(TOTAL, total, "connections accepted")                                                          \
@@ -46,6 +48,11 @@
 	X(NO_BACKEND, no_backend, "closed unserved: no backend could take it (down, drained or at maxconn)") \
 	X(IDLE_TIMEOUT, idle_timeout, "no byte either way for idle_timeout")                             \
 	X(LIMIT, limit, "closed unserved: max_connections reached")                                      \
+	X(DENIED, denied, "closed unserved: its address is not allowed (allow, deny, proxy_from)")        \
+	X(SOURCE_LIMIT, source_limit, "closed unserved: max_connections_per_source reached")             \
+	X(BAD_PROXY_HEADER, bad_proxy_header, "no valid PROXY header within proxy_timeout")              \
+	X(BAD_CLIENT_HELLO, bad_client_hello, "no valid TLS ClientHello within proxy_timeout")           \
+	X(NO_ROUTE, no_route, "closed unserved: no SNI route matched and there is no sni_default")       \
 	X(NO_RESOURCES, no_resources, "closed or cut for want of file descriptors, memory or ring space") \
 	X(SHUTDOWN, shutdown, "cut by a stop")
 
@@ -103,7 +110,15 @@ struct evfdd_svc_stats {
 	TAILQ_HEAD(, evfdd_svc_block) blocks;
 	uint64_t base[EVFDD_CTR_COUNT];  /* what blocks that went had counted */
 	/* A dead backend or a full fd table fails every connection: say so, but not thousands of times. */
-	struct log_ratelimit connect_rl, accept_rl, limit_rl, no_backend_rl;
+	struct log_ratelimit connect_rl, accept_rl, limit_rl, no_backend_rl, edge_rl;
+	struct evfdd_srclimit *sources;  /* open connections per source (max_connections_per_source) */
+};
+
+/* One SNI route of a service: its name ("*.suffix" for a wildcard; NULL for sni_default) and its backends,
+ * which share their state with the same backends in the service's pool. */
+struct evfdd_svc_route {
+	char *name;
+	struct evfdd_pool pool;
 };
 
 /* A service as the data plane sees it: built from one configuration, shared by every ring, read-only (its
@@ -116,7 +131,26 @@ struct evfdd_svc {
 	char *forward_text;
 	bool activated;
 	bool tcp_nodelay;
-	struct evfdd_pool pool;          /* the backends; none for the echo */
+	struct evfdd_pool pool;          /* the backends (with SNI routes, every route's, once); none for the echo */
+	/* The edge: what comes before the relay and around it (evfdd.conf(5)); edge_text compares generations. */
+	char *edge_text;
+	unsigned send_proxy;             /* 0, 1, 2 */
+	bool accept_proxy;
+	struct evfdd_cidr *proxy_from, *allow, *deny;
+	size_t nproxy_from, nallow, ndeny;
+	uint32_t proxy_timeout_ms;
+	unsigned nroutes;
+	struct evfdd_svc_route *routes;  /* sni_route, then sni_default (name NULL) when given */
+	const char **route_names;        /* routes[i].name for evfdd_sni_match (sni_route only) */
+	unsigned nnamed;                 /* routes with a name */
+	uint32_t max_per_source;
+	bool tcp_keepalive;
+	uint32_t keepalive_idle_s, keepalive_intvl_s;
+	unsigned keepalive_cnt;
+	uint32_t tcp_user_timeout_ms;
+	bool has_source;
+	struct evfdd_sockaddr source;
+	bool access_log;
 	enum evfdd_check check;          /* active health checks (health.c) */
 	char *check_send, *check_expect;
 	size_t check_send_len, check_expect_len;

@@ -467,6 +467,61 @@ static void test_addresses(void)
 		      "its own");
 }
 
+/* The edge's keys: values as parsed, and every error naming file, line, section and key. */
+static void test_edge(void)
+{
+	struct evfdd_config *cfg;
+	const struct evfdd_service *s;
+
+	cfg = expect_ok("[s]\nlisten = 127.0.0.1:9\nsni_route = A.Example=127.0.0.1:1+127.0.0.1:2,weight=3 "
+			"*.b.example=127.0.0.1:2\nsni_route = c.example=127.0.0.1:3\nsni_default = 127.0.0.1:4\n"
+			"send_proxy = v2\naccept_proxy = yes\nproxy_from = 10.0.0.0/8\nproxy_from = ::1 192.0.2.7\n"
+			"proxy_timeout = 250ms\nallow = 0.0.0.0/0\ndeny = 10.1.0.0/16\nmax_connections_per_source = 9\n"
+			"tcp_keepalive = 60s,10s,5\ntcp_user_timeout = 30s\nsource = 127.0.0.2\naccess_log = yes\n");
+	s = &cfg->services[0];
+	CHECK(s->nroutes == 3 && !strcmp(s->routes[0].name, "a.example") && !strcmp(s->routes[1].name, "*.b.example") &&
+	      !strcmp(s->routes[2].name, "c.example"), "routes");
+	CHECK(s->routes[0].nbackends == 2 && s->routes[0].backends[1].weight == 3 && s->sni_default.nbackends == 1,
+	      "route backends");
+	/* every route's backends are the service's, once each */
+	CHECK(s->nbackends == 4, "%zu backends in the union", s->nbackends);
+	CHECK(s->send_proxy == 2 && s->accept_proxy && s->nproxy_from == 3 && s->proxy_timeout_ms == 250, "proxy");
+	CHECK(s->nallow == 1 && s->ndeny == 1 && s->max_per_source == 9, "rules");
+	CHECK(s->tcp_keepalive && s->keepalive_idle_s == 60 && s->keepalive_intvl_s == 10 && s->keepalive_cnt == 5 &&
+	      s->tcp_user_timeout_ms == 30000, "tcp options");
+	CHECK(s->has_source && s->source.u.sa.sa_family == AF_INET && s->access_log, "source, access_log");
+	CHECK(s->edge_text && strstr(s->edge_text, "sni_route=c.example=127.0.0.1:3\n"), "edge_text");
+	evfdd_config_free(cfg);
+
+	expect_errors("[s]\nlisten = 127.0.0.1:9\nforward = 127.0.0.1:1\nsend_proxy = v3\naccept_proxy = yes\n",
+		      "F:4: [s] send_proxy: \"v3\": expected off, v1 or v2",
+		      "F:5: [s] accept_proxy: needs proxy_from: the addresses of the load balancers that may send a header "
+		      "(anyone else could claim any address)");
+	expect_errors("[s]\nlisten = 127.0.0.1:9\nforward = 127.0.0.1:1\nallow = 10.1.2.3/8\n",
+		      "F:4: [s] allow: \"10.1.2.3/8\" has bits set past /8; did you mean 10.0.0.0/8?");
+	expect_errors("[s]\nlisten = /run/x.sock\nforward = 127.0.0.1:1\ndeny = 10.0.0.0/8\n",
+		      "F:4: [s] deny: applies only to a TCP listener: on a Unix socket its mode decides who may connect "
+		      "(socket_mode); remove it");
+	expect_errors("[s]\nlisten = 127.0.0.1:9\nforward = echo\nsend_proxy = v1\n",
+		      "F:4: [s] send_proxy: the echo has no backend to tell; remove it");
+	expect_errors("[s]\nlisten = 127.0.0.1:9\nsni_route = a.example=127.0.0.1:1\nforward = 127.0.0.1:2\n",
+		      "F:4: [s] forward: a service routed by SNI takes its backends from sni_route and sni_default; "
+		      "remove forward, or move its backends to sni_default");
+	expect_errors("[s]\nlisten = 127.0.0.1:9\nforward = 127.0.0.1:2\nsni_default = 127.0.0.1:1\n",
+		      "F:4: [s] sni_default: applies only with sni_route; use forward for a service that does not "
+		      "route by name");
+	expect_errors("[s]\nlisten = 127.0.0.1:9\nsni_route = a.example=echo\n",
+		      "F:3: [s] sni_route: \"echo\": an SNI route forwards to backends; echo is not one");
+	expect_errors("[s]\nlisten = 127.0.0.1:9\nsni_route = a.example=127.0.0.1:1 a.example=127.0.0.1:2\n",
+		      "F:3: [s] sni_route: \"a.example\" is routed twice; give each name once");
+	expect_errors("[s]\nlisten = 127.0.0.1:9\nforward = 127.0.0.1:1\ntcp_keepalive = 1500ms,1s,0\n",
+		      "F:4: [s] tcp_keepalive: \"1500ms\": in whole seconds (the kernel counts keepalive in seconds)",
+		      "F:4: [s] tcp_keepalive: \"0\": out of range 1-100");
+	expect_errors("[s]\nlisten = 127.0.0.1:9\nforward = 127.0.0.1:1\nsource = localhost\n",
+		      "F:4: [s] source: \"localhost\": not a numeric IPv4 or IPv6 address (no port, no brackets, no "
+		      "name)");
+}
+
 static void test_backends(void)
 {
 	struct evfdd_config *cfg;
@@ -565,7 +620,9 @@ static void test_structure_errors(void)
 	expect_errors("[web]\nforward = echo\nfoward = x\n",
 		      "F:3: [web] foward: unknown key; a service takes listen, forward, max_connections, "
 		      "connect_timeout, idle_timeout, backlog, tcp_nodelay, socket_mode, balance, retries, fall, rise, down_time, "
-		      "health_check, health_interval, resolve_interval");
+		      "health_check, health_interval, resolve_interval, send_proxy, accept_proxy, proxy_from, "
+		      "proxy_timeout, sni_route, sni_default, allow, deny, max_connections_per_source, tcp_keepalive, "
+		      "tcp_user_timeout, source, access_log");
 	expect_errors("[evfdd]\nthreads = 4\n[web]\nforward = echo\n",
 		      "F:2: [evfdd] threads: unknown key; [evfdd] takes workers, rings, control, log_level, "
 		      "shutdown_timeout, metrics");
@@ -580,7 +637,7 @@ static void test_structure_errors(void)
 		      "F:4: [web] max_connections: given twice (first at line 3); keep one");
 	expect_errors("[web]\nlisten = 127.0.0.1:80\n\n[ok]\nforward = echo\n",
 		      "F:1: [web] forward: missing; every service needs forward = HOST:PORT, [IPv6]:PORT, an "
-		      "absolute Unix socket path or echo");
+		      "absolute Unix socket path or echo (or sni_route)");
 	expect_errors("[web]\nforward =\nlisten = \nbacklog=\n",
 		      "F:2: [web] forward: empty value; give HOST:PORT, [IPv6]:PORT, an absolute Unix socket "
 		      "path or echo",
@@ -653,7 +710,7 @@ static void test_syntax_errors(void)
 	/* sorted by line: the section's own error (at its header) first */
 	expect_errors("[web]\nforward ; = echo\n",
 		      "F:1: [web] forward: missing; every service needs forward = HOST:PORT, [IPv6]:PORT, an "
-		      "absolute Unix socket path or echo",
+		      "absolute Unix socket path or echo (or sni_route)",
 		      "F:2: syntax error: expected \"key = value\", a [section] header or a comment");
 
 	/* accepted forms: BOM, CRLF, indentation (no continuation lines), inline ';' comments, "key: value",
@@ -881,6 +938,7 @@ int main(void)
 	test_numbers_and_booleans();
 	test_addresses();
 	test_backends();
+	test_edge();
 	test_resolution_failure();
 	test_structure_errors();
 	test_too_many_services();
