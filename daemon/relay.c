@@ -950,7 +950,11 @@ static void init_send_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe,
 		return;
 	}
 	if (cqe->res < 0) {
-		conn_side_failed(c, conn_echo(c) ? CLIENT : BACKEND, cqe->res);
+		/* Nothing is relayed yet, so nothing is left to deliver to the other side: cut. */
+		bool reset = cqe->res == -ECONNRESET || cqe->res == -EPIPE;
+
+		conn_cut(c, conn_echo(c) ? (reset ? EVFDD_END_CLIENT_RESET : EVFDD_END_CLIENT_ERROR) :
+			 (reset ? EVFDD_END_BACKEND_RESET : EVFDD_END_BACKEND_ERROR), !conn_echo(c));
 		return;
 	}
 	c->init_off += (unsigned)cqe->res;
