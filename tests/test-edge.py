@@ -1196,6 +1196,45 @@ def case_access_rules():
           % (denied, limited, served), flush=True)
 
 
+def case_reload_rules():
+    """A reload changes the edge of a running service: new rules apply to new connections, open ones carry on,
+    and the per-source counts span the reload (a source at its limit stays there)."""
+    be = Backend(("127.0.0.1", 0), tag=b"L")
+    port = free_port()
+    conf = head() + "[rl]\nlisten = 127.0.0.1:%d\nforward = %s\nmax_connections_per_source = 2\n%s"
+    d = Daemon(conf % (port, be.name, ""))
+    addr = ("127.0.0.1", port)
+    held = []
+    for _ in range(2):
+        c = connect(addr, "127.0.0.5")
+        if c.recv(1) != b"L":
+            fail("a connection from 127.0.0.5 was refused under its limit")
+        held.append(c)
+    d.write(conf % (port, be.name, "deny = 127.0.0.6\n"))
+    out = d.ctl("reload")
+    if out.returncode != 0:
+        fail("reload: exit %d: %s" % (out.returncode, out.stderr))
+    if not refused(addr, "127.0.0.5"):
+        fail("after the reload, a third connection from 127.0.0.5 was served: its count was lost")
+    if not refused(addr, "127.0.0.6"):
+        fail("after the reload added deny = 127.0.0.6, 127.0.0.6 was served")
+    d.write((conf % (port, be.name, "")).replace("max_connections_per_source = 2\n", ""))
+    out = d.ctl("reload")
+    if out.returncode != 0:
+        fail("reload: exit %d: %s" % (out.returncode, out.stderr))
+    if tag_visit(addr, "127.0.0.5") != b"L" or tag_visit(addr, "127.0.0.6") != b"L":
+        fail("after a reload removed the rules, 127.0.0.5 or 127.0.0.6 was refused")
+    for c in held:
+        c.sendall(b"still here")
+        c.shutdown(socket.SHUT_WR)
+        read_to_end(c)
+        c.close()
+    d.expect_counts("rl", "rules changed by reloads", total=6, closed=4, denied=1, source_limit=1)
+    d.stop()
+    print("ok a reload changed the rules of a running service: new ones applied to new connections, a source "
+          "at its limit stayed there across it, open connections carried on", flush=True)
+
+
 def case_tcp_options():
     """tcp_keepalive = 7s,3s,4 and tcp_user_timeout = 9s on both of evfdd's sockets of a connection (read with
     getsockopt on copies of its descriptors), the keepalive timer running (ss -o); a service without them sets
@@ -1513,7 +1552,7 @@ def case_config_errors():
 CASES = (case_config_errors, case_proxy_v2_in_v1_out, case_proxy_v1_in_v2_out, case_proxy_out_unix_and_checks,
          case_mapped_addresses, case_proxy_to_haproxy, case_bad_proxy_headers, case_proxy_from, case_sni_routing,
          case_bad_hellos,
-         case_access_rules, case_tcp_options, case_access_log_stderr, case_access_log_journal)
+         case_access_rules, case_reload_rules, case_tcp_options, case_access_log_stderr, case_access_log_journal)
 
 
 def main():
