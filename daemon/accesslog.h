@@ -4,7 +4,8 @@
  * never waits for the journal (or for a stderr pipe nobody reads).
  *
  * Producers (the rings' threads) copy an entry into a bounded queue under a mutex held for that copy only;
- * the writer swaps the whole queue out under the same mutex and writes the batch outside it, through
+ * the writer comes by every 50 ms (sooner when the queue is a quarter full, so an entry costs its producer no
+ * wake-up), swaps the whole queue out under the same mutex and writes the batch outside it, through
  * log_fields (log.h): journal fields SERVICE= CLIENT= BACKEND= BYTES_UP= BYTES_DOWN= DURATION_USEC= END=
  * under journald, a plain line on stderr otherwise, at LOG_INFO (so a log level below info hides it too).
  * Memory is fixed at start: two arrays of @cap entries, the one producers fill and the one being written.
