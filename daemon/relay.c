@@ -866,8 +866,10 @@ static void conn_refuse(struct conn *c, enum evfdd_end why, const char *what)
 		if (!c->peer.len) {
 			socklen_t len = sizeof(c->peer.u);
 
-			if (getpeername(c->cfd, &c->peer.u.sa, &len) == 0)
+			if (getpeername(c->cfd, &c->peer.u.sa, &len) == 0) {
 				c->peer.len = len;
+				evfdd_addr_unmap(&c->peer);
+			}
 		}
 		if (c->peer.len)
 			evfdd_addr_format(&c->peer, peer, sizeof(peer));
@@ -1079,6 +1081,13 @@ static void pre_recv_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, 
 	c->pre_op = NULL;
 	if (c->cutting) {
 		conn_settle(c);
+		return;
+	}
+	if (cqe->res == 0 && !c->pre_len) {
+		/* Connected and closed without a byte: a load balancer's connect-only check, a port scan. Counted,
+		 * but not worth a warning every few seconds. */
+		log_debug("[%s] a client closed before sending its %s", c->svc->name, what);
+		conn_cut(c, why, false);
 		return;
 	}
 	if (cqe->res <= 0) {
