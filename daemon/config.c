@@ -1379,7 +1379,8 @@ static void cfg_section_end(struct cfg_parser *ps)
 			  "applies only to a Unix socket listen path; remove it");
 	for (size_t i = 0; i < s->nbackends; i++)
 		if (s->listen.kind != EVFDD_ENDPOINT_NONE && cfg_endpoint_overlap(&s->listen, &s->backends[i].ep))
-			cfg_error(ps, ps->key_line[SK_FORWARD], ps->sec_name, "forward",
+			cfg_error(ps, ps->key_line[SK_FORWARD] ? ps->key_line[SK_FORWARD] : ps->key_line[SK_SNI_ROUTE],
+				  ps->sec_name, ps->key_line[SK_FORWARD] ? "forward" : "sni_route",
 				  "\"%s\": same address as this service's listen; that would forward to itself",
 				  cfg_esc(s->backends[i].ep.text, SIZE_MAX, true, text, sizeof(text)));
 	if (s->nbackends && s->backends[0].ep.kind == EVFDD_ENDPOINT_ECHO) {

@@ -951,7 +951,7 @@ static void init_send_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe,
 		conn_settle(c);
 		return;
 	}
-	if (cqe->res < 0) {
+	if (cqe->res <= 0) {
 		/* Nothing is relayed yet, so nothing is left to deliver to the other side: cut. */
 		bool reset = cqe->res == -ECONNRESET || cqe->res == -EPIPE;
 
