@@ -856,6 +856,19 @@ static void conn_tcp_options(const struct evfdd_svc *svc, int fd)
 	}
 }
 
+/* The client's address (@local: the one it connected to) as the socket gives it, unmapped; len stays 0 when
+ * the socket cannot say (the client is gone already). */
+static void conn_addr(struct conn *c, bool local)
+{
+	struct evfdd_sockaddr *a = local ? &c->local : &c->peer;
+	socklen_t len = sizeof(a->u);
+
+	if ((local ? getsockname : getpeername)(c->cfd, &a->u.sa, &len) == 0) {
+		a->len = len;
+		evfdd_addr_unmap(a);
+	}
+}
+
 /* Refuse @c for @why, saying so (rate-limited) with the client's address. May free @c. */
 static void conn_refuse(struct conn *c, enum evfdd_end why, const char *what)
 {
@@ -863,14 +876,8 @@ static void conn_refuse(struct conn *c, enum evfdd_end why, const char *what)
 	char peer[EVFDD_ADDR_TEXT_MAX];
 
 	if (log_ratelimit(&c->svc->st->edge_rl, &missed)) {
-		if (!c->peer.len) {
-			socklen_t len = sizeof(c->peer.u);
-
-			if (getpeername(c->cfd, &c->peer.u.sa, &len) == 0) {
-				c->peer.len = len;
-				evfdd_addr_unmap(&c->peer);
-			}
-		}
+		if (!c->peer.len)
+			conn_addr(c, false);
 		if (c->peer.len)
 			evfdd_addr_format(&c->peer, peer, sizeof(peer));
 		else
@@ -1159,17 +1166,8 @@ static void conn_edge(struct conn *c)
 	if (c->acc->client_tcp)
 		conn_tcp_options(svc, c->cfd);
 	if (need) {
-		socklen_t len = sizeof(c->peer.u);
-
-		if (getpeername(c->cfd, &c->peer.u.sa, &len) == 0) {
-			c->peer.len = len;
-			evfdd_addr_unmap(&c->peer);
-		}
-		len = sizeof(c->local.u);
-		if (getsockname(c->cfd, &c->local.u.sa, &len) == 0) {
-			c->local.len = len;
-			evfdd_addr_unmap(&c->local);
-		}
+		conn_addr(c, false);
+		conn_addr(c, true);
 	}
 	if (svc->accept_proxy && c->acc->client_tcp && svc->nproxy_from &&
 	    !evfdd_cidr_match(svc->proxy_from, svc->nproxy_from, &c->peer)) {
