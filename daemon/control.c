@@ -222,7 +222,7 @@ static bool control_allowed(struct evfdd_control *c, struct varlink_call *call)
 }
 
 enum control_kind {
-	CONTROL_STATUS, CONTROL_LOOPS, CONTROL_RINGS, CONTROL_SERVICES, CONTROL_MOVE, CONTROL_RELOAD,
+	CONTROL_STATUS, CONTROL_LOOPS, CONTROL_RINGS, CONTROL_SERVICES, CONTROL_MOVE, CONTROL_RELOAD, CONTROL_UPGRADE,
 	CONTROL_BACKENDS, CONTROL_SET_BACKEND, CONTROL_METRICS
 };
 
@@ -236,6 +236,7 @@ static const struct control_method {
 	{ "Services", CONTROL_SERVICES },
 	{ "MoveRing", CONTROL_MOVE },
 	{ "Reload", CONTROL_RELOAD },
+	{ "Upgrade", CONTROL_UPGRADE },
 	{ "Backends", CONTROL_BACKENDS },
 	{ "SetBackendState", CONTROL_SET_BACKEND },
 	{ "Metrics", CONTROL_METRICS },
@@ -290,6 +291,20 @@ static void control_reload(struct evfdd_control *c, struct varlink_call *call, s
 	log_info("control socket: reload requested by pid %d uid %d", (int)varlink_call_pid(call),
 		 (int)varlink_call_uid(call));
 	c->ops.reload(c->arg, control_done, call);
+}
+
+static void control_upgrade(struct evfdd_control *c, struct varlink_call *call, struct json_object *params)
+{
+	static const char *const none[] = { NULL };
+	const char *bad = varlink_unknown_parameter(params, none);
+
+	if (bad) {
+		varlink_call_invalid_parameter(call, bad);
+		return;
+	}
+	log_info("control socket: upgrade requested by pid %d uid %d", (int)varlink_call_pid(call),
+		 (int)varlink_call_uid(call));
+	c->ops.upgrade(c->arg, control_done, call);
 }
 
 static void control_backends(struct evfdd_control *c, struct varlink_call *call, struct json_object *params)
@@ -367,6 +382,9 @@ static void control_method(void *arg, struct varlink_call *call, const char *met
 	case CONTROL_RELOAD:
 		implemented = c->ops.reload != NULL;
 		break;
+	case CONTROL_UPGRADE:
+		implemented = c->ops.upgrade != NULL;
+		break;
 	case CONTROL_BACKENDS:
 		implemented = c->ops.backends != NULL;
 		break;
@@ -388,6 +406,8 @@ static void control_method(void *arg, struct varlink_call *call, const char *met
 		control_move(c, call, params);
 	else if (m->kind == CONTROL_SET_BACKEND)
 		control_set_backend(c, call, params);
+	else if (m->kind == CONTROL_UPGRADE)
+		control_upgrade(c, call, params);
 	else
 		control_reload(c, call, params);
 }

@@ -32,6 +32,8 @@ struct evfdd_control_ops {
 	/* MoveRing and Reload: @done runs later (or at once, for an immediate error), exactly once. */
 	void (*move)(void *arg, uint64_t ring, uint64_t loop, evfdd_control_done_fn done, void *cookie);
 	void (*reload)(void *arg, evfdd_control_done_fn done, void *cookie);
+	/* Upgrade: answered once the new binary passed its check (or was refused), before the hand-over. */
+	void (*upgrade)(void *arg, evfdd_control_done_fn done, void *cookie);
 	/* Backends: @service NULL for every service. SetBackendState: @drain or enable, asked by @uid. Both
 	 * answer through @done before they return. */
 	void (*backends)(void *arg, const char *service, evfdd_control_done_fn done, void *cookie);

@@ -11,8 +11,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
+#include "carry.h"
 #include "control.h"
 #include "evfd.h"
+#include "handover.h"
 #include "health.h"
 #include "metrics.h"
 #include "reload.h"
@@ -23,6 +25,7 @@ enum daemon_state {
 	DAEMON_RUNNING,
 	DAEMON_RELOADING,                /* a reload is being applied */
 	DAEMON_STOPPING,                 /* no longer accepting; waiting for connections, then exiting */
+	DAEMON_UPGRADING,                /* parking the rings to hand the connections to the next image */
 };
 
 /* A control client waiting for the outcome of a reload. */
@@ -34,6 +37,17 @@ struct reload_waiter {
 
 TAILQ_HEAD(reload_waiters, reload_waiter);
 
+/* The last upgrade or carried-over restart that reached this image (Status: last_upgrade). */
+struct daemon_carried {
+	bool have;
+	enum evfdd_carry_kind kind;
+	uint64_t time_usec;              /* CLOCK_REALTIME: when the old image handed over */
+	uint64_t pause_usec;             /* from then until the connections were adopted */
+	unsigned connections, lost;      /* adopted; carried but closed */
+	char from_version[32];
+	char fallback[512];              /* why the state was refused (a clean start), or "" */
+};
+
 struct daemon {
 	struct evfdd_plane plane;        /* what runs: configuration, listeners, services, workers */
 	struct evfd_loop *main;
@@ -44,6 +58,21 @@ struct daemon {
 	struct evfdd_resolve *resolve;   /* names looked up again every resolve_interval */
 	bool workers_gone, health_gone;  /* stopping: evfdd exits once both are */
 	uint64_t start_usec;             /* CLOCK_MONOTONIC */
+
+	/* Upgrades (evfdctl upgrade, SIGUSR2: execve in place) and carried-over restarts (systemctl restart:
+	 * systemd's file descriptor store), handover.c and carry.c. */
+	char *const *argv;               /* what an upgrade executes again */
+	char exe_path[4096];             /* the binary evfdd was started from, "" if unknown */
+	bool upgrade_pending, restart_pending;
+	struct reload_waiters upgrade_waiters;   /* evfdctl upgrade: answered once the new binary passed its check */
+	enum evfdd_carry_kind carry_kind;        /* of the hand-over running */
+	int exe_fd;
+	size_t carry_budget;             /* a restart: descriptors the store and LISTEN_FDNAMES take, at most */
+	uint64_t upgrades;               /* hand-overs this process went through */
+	struct daemon_carried carried;
+	struct evfdd_takeover take;      /* what the previous image handed over, until adopted */
+	struct evfdd_adopt *adopt;
+	size_t nadopt;
 
 	/* The lifecycle: one state and what is pending; daemon_step takes the next step. */
 	enum daemon_state state;
@@ -58,7 +87,7 @@ struct daemon {
 	bool have_last;
 	int exit_code;
 
-	ev_signal sigterm, sigint, sighup;
+	ev_signal sigterm, sigint, sighup, sigusr2;
 	ev_timer shutdown_timer;
 
 	/* systemd (notify.c) */
@@ -96,6 +125,9 @@ void evfdd_inspect_move_answer(evfdd_control_done_fn done, void *cookie, unsigne
 /* Answer a MoveRing that could not run: @err from evfdd_workers_move (-ENOENT, -ESRCH, -EBUSY...), or
  * -EAGAIN while a reload is applied. */
 void evfdd_inspect_move_refused(evfdd_control_done_fn done, void *cookie, int err, uint64_t ring, uint64_t loop);
+/* Answer an Upgrade: refused (@refused says why: UpgradeRefused), or accepted, about to hand over to @binary. */
+void evfdd_inspect_upgrade_answer(evfdd_control_done_fn done, void *cookie, const char *binary, uint64_t upgrades,
+				  const char *refused);
 /* Answer any call that came while evfdd is stopping. */
 void evfdd_inspect_shutting_down(evfdd_control_done_fn done, void *cookie);
 

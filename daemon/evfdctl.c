@@ -27,6 +27,7 @@ enum { EXIT_OK = 0, EXIT_ERROR_REPLY = 1, EXIT_USAGE = 2 };
 
 #define TIMEOUT_SEC 30
 #define RELOAD_TIMEOUT_SEC 120	/* a reload resolves names and may wait for rings to drain */
+#define UPGRADE_TIMEOUT_SEC 60	/* the new binary's check, then the new image taking over */
 #define MAX_REPLY (64u * 1024 * 1024)
 #define JSON_PRETTY (JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE)
 
@@ -68,6 +69,8 @@ static void usage(FILE *f)
 		"                   lasts across reloads (root or evfdd's user)\n"
 		"  move RING LOOP   move a ring, with its connections, to another loop (root or evfdd's user)\n"
 		"  reload           reload the configuration and wait for the outcome (root or evfdd's user)\n"
+		"  upgrade          execute evfdd's binary again in place, keeping every connection, and wait\n"
+		"                   for the new image to take over (root or evfdd's user)\n"
 		"  metrics          the counters in Prometheus's text format, as GET /metrics serves them\n"
 		"  top [-i SECONDS] [-n N]\n"
 		"                   rates per service and per loop, refreshed in place (q quits); without a\n"
@@ -527,6 +530,7 @@ static void print_metrics(struct json_object *params)
 }
 
 static int run_top(const char *path, const struct options *o);
+static int run_upgrade(const char *path, const struct options *o);
 
 static const struct command commands[] = {
 	{ "status", "Status", 0, 0, "", TIMEOUT_SEC, print_kv, NULL },
@@ -539,6 +543,7 @@ static const struct command commands[] = {
 	{ "reload", "Reload", 0, 0, "", RELOAD_TIMEOUT_SEC, print_reload, NULL },
 	{ "metrics", "Metrics", 0, 0, "", TIMEOUT_SEC, print_metrics, NULL },
 	{ "top", NULL, 0, 0, "", TIMEOUT_SEC, NULL, run_top },
+	{ "upgrade", NULL, 0, 0, "", UPGRADE_TIMEOUT_SEC, NULL, run_upgrade },
 };
 
 /* An error answer, said for a person on stderr. */
@@ -877,6 +882,129 @@ out:
 		json_tokener_free(tok);
 	free(reply);
 	return rc;
+}
+
+/* ---- upgrade: the call, then Status until the new image has taken over ------------------------------ */
+
+/* One Status call; with @quiet, nothing is said when evfdd cannot be reached (it is between two images). */
+static struct json_object *status_of(const char *path, bool quiet)
+{
+	static const struct command st = { "upgrade", "Status", 0, 0, "", TIMEOUT_SEC, NULL, NULL };
+	struct json_object *params = NULL;
+	int fd, saved = -1, null = -1;
+	size_t len;
+	char *msg = build_call(&st, NULL, &len);
+
+	if (!msg)
+		return NULL;
+	if (quiet) {
+		/* The old image is gone and the new one not listening yet: connection errors are expected. */
+		fflush(stderr);
+		saved = dup(2);
+		null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+		if (saved >= 0 && null >= 0)
+			dup2(null, 2);
+	}
+	fd = connect_to(path, TIMEOUT_SEC);
+	if (fd >= 0) {
+		(void)call(fd, path, &st, msg, len, false, &params);
+		close(fd);
+	}
+	if (saved >= 0) {
+		fflush(stderr);
+		dup2(saved, 2);
+		close(saved);
+	}
+	if (null >= 0)
+		close(null);
+	free(msg);
+	return params;
+}
+
+static int run_upgrade(const char *path, const struct options *o)
+{
+	static const struct command up = { "upgrade", "Upgrade", 0, 0, "", UPGRADE_TIMEOUT_SEC, NULL, NULL };
+	struct json_object *before, *params = NULL, *last = NULL;
+	int64_t deadline, n0, pid0, up0, sent;
+	int fd, rc;
+	size_t len;
+	char *msg;
+
+	(void)o;
+	before = status_of(path, false);
+	if (!before)
+		return EXIT_USAGE;
+	n0 = get_int(before, "upgrades");
+	pid0 = get_int(before, "pid");
+	json_object_put(before);
+	msg = build_call(&up, NULL, &len);
+	fd = msg ? connect_to(path, UPGRADE_TIMEOUT_SEC) : -1;
+	if (fd < 0) {
+		free(msg);
+		return EXIT_USAGE;
+	}
+	sent = now_ms();
+	rc = call(fd, path, &up, msg, len, false, &params);
+	close(fd);
+	free(msg);
+	if (rc != EXIT_OK)
+		return rc;
+	printf("evfdd (pid %" PRId64 ") executes ", pid0);
+	put_escaped(stdout, get_str(params, "binary"));
+	printf(" again; waiting for it to take over\n");
+	fflush(stdout);
+	json_object_put(params);
+	params = NULL;
+	/* The old image answered before handing over: watch for the new one (a higher count). */
+	deadline = now_ms() + UPGRADE_TIMEOUT_SEC * 1000;
+	up0 = -1;
+	while (now_ms() < deadline) {
+		struct json_object *st = status_of(path, true);
+		int64_t n = st ? get_int(st, "upgrades") : -1, uptime = st ? get_int(st, "uptime_usec") : -1;
+
+		/* A higher count, or an image younger than the call (a clean start after a refused state). */
+		if (st && !strcmp(get_str(st, "state"), "running") &&
+		    (n > n0 || (uptime >= 0 && uptime / 1000 < now_ms() - sent))) {
+			params = st;
+			break;
+		}
+		if (st && n == n0 && !strcmp(get_str(st, "state"), "running")) {
+			/* Still the old image, running again: the hand-over failed (its log says why). */
+			if (up0 >= 0 && uptime > up0) {
+				json_object_put(st);
+				fprintf(stderr, "evfdctl: upgrade failed: evfdd carried on with its old binary; see its "
+					"log\n");
+				return EXIT_ERROR_REPLY;
+			}
+			up0 = uptime;
+		}
+		json_object_put(st);
+		usleep(50 * 1000);
+	}
+	if (!params) {
+		fprintf(stderr, "evfdctl: evfdd did not come back from the upgrade within %d s; see its log\n",
+			UPGRADE_TIMEOUT_SEC);
+		return EXIT_USAGE;
+	}
+	json_object_object_get_ex(params, "last_upgrade", &last);
+	if (*get_str(last, "fallback")) {
+		printf("upgraded to evfdd %s (pid %" PRId64 "), but the connections were lost: ", get_str(params, "version"),
+		       get_int(params, "pid"));
+		put_escaped(stdout, get_str(last, "fallback"));
+		putchar('\n');
+		json_object_put(params);
+		return EXIT_ERROR_REPLY;
+	}
+	printf("upgraded to evfdd ");
+	put_escaped(stdout, get_str(params, "version"));
+	printf(" (pid %" PRId64 "): %" PRId64 " connection%s carried over in %.1f ms", get_int(params, "pid"),
+	       get_int(last, "connections"), get_int(last, "connections") == 1 ? "" : "s",
+	       (double)get_int(last, "pause_usec") / 1000.0);
+	if (get_int(last, "lost") > 0)
+		printf(", %" PRId64 " lost (see evfdd's log)", get_int(last, "lost"));
+	putchar('\n');
+	json_object_put(params);
+	return fflush(stdout) == 0 ? EXIT_OK : EXIT_USAGE;
 }
 
 /* ---- top: rates per service and per loop, from successive Status, Services and Loops answers ----------- */

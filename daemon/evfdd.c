@@ -9,6 +9,7 @@
  * step. No other module calls into this one.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -17,13 +18,21 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 #include "accesslog.h"
+#include "carry.h"
 #include "control.h"
 #include "daemon.h"
 #include "log.h"
+#include "sdjob.h"
 #include "util.h"
 
-/* Exit codes (evfdd(8)): 0 success, 1 configuration or start-up error, 2 usage. */
-enum { EXIT_CONFIG = 1, EXIT_STARTUP = 1 };
+/* Exit codes (evfdd(8)): 0 success, 1 configuration or start-up error, 2 usage, 3 a state format this
+ * binary cannot read (--check-state-version). */
+enum { EXIT_CONFIG = 1, EXIT_STARTUP = 1, EXIT_STATE_VERSION = 3 };
+
+/* How long an upgrade waits for the new binary's check, and a SIGTERM for the service manager's answer. */
+#define UPGRADE_CHECK_MS 10000
+#define SDJOB_TIMEOUT_USEC 1000000
+#define STORE_BARRIER_USEC 5000000
 
 static void daemon_step(struct daemon *d);
 
@@ -35,10 +44,13 @@ static void usage(FILE *f)
 		"  -c, --config FILE  configuration file (default %s; without -c and without that\n"
 		"                     file, the embedded default configuration is used)\n"
 		"  -n, --check        check the configuration, print \"configuration OK\" or the errors, exit\n"
+		"      --check-state-version=N\n"
+		"                     with -n: also check that this binary reads upgrade state format N\n"
 		"  -h, --help         show this help\n"
 		"  -V, --version      show the version\n\n"
-		"SIGHUP reloads the configuration, SIGTERM and SIGINT stop gracefully; evfdctl(8) talks to\n"
-		"the running daemon. See evfdd(8) and evfdd.conf(5).\n", EVFDD_CONFIG_PATH);
+		"SIGHUP reloads the configuration, SIGUSR2 upgrades to the binary on disk keeping every\n"
+		"connection, SIGTERM and SIGINT stop gracefully; evfdctl(8) talks to the running daemon.\n"
+		"See evfdd(8) and evfdd.conf(5).\n", EVFDD_CONFIG_PATH);
 }
 
 /* ---- stopping --------------------------------------------------------------------------------------- */
@@ -180,6 +192,400 @@ static void reload_begin(struct daemon *d)
 	evfdd_reload_run(&d->plane, reload_done, d);
 }
 
+/* ---- upgrades and carried-over restarts --------------------------------------------------------------- */
+
+static void upgrade_answer(struct daemon *d, const char *refused)
+{
+	struct reload_waiter *w;
+
+	while ((w = TAILQ_FIRST(&d->upgrade_waiters))) {
+		TAILQ_REMOVE(&d->upgrade_waiters, w, link);
+		evfdd_inspect_upgrade_answer(w->done, w->cookie, d->exe_path, d->upgrades, refused);
+		free(w);
+	}
+}
+
+/* The upgrade cannot run: say why, and go on as before. */
+static void upgrade_refuse(struct daemon *d, const char *why)
+{
+	log_errx("upgrade refused: %s; still running this binary", why);
+	upgrade_answer(d, why);
+	d->state = DAEMON_RUNNING;
+	daemon_step(d);
+}
+
+/* The rings carry on after a hand-over that did not happen (or, for a restart, the rest of them). */
+static void carry_resumed(void *arg)
+{
+	struct daemon *d = arg;
+
+	d->state = DAEMON_RUNNING;
+	services_follow(d);              /* the access log's writer stopped before execve */
+	if (d->carry_kind == EVFDD_CARRY_RESTART)
+		d->stop_pending = true;  /* what the store could not take drains as in any stop */
+	else
+		evfdd_notify_ready(d, "running (the upgrade failed)");
+	daemon_step(d);
+}
+
+static void carry_put_state(struct daemon *d, struct evfdd_carry_writer *w, int *err)
+{
+	struct evfdd_carry_info info = { 0 };
+	size_t i, k;
+
+	info.kind = d->carry_kind;
+	info.upgrades = d->upgrades + 1;
+	info.time_usec = util_now_us(CLOCK_REALTIME);
+	info.mono_ns = util_now_ns(CLOCK_MONOTONIC);
+	info.reloads = d->reloads;
+	info.reloads_failed = d->reloads_failed;
+	snprintf(info.version, sizeof(info.version), "%s", PACKAGE_VERSION);
+	*err = evfdd_carry_put_info(w, &info);
+	for (i = 0; !*err && i < d->plane.nsvcs; i++) {
+		const struct evfdd_svc *svc = d->plane.svcs[i].svc;
+		struct evfdd_counts n = { 0 };
+
+		evfdd_svc_stats_read(svc->st, &n);
+		for (k = 0; !*err && k < EVFDD_CTR_COUNT; k++) {
+			struct evfdd_carry_counter c = { .value = n.v[k] };
+
+			snprintf(c.service, sizeof(c.service), "%s", svc->name);
+			snprintf(c.name, sizeof(c.name), "%s", evfdd_counter_info[k].name);
+			*err = evfdd_carry_put_counter(w, &c);
+		}
+		for (k = 0; !*err && k < svc->pool.n; k++) {
+			const struct evfdd_backend *b = svc->pool.v[k].b;
+			struct evfdd_carry_backend cb = {
+				.drained = atomic_load(&b->drained),
+				.down = atomic_load(&b->health) == EVFDD_HEALTH_DOWN,
+				.connections = atomic_load(&b->connections),
+				.connect_failures = atomic_load(&b->connect_failures),
+				.bytes_up = atomic_load(&b->bytes_up),
+				.bytes_down = atomic_load(&b->bytes_down),
+				.state_changes = atomic_load(&b->state_changes),
+				.last_change_usec = atomic_load(&b->last_change_usec),
+			};
+
+			snprintf(cb.service, sizeof(cb.service), "%s", svc->name);
+			snprintf(cb.name, sizeof(cb.name), "%s", b->name);
+			*err = evfdd_carry_put_backend(w, &cb);
+		}
+	}
+}
+
+/* Every ring is still: write the state, then hand it over with the descriptors, by execve or the store. */
+static void carry_parked(void *arg)
+{
+	struct daemon *d = arg;
+	size_t left = d->carry_kind == EVFDD_CARRY_UPGRADE ? SIZE_MAX : d->carry_budget, nfds = 0, nact = 0, i;
+	int *fds = NULL, act[256], memfd = -1, err = 0;
+	const char *names[256];
+	struct evfdd_carry_writer *w = NULL;
+	unsigned conns = 0;
+	sigset_t sigs, old;
+
+	if (d->stop_pending && d->carry_kind == EVFDD_CARRY_UPGRADE) {
+		log_notice("upgrade: a stop came meanwhile; stopping instead");
+		goto resume;
+	}
+	err = evfdd_carry_writer_new(&w);
+	if (!err)
+		carry_put_state(d, w, &err);
+	if (!err)
+		err = evfdd_workers_export(d->plane.workers, w, &left, &conns);
+	if (!err && (memfd = evfdd_carry_seal(w)) < 0)
+		err = memfd;
+	if (err) {
+		log_errx("%s: cannot write the state: %s", d->carry_kind == EVFDD_CARRY_UPGRADE ? "upgrade" : "restart",
+			 strerror(-err));
+		goto resume;
+	}
+	nfds = evfdd_carry_writer_nfds(w);
+	fds = calloc(nfds + 1 + 1024, sizeof(*fds));
+	if (!fds) {
+		log_errx("out of memory handing over");
+		goto resume;
+	}
+	for (i = 0; i < nfds; i++)
+		fds[i] = evfdd_carry_writer_fd(w, i);
+	fds[nfds++] = memfd;
+	nfds += evfdd_listen_bound(d->plane.listen, fds + nfds, 1024);
+	if (d->carry_kind == EVFDD_CARRY_RESTART) {
+		err = evfdd_handover_store(fds, nfds, STORE_BARRIER_USEC);
+		if (err < 0) {
+			log_errx("restart: cannot put the connections into systemd's file descriptor store: %s; they "
+				 "finish here instead, within shutdown_timeout", strerror(-err));
+			goto resume;
+		}
+		d->upgrades++;
+		log_notice("restart: %u connection%s handed to systemd's file descriptor store (%zu descriptors); "
+			   "the next evfdd takes them over", conns, conns == 1 ? "" : "s", nfds);
+		close(memfd);
+		evfdd_carry_writer_free(w);
+		free(fds);
+		evfdd_workers_unpark(d->plane.workers, true, carry_resumed, d);
+		return;
+	}
+	nact = evfdd_listen_activated(d->plane.listen, act, names, sizeof(act) / sizeof(act[0]));
+	log_notice("upgrade: executing %s with %u connection%s and %zu descriptors", d->exe_path, conns,
+		   conns == 1 ? "" : "s", nfds);
+	/* What the access log's writer holds is written first; a signal from now on waits, blocked, for the
+	 * new image (the mask and pending signals survive execve). */
+	evfdd_accesslog_stop();
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	sigaddset(&sigs, SIGUSR2);
+	sigprocmask(SIG_BLOCK, &sigs, &old);
+	fflush(NULL);
+	err = evfdd_handover_exec(d->exe_fd, d->argv, act, (char *const *)names, nact, fds, nfds);
+	sigprocmask(SIG_SETMASK, &old, NULL);
+	log_errx("upgrade: cannot execute %s: %s; carrying on with this binary", d->exe_path, strerror(-err));
+resume:
+	if (memfd >= 0)
+		close(memfd);
+	evfdd_carry_writer_free(w);
+	free(fds);
+	if (d->carry_kind == EVFDD_CARRY_UPGRADE)
+		upgrade_answer(d, "the hand-over failed (see the log)");
+	evfdd_workers_unpark(d->plane.workers, false, carry_resumed, d);
+}
+
+/* Hand every connection over: to a new image of the binary (an upgrade), or through systemd's store. */
+static void carry_begin(struct daemon *d, enum evfdd_carry_kind kind)
+{
+	char why[1024], msg[5400];
+	int r;
+
+	d->carry_kind = kind;
+	d->state = DAEMON_UPGRADING;
+	if (kind == EVFDD_CARRY_UPGRADE) {
+		d->upgrade_pending = false;
+		if (d->exe_fd >= 0)
+			close(d->exe_fd);
+		d->exe_fd = d->exe_path[0] ? evfdd_handover_open_exe(d->exe_path, why, sizeof(why)) : -ENOENT;
+		if (d->exe_fd < 0) {
+			snprintf(msg, sizeof(msg), "the binary %s: %s", d->exe_path[0] ? d->exe_path : "(unknown)",
+				 d->exe_path[0] ? why : "evfdd cannot tell where it was started from; start it by an "
+				 "absolute path");
+			d->exe_fd = -1;
+			upgrade_refuse(d, msg);
+			return;
+		}
+		r = evfdd_handover_check(d->exe_fd, d->argv, UPGRADE_CHECK_MS, why, sizeof(why));
+		if (r < 0) {
+			snprintf(msg, sizeof(msg), "the new binary %s does not accept the configuration or the state: %s",
+				 d->exe_path, why);
+			upgrade_refuse(d, msg);
+			return;
+		}
+		upgrade_answer(d, NULL);
+		evfdd_notify_reloading(d);
+		evfdd_notify_status(d, "upgrading");
+	} else {
+		d->restart_pending = false;
+		evfdd_notify_stopping(d);
+	}
+	r = evfdd_workers_park(d->plane.workers, carry_parked, d);
+	if (r < 0) {
+		log_errx("cannot stop the rings for the hand-over: %s", strerror(-r));
+		d->state = DAEMON_RUNNING;
+		if (kind == EVFDD_CARRY_RESTART)
+			d->stop_pending = true;
+		daemon_step(d);
+	}
+}
+
+/* An upgrade asked by SIGUSR2 (@done NULL) or the control socket. */
+static void upgrade_request(struct daemon *d, evfdd_control_done_fn done, void *cookie)
+{
+	struct reload_waiter *w;
+
+	if (d->state == DAEMON_STOPPING || d->stop_pending || d->restart_pending) {
+		if (done)
+			evfdd_inspect_shutting_down(done, cookie);
+		else
+			log_notice("SIGUSR2 while stopping: not upgrading");
+		return;
+	}
+	if (done) {
+		w = calloc(1, sizeof(*w));
+		if (!w)
+			fatalx("out of memory");
+		w->done = done;
+		w->cookie = cookie;
+		TAILQ_INSERT_TAIL(&d->upgrade_waiters, w, link);
+	}
+	d->upgrade_pending = true;
+	daemon_step(d);
+}
+
+static void usr2_cb(struct ev_loop *ev, ev_signal *w, int revents)
+{
+	log_info("SIGUSR2: upgrading");
+	upgrade_request(w->data, NULL, NULL);
+}
+
+static void control_upgrade(void *arg, evfdd_control_done_fn done, void *cookie)
+{
+	upgrade_request(arg, done, cookie);
+}
+
+/* How many descriptors a restart can carry: systemd's FileDescriptorStoreMax=, and the names of them all
+ * in one LISTEN_FDNAMES string; less the state and the listeners evfdd bound. 0: it cannot carry any. */
+static size_t restart_budget(struct daemon *d, uint32_t store_max)
+{
+	size_t names = (EVFDD_HANDOVER_FDNAMES_MAX - 4096) / (sizeof(EVFDD_CARRY_FDNAME)), max = store_max, bound;
+	int tmp[1024];
+
+	if (max > names)
+		max = names;
+	bound = evfdd_listen_bound(d->plane.listen, tmp, 1024) + 1;
+	return max > bound ? max - bound : 0;
+}
+
+/* SIGTERM under systemd: a stop, or the stop of a restart? systemd 252 sends the same signal; its job for the
+ * unit tells them apart. Only a restart with a file descriptor store carries the connections over. */
+static bool restart_wanted(struct daemon *d)
+{
+	struct evfdd_sdjob job;
+	char why[512];
+	int r;
+
+	if (!getenv("NOTIFY_SOCKET"))
+		return false;
+	r = evfdd_sdjob_query(&job, SDJOB_TIMEOUT_USEC, why, sizeof(why));
+	if (r < 0) {
+		if (r != -ENOMEDIUM)
+			log_warnx("cannot ask the service manager whether this is a restart (%s); stopping", why);
+		return false;
+	}
+	if (!evfdd_sdjob_is_restart(job.job_type))
+		return false;
+	d->carry_budget = restart_budget(d, job.fdstore_max);
+	if (!d->carry_budget) {
+		log_notice("%s is restarting, but FileDescriptorStoreMax= is %u: connections cannot be carried over; "
+			   "stopping", job.unit, job.fdstore_max);
+		return false;
+	}
+	log_notice("%s is restarting: carrying up to %zu descriptors over", job.unit, d->carry_budget);
+	return true;
+}
+
+/* The new image: counters and backends' state as the previous one left them. */
+static void carry_apply_counters(struct daemon *d, const struct evfdd_carry_state *st)
+{
+	size_t i, k;
+
+	for (i = 0; i < evfdd_carry_ncounters(st); i++) {
+		const struct evfdd_carry_counter *c = evfdd_carry_counter(st, i);
+		const struct evfdd_svc *svc = evfdd_reload_service(&d->plane, c->service);
+
+		for (k = 0; svc && k < EVFDD_CTR_COUNT; k++)
+			if (!strcmp(evfdd_counter_info[k].name, c->name))
+				evfdd_svc_stats_add(svc->st, (enum evfdd_counter)k, c->value);
+	}
+	for (i = 0; i < evfdd_carry_nbackends(st); i++) {
+		const struct evfdd_carry_backend *cb = evfdd_carry_backend(st, i);
+		const struct evfdd_svc *svc = evfdd_reload_service(&d->plane, cb->service);
+		struct evfdd_svc_backend *sb = svc ? evfdd_pool_find(&svc->pool, cb->name) : NULL;
+		struct evfdd_backend *b = sb ? sb->b : NULL;
+
+		if (!b)
+			continue;
+		if (cb->drained)
+			evfdd_backend_set_drained(b, true, "the previous image");
+		if (cb->down)
+			evfdd_backend_set_health(b, EVFDD_HEALTH_DOWN, "down before the upgrade");
+		atomic_fetch_add(&b->connections, cb->connections);
+		atomic_fetch_add(&b->connect_failures, cb->connect_failures);
+		atomic_fetch_add(&b->bytes_up, cb->bytes_up);
+		atomic_fetch_add(&b->bytes_down, cb->bytes_down);
+		atomic_fetch_add(&b->state_changes, cb->state_changes);
+	}
+}
+
+static void carry_adopted(void *arg)
+{
+	struct daemon *d = arg;
+	const struct evfdd_carry_info *info = evfdd_carry_info(d->take.st);
+	size_t i;
+
+	for (i = 0; i < d->nadopt; i++) {
+		if (d->adopt[i].err == 0) {
+			d->carried.connections++;
+			continue;
+		}
+		d->carried.lost++;
+		if (d->adopt[i].err == -ENOENT)
+			log_warnx("[%s] the configuration has no such service any more: closing a connection carried "
+				  "over", d->adopt[i].r->service);
+		else
+			log_warnx("[%s] cannot take over a connection carried over: %s; closing it",
+				  d->adopt[i].r->service, strerror(-d->adopt[i].err));
+		close(d->adopt[i].cfd);
+		if (d->adopt[i].bfd >= 0)
+			close(d->adopt[i].bfd);
+	}
+	d->carried.pause_usec = (util_now_ns(CLOCK_MONOTONIC) - info->mono_ns) / 1000;
+	log_notice("%s %llu from evfdd %s: %u connection%s carried over in %.1f ms%s", info->kind ==
+		   EVFDD_CARRY_RESTART ? "restart" : "upgrade", (unsigned long long)d->upgrades, info->version,
+		   d->carried.connections, d->carried.connections == 1 ? "" : "s",
+		   (double)d->carried.pause_usec / 1000.0, d->carried.lost ? " (some were lost: see above)" : "");
+	free(d->adopt);
+	d->adopt = NULL;
+	d->nadopt = 0;
+	evfdd_takeover_clear(&d->take);
+	d->state = DAEMON_RUNNING;
+	evfdd_notify_ready(d, "running");
+	daemon_step(d);
+}
+
+/* The new image, with its data plane up: take over what the previous one handed over. Returns false when
+ * there is nothing to adopt. */
+static bool carry_adopt(struct daemon *d)
+{
+	const struct evfdd_carry_state *st = d->take.st;
+	const struct evfdd_carry_info *info;
+	size_t i, n;
+
+	if (!st)
+		return false;
+	info = evfdd_carry_info(st);
+	d->upgrades = info->upgrades;
+	d->reloads = (unsigned)info->reloads;
+	d->reloads_failed = (unsigned)info->reloads_failed;
+	d->carried.kind = info->kind;
+	d->carried.time_usec = info->time_usec;
+	snprintf(d->carried.from_version, sizeof(d->carried.from_version), "%s", info->version);
+	carry_apply_counters(d, st);
+	n = evfdd_carry_nconns(st);
+	d->adopt = calloc(n ? n : 1, sizeof(*d->adopt));
+	if (!d->adopt)
+		fatalx("out of memory taking connections over");
+	for (i = 0; i < n; i++) {
+		const struct evfdd_carry_conn *c = evfdd_carry_conn(st, i);
+		int cfd = d->take.map[c->cfd], bfd = c->bfd >= 0 ? d->take.map[c->bfd] : -1;
+
+		if (cfd < 0 || (c->bfd >= 0 && bfd < 0)) {
+			log_warnx("[%s] a connection carried over lost a descriptor on the way; closing it", c->service);
+			d->carried.lost++;
+			continue;
+		}
+		d->take.map[c->cfd] = -1;
+		if (c->bfd >= 0)
+			d->take.map[c->bfd] = -1;
+		d->adopt[d->nadopt++] = (struct evfdd_adopt){ .r = c, .cfd = cfd, .bfd = bfd };
+	}
+	if (evfdd_workers_adopt(d->plane.workers, d->adopt, d->nadopt, carry_adopted, d) < 0) {
+		for (i = 0; i < d->nadopt; i++)
+			d->adopt[i].err = -ENOMEM;
+		carry_adopted(d);
+	}
+	return true;
+}
+
 /* ---- the decision ----------------------------------------------------------------------------------- */
 
 /*
@@ -192,6 +598,7 @@ static void daemon_step(struct daemon *d)
 	switch (d->state) {
 	case DAEMON_STARTING:
 	case DAEMON_RELOADING:
+	case DAEMON_UPGRADING:
 		return;                  /* their end calls again */
 	case DAEMON_RUNNING:
 		if (evfdd_workers_busy(d->plane.workers))
@@ -203,8 +610,17 @@ static void daemon_step(struct daemon *d)
 				log_notice("not reloading: stopping");
 			d->reload_pending = false;
 			waiters_answer(&d->next_waiters, NULL);
+			if (d->upgrade_pending)
+				upgrade_answer(d, "evfdd is stopping");
+			d->upgrade_pending = false;
+		} else if (d->restart_pending) {
+			carry_begin(d, EVFDD_CARRY_RESTART);
+			return;
 		} else if (d->reload_pending) {
 			reload_begin(d);
+			return;
+		} else if (d->upgrade_pending) {
+			carry_begin(d, EVFDD_CARRY_UPGRADE);
 			return;
 		} else {
 			return;
@@ -230,12 +646,14 @@ static void started(void *arg, int err)
 		ev_break(d->ev, EVBREAK_ALL);
 		return;
 	}
-	d->state = DAEMON_RUNNING;
 	services_follow(d);
 	log_notice("evfdd %s ready: %u services, %u workers, %u rings (%s)", PACKAGE_VERSION, d->plane.nsvcs,
 		   d->plane.cfg->workers, d->plane.cfg->rings, d->plane.cfg->source);
-	evfdd_notify_ready(d, "running");
 	evfdd_notify_status(d, "running");
+	if (carry_adopt(d))
+		return;                  /* ready once the connections are taken over */
+	d->state = DAEMON_RUNNING;
+	evfdd_notify_ready(d, "running");
 	daemon_step(d);                  /* a signal that came during start-up */
 }
 
@@ -243,10 +661,15 @@ static void stop_cb(struct ev_loop *ev, ev_signal *w, int revents)
 {
 	struct daemon *d = w->data;
 
-	if (d->state == DAEMON_STOPPING || d->stop_pending) {
+	if (d->state == DAEMON_STOPPING || d->stop_pending || d->restart_pending ||
+	    (d->state == DAEMON_UPGRADING && d->carry_kind == EVFDD_CARRY_RESTART)) {
 		if (!d->abort_pending)
 			log_notice("second %s: closing every connection now", strsignal(w->signum));
 		d->abort_pending = true;
+		d->stop_pending = d->stop_pending || d->restart_pending;
+		d->restart_pending = false;
+	} else if (w->signum == SIGTERM && restart_wanted(d)) {
+		d->restart_pending = true;
 	} else {
 		log_notice("%s: stopping", strsignal(w->signum));
 		d->stop_pending = true;
@@ -390,6 +813,7 @@ static const struct evfdd_control_ops control_ops = {
 	.metrics = evfdd_inspect_metrics,
 	.backends = evfdd_inspect_backends,
 	.set_backend = control_set_backend,
+	.upgrade = control_upgrade,
 };
 
 static int control_open(struct daemon *d, int fd)
@@ -406,16 +830,47 @@ static int control_open(struct daemon *d, int fd)
 	return r;
 }
 
+/* What the previous image (an upgrade, a carried-over restart) handed over, sorted out before anything else
+ * opens a descriptor. Returns 0 or -EINVAL after logging. */
+static int takeover(struct daemon *d, struct evfdd_inherit *in)
+{
+	char why[512];
+
+	if (evfdd_handover_inherit(in, why, sizeof(why)) < 0) {
+		log_errx("%s", why);
+		return -EINVAL;
+	}
+	evfdd_handover_takeover(in, &d->take);
+	if (d->take.why[0]) {
+		log_errx("the state carried over from the previous evfdd is unusable: %s; starting clean, keeping the "
+			 "listeners (the connections it carried are closed)", d->take.why);
+		snprintf(d->carried.fallback, sizeof(d->carried.fallback), "%s", d->take.why);
+		d->carried.have = true;
+		d->carried.kind = in->restart ? EVFDD_CARRY_RESTART : EVFDD_CARRY_UPGRADE;
+		d->carried.time_usec = util_now_us(CLOCK_REALTIME);
+	}
+	if (d->take.st)
+		d->carried.have = true;
+	if (d->take.closed)
+		log_warnx("closed %u descriptor%s carried over that the state does not name", d->take.closed,
+			  d->take.closed == 1 ? "" : "s");
+	return 0;
+}
+
 static int run(struct daemon *d)
 {
 	int control_fd = -1, metrics_fd = -1, rc = EXIT_STARTUP;
+	struct evfdd_inherit in = { 0 };
 	char err[512];
+	sigset_t sigs;
 
 	signal(SIGPIPE, SIG_IGN);
 	d->start_usec = util_now_us(CLOCK_MONOTONIC);
 	d->state = DAEMON_STARTING;
+	d->exe_fd = -1;
 	TAILQ_INIT(&d->waiters);
 	TAILQ_INIT(&d->next_waiters);
+	TAILQ_INIT(&d->upgrade_waiters);
 	d->ev = ev_default_loop(EVFLAG_AUTO);
 	if (!d->ev)
 		fatalx("cannot create the main event loop");
@@ -427,17 +882,30 @@ static int run(struct daemon *d)
 	ev_signal_init(&d->sigterm, stop_cb, SIGTERM);
 	ev_signal_init(&d->sigint, stop_cb, SIGINT);
 	ev_signal_init(&d->sighup, hup_cb, SIGHUP);
-	d->sigterm.data = d->sigint.data = d->sighup.data = d;
+	ev_signal_init(&d->sigusr2, usr2_cb, SIGUSR2);
+	d->sigterm.data = d->sigint.data = d->sighup.data = d->sigusr2.data = d;
 	ev_signal_start(d->ev, &d->sigterm);
 	ev_signal_start(d->ev, &d->sigint);
 	ev_signal_start(d->ev, &d->sighup);
+	ev_signal_start(d->ev, &d->sigusr2);
+	/* An upgrade blocked these before execve: one that came meanwhile is delivered now, to the handlers. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	sigaddset(&sigs, SIGUSR2);
+	sigprocmask(SIG_UNBLOCK, &sigs, NULL);
 	/* Where no ring can be made at all, the first ring of the data plane says why, with the fix. */
 	if (evfdd_features_probe(&d->plane.features, err, sizeof(err)) == -EINVAL) {
 		log_errx("%s", err);
 		goto out;
 	}
-	if (evfdd_listen_new(&d->plane.listen, d->plane.cfg, &control_fd, &metrics_fd) < 0)
+	if (takeover(d, &in) < 0)
 		goto out;
+	if (evfdd_listen_new(&d->plane.listen, d->plane.cfg, &in, d->take.listeners, d->take.nlisteners) < 0)
+		goto out;
+	control_fd = evfdd_listen_control_fd(d->plane.listen);
+	metrics_fd = evfdd_listen_metrics_fd(d->plane.listen);
 	if (control_open(d, control_fd) < 0)
 		goto out;
 	if ((metrics_fd >= 0 || d->plane.cfg->metrics.kind != EVFDD_ENDPOINT_NONE) &&
@@ -457,10 +925,12 @@ out:
 	ev_signal_stop(d->ev, &d->sigterm);
 	ev_signal_stop(d->ev, &d->sigint);
 	ev_signal_stop(d->ev, &d->sighup);
+	ev_signal_stop(d->ev, &d->sigusr2);
 	/* libev restored the default actions: a late second SIGTERM must not kill a clean exit. */
 	signal(SIGTERM, SIG_IGN);
 	signal(SIGINT, SIG_IGN);
 	signal(SIGHUP, SIG_IGN);
+	signal(SIGUSR2, SIG_IGN);
 	ev_timer_stop(d->ev, &d->shutdown_timer);
 	evfdd_control_free(d->control);
 	evfdd_metrics_free(d->metrics);
@@ -474,6 +944,12 @@ out:
 	evfdd_accesslog_stop();   /* what the rings queued is written; anything later is dropped silently */
 	waiters_answer(&d->waiters, NULL);
 	waiters_answer(&d->next_waiters, NULL);
+	upgrade_answer(d, "evfdd is stopping");
+	evfdd_inherit_clear(&in);
+	free(d->adopt);
+	evfdd_takeover_clear(&d->take);
+	if (d->exe_fd >= 0)
+		close(d->exe_fd);
 	evfdd_reload_result_clear(&d->last);
 	evfdd_reload_plane_clear(&d->plane);
 	evfdd_listen_free(d->plane.listen);
@@ -489,11 +965,14 @@ int main(int argc, char **argv)
 		{ "check", no_argument, NULL, 'n' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
+		{ "check-state-version", required_argument, NULL, 'S' },
 		{ 0 }
 	};
 	struct daemon d = { 0 };
 	const char *path = EVFDD_CONFIG_PATH;
 	bool explicit_path = false, check = false;
+	unsigned long state_version = 0;
+	char *end;
 	int c, rc;
 
 	log_init(LOG_INFO, log_stderr_is_journal());
@@ -512,6 +991,14 @@ int main(int argc, char **argv)
 		case 'V':
 			printf("evfdd %s\n", PACKAGE_VERSION);
 			return 0;
+		case 'S':
+			errno = 0;
+			state_version = strtoul(optarg, &end, 10);
+			if (errno || end == optarg || *end || !state_version) {
+				fprintf(stderr, "evfdd: --check-state-version: \"%s\" is not a format version\n", optarg);
+				return 2;
+			}
+			break;
 		default:
 			usage(stderr);
 			return 2;
@@ -522,8 +1009,18 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	if (state_version && !check) {
+		fprintf(stderr, "evfdd: --check-state-version goes with -n\n");
+		return 2;
+	}
 	if (load_config(path, explicit_path, &d.plane.cfg) < 0)
 		return EXIT_CONFIG;
+	if (state_version && !evfdd_carry_version_ok(state_version)) {
+		printf("this evfdd reads upgrade state formats %u to %u, not %lu\n", EVFDD_CARRY_MIN_VERSION,
+		       EVFDD_CARRY_VERSION, state_version);
+		evfdd_config_free(d.plane.cfg);
+		return EXIT_STATE_VERSION;
+	}
 	if (check) {
 		printf("configuration OK\n");
 		evfdd_config_free(d.plane.cfg);
@@ -532,6 +1029,9 @@ int main(int argc, char **argv)
 	log_setlevel(d.plane.cfg->log_level);
 	d.plane.config_path = path;
 	d.plane.explicit_path = explicit_path;
+	d.argv = argv;
+	if (evfdd_handover_exe_path(argv[0], d.exe_path, sizeof(d.exe_path)) < 0)
+		d.exe_path[0] = 0;   /* an upgrade is refused, saying so */
 	rc = run(&d);
 	evfdd_config_free(d.plane.cfg);
 	return rc;

@@ -36,6 +36,8 @@ static const char *state_name(enum daemon_state s)
 		return "running";
 	case DAEMON_RELOADING:
 		return "reloading";
+	case DAEMON_UPGRADING:
+		return "upgrading";
 	case DAEMON_STOPPING:
 		break;
 	}
@@ -78,6 +80,20 @@ static struct json_object *reload_json(const struct evfdd_reload_result *r)
 	return o;
 }
 
+static struct json_object *carried_json(const struct daemon_carried *c)
+{
+	struct json_object *o = json_object_new_object();
+
+	add_str(o, "kind", c->kind == EVFDD_CARRY_RESTART ? "restart" : "upgrade");
+	add_int(o, "time_usec", c->time_usec);
+	add_int(o, "connections", c->connections);
+	add_int(o, "lost", c->lost);
+	add_int(o, "pause_usec", c->pause_usec);
+	add_str(o, "from_version", c->from_version);
+	add_str(o, "fallback", c->fallback);
+	return o;
+}
+
 struct json_object *evfdd_inspect_status(void *arg)
 {
 	struct daemon *d = arg;
@@ -101,6 +117,8 @@ struct json_object *evfdd_inspect_status(void *arg)
 			json_object_array_add(features, json_object_new_string(evfdd_feature_name(i)));
 	json_object_object_add(o, "features", features);
 	json_object_object_add(o, "last_reload", d->have_last ? reload_json(&d->last) : NULL);   /* JSON null */
+	add_int(o, "upgrades", d->upgrades);
+	json_object_object_add(o, "last_upgrade", d->carried.have ? carried_json(&d->carried) : NULL);
 	json_object_object_add(o, "totals", t);
 	return o;
 }
@@ -358,6 +376,21 @@ void evfdd_inspect_move_refused(evfdd_control_done_fn done, void *cookie, int er
 		done(cookie, IFACE "RingBusy", p);
 		return;
 	}
+}
+
+void evfdd_inspect_upgrade_answer(evfdd_control_done_fn done, void *cookie, const char *binary, uint64_t upgrades,
+				  const char *refused)
+{
+	struct json_object *o = json_object_new_object();
+
+	if (refused) {
+		add_str(o, "reason", refused);
+		done(cookie, IFACE "UpgradeRefused", o);
+		return;
+	}
+	add_str(o, "binary", binary);
+	add_int(o, "upgrades", upgrades);
+	done(cookie, NULL, o);
 }
 
 void evfdd_inspect_shutting_down(evfdd_control_done_fn done, void *cookie)

@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <systemd/sd-daemon.h>
 #include <unistd.h>
+#include "handover.h"
 #include "listen.h"
 #include "log.h"
 
@@ -16,6 +17,7 @@ struct evfdd_listen {
 	size_t nactivated;
 	struct evfdd_listener **cur;         /* the listeners the current configuration uses */
 	size_t ncur;
+	int control_fd, metrics_fd;          /* activated, or -1 */
 };
 
 #define CONTROL_FD_NAME "control"
@@ -223,36 +225,59 @@ static bool key_equal(const struct evfdd_endpoint_key *a, const struct evfdd_end
 	       memcmp(&a->addr.u, &b->addr.u, a->addr.len) == 0;
 }
 
-int evfdd_listen_new(struct evfdd_listen **out, const struct evfdd_config *cfg, int *control_fd, int *metrics_fd)
+/* A listener evfdd had bound itself, carried over by an upgrade or a restart: known by its address, which
+ * the configuration's must equal for it to be kept (evfdd_listen_prepare). */
+static void listen_adopt_bound(struct evfdd_listen *ls, int fd)
+{
+	struct evfdd_listener *l = listener_new(fd), **cur;
+	socklen_t len;
+	int v6only = 0;
+
+	cur = realloc(ls->cur, (ls->ncur + 1) * sizeof(*cur));
+	if (!l || !cur)
+		fatalx("out of memory");
+	ls->cur = cur;
+	len = sizeof(l->key.addr.u);
+	if (getsockname(fd, &l->key.addr.u.sa, &len) < 0) {
+		log_warn("a listener carried over");
+		evfdd_listener_unref(l);
+		return;
+	}
+	l->key.addr.len = len;
+	l->key.kind = l->key.addr.u.sa.sa_family == AF_UNIX ? EVFDD_ENDPOINT_UNIX : EVFDD_ENDPOINT_INET;
+	len = sizeof(v6only);
+	if (l->key.addr.u.sa.sa_family == AF_INET6 &&
+	    getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &len) == 0)
+		l->key.v6only = v6only != 0;
+	ls->cur[ls->ncur++] = l;
+}
+
+int evfdd_listen_new(struct evfdd_listen **out, const struct evfdd_config *cfg, const struct evfdd_inherit *in,
+		     const int *bound, size_t nbound)
 {
 	struct evfdd_listen *ls = calloc(1, sizeof(*ls));
-	char **names = NULL;
-	int n, i, errors = 0;
+	int n = (int)in->nactivated, i, errors = 0;
 
-	*control_fd = *metrics_fd = -1;
 	if (!ls)
 		fatalx("out of memory");
-	/* Unset the environment so that nothing evfdd starts inherits the activation. */
-	n = sd_listen_fds_with_names(1, &names);
-	if (n < 0) {
-		log_errx("socket activation: %s", strerror(-n));
-		n = 0;
-	}
+	ls->control_fd = ls->metrics_fd = -1;
 	ls->activated = calloc(n > 0 ? (size_t)n : 1, sizeof(*ls->activated));
 	if (!ls->activated)
 		fatalx("out of memory");
+	for (i = 0; i < (int)nbound; i++)
+		listen_adopt_bound(ls, bound[i]);
 	for (i = 0; i < n; i++) {
-		int fd = SD_LISTEN_FDS_START + i;
-		const char *name = names && names[i] ? names[i] : "unknown";
+		int fd = in->activated[i];
+		const char *name = in->names[i];
 		struct evfdd_listener *l;
 		size_t j;
 
 		if (!strcmp(name, CONTROL_FD_NAME)) {
-			*control_fd = fd;
+			ls->control_fd = fd;
 			continue;
 		}
 		if (!strcmp(name, METRICS_FD_NAME)) {
-			*metrics_fd = fd;
+			ls->metrics_fd = fd;
 			continue;
 		}
 		if (!evfdd_config_service(cfg, name)) {
@@ -288,9 +313,6 @@ int evfdd_listen_new(struct evfdd_listen **out, const struct evfdd_config *cfg, 
 		ls->activated[ls->nactivated++] = l;
 		log_info("[%s] using activated socket %d", name, fd);
 	}
-	for (i = 0; names && i < n; i++)
-		free(names[i]);
-	free(names);
 	if (errors) {
 		evfdd_listen_free(ls);
 		return -EINVAL;
@@ -383,6 +405,45 @@ void evfdd_listen_commit(struct evfdd_listen *ls, struct evfdd_listener *const *
 	free(ls->cur);
 	ls->cur = cur;
 	ls->ncur = n;
+}
+
+int evfdd_listen_control_fd(const struct evfdd_listen *ls)
+{
+	return ls->control_fd;
+}
+
+int evfdd_listen_metrics_fd(const struct evfdd_listen *ls)
+{
+	return ls->metrics_fd;
+}
+
+size_t evfdd_listen_activated(const struct evfdd_listen *ls, int *fds, const char **names, size_t max)
+{
+	size_t n = 0, i;
+
+	if (ls->control_fd >= 0 && n < max) {
+		fds[n] = ls->control_fd;
+		names[n++] = CONTROL_FD_NAME;
+	}
+	if (ls->metrics_fd >= 0 && n < max) {
+		fds[n] = ls->metrics_fd;
+		names[n++] = METRICS_FD_NAME;
+	}
+	for (i = 0; i < ls->nactivated && n < max; i++) {
+		fds[n] = ls->activated[i]->fd;
+		names[n++] = ls->activated[i]->name;
+	}
+	return n;
+}
+
+size_t evfdd_listen_bound(const struct evfdd_listen *ls, int *fds, size_t max)
+{
+	size_t n = 0, i;
+
+	for (i = 0; i < ls->ncur && n < max; i++)
+		if (!ls->cur[i]->activated)
+			fds[n++] = ls->cur[i]->fd;
+	return n;
 }
 
 void evfdd_listen_free(struct evfdd_listen *ls)

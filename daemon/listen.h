@@ -35,10 +35,23 @@ void evfdd_listener_unref(struct evfdd_listener *l);   /* any thread */
 
 struct evfdd_listen;
 
-/* Take systemd's activated sockets (LISTEN_FDS), checking them against @cfg: a socket naming no service is
- * an error. @control_fd and @metrics_fd receive the activated fds named "control" and "metrics", or -1.
- * Returns 0, or -EINVAL after logging. */
-int evfdd_listen_new(struct evfdd_listen **out, const struct evfdd_config *cfg, int *control_fd, int *metrics_fd);
+struct evfdd_inherit;
+
+/* Take the activated sockets the process inherited (@in: systemd's, or what an upgrade passed on), checking
+ * them against @cfg: a socket naming no service is an error; and @nbound listening sockets evfdd had bound
+ * itself before an upgrade or a restart, kept where the configuration still names their address. Returns 0,
+ * or -EINVAL after logging. */
+int evfdd_listen_new(struct evfdd_listen **out, const struct evfdd_config *cfg, const struct evfdd_inherit *in,
+		     const int *bound, size_t nbound);
+
+/* The activated sockets named "control" and "metrics", or -1. */
+int evfdd_listen_control_fd(const struct evfdd_listen *ls);
+int evfdd_listen_metrics_fd(const struct evfdd_listen *ls);
+/* Every activated socket (control and metrics included) and its name, at most @max: what an upgrade passes
+ * on. Returns how many. */
+size_t evfdd_listen_activated(const struct evfdd_listen *ls, int *fds, const char **names, size_t max);
+/* The listening sockets of the current configuration evfdd bound itself, at most @max. */
+size_t evfdd_listen_bound(const struct evfdd_listen *ls, int *fds, size_t max);
 
 /* The listeners @cfg's services need, in service order, one reference each in @out: the activated socket
  * named after the service, else the current listener on the same address, else a socket bound now. Changes

@@ -37,6 +37,7 @@
 #include <unistd.h>
 #include "accesslog.h"
 #include "addr.h"
+#include "carry.h"
 #include "log.h"
 #include "proxyproto.h"
 #include "relay.h"
@@ -127,6 +128,8 @@ struct conn {
 	struct acceptor *acc;
 	struct evfdd_svc *svc;
 	int cfd, bfd;
+	enum evfdd_carry_stage stage;    /* how far it got: what a resume starts again (conn_resume) */
+	bool carried;                    /* exported to the next image (evfdd_relay_export) */
 	int be;                          /* index of its backend in svc->pool, -1 while none */
 	unsigned addr_k;                 /* which of the backend's addresses is being tried */
 	bool trial;                      /* this connect is a down backend's trial */
@@ -160,7 +163,7 @@ struct conn {
 	enum { PRE_NONE, PRE_PROXY, PRE_HELLO } pre_state;
 	unsigned char *pre;
 	unsigned pre_len, pre_cap, pre_used;
-	struct evfd_op *pre_op;
+	struct evfd_op *pre_op, *init_op;
 	struct __kernel_timespec pre_deadline;
 	unsigned char *init;
 	unsigned init_len, init_off, init_hdr;   /* init_hdr: the PROXY header's part; the rest is the client's */
@@ -193,13 +196,31 @@ struct evfdd_relay {
 	unsigned hold;                   /* inside a walk or an accept: the relay must not be freed yet */
 	void (*done)(struct evfdd_relay *, void *);
 	void *done_arg;
+	/* Parking (evfdd_relay_park): nothing new is submitted, what is in flight is cancelled, and once every
+	 * connection has nothing in flight (busy 0) park_done runs. */
+	bool parking, parked;
+	unsigned busy;                   /* connections with requests in flight */
+	void (*park_done)(struct evfdd_relay *, void *);
+	void *park_arg;
 };
+
+static void relay_park_check(struct evfdd_relay *rl)
+{
+	void (*done)(struct evfdd_relay *, void *) = rl->park_done;
+
+	if (!rl->parking || rl->parked || rl->hold || rl->pending || rl->busy || !done)
+		return;
+	rl->parked = true;
+	rl->park_done = NULL;
+	done(rl, rl->park_arg);
+}
 
 static void acceptor_maybe_free(struct acceptor *a);
 
 static void relay_maybe_done(struct evfdd_relay *rl)
 {
-	if (rl->stopping && !rl->hold && !rl->pending && !rl->nconns && rl->done) {
+	relay_park_check(rl);
+	if (rl->stopping && !rl->parking && !rl->hold && !rl->pending && !rl->nconns && rl->done) {
 		void (*done)(struct evfdd_relay *, void *) = rl->done;
 
 		rl->done = NULL;
@@ -375,13 +396,15 @@ static void conn_access_log(const struct conn *c)
 	evfdd_accesslog_submit(&e);
 }
 
-static void conn_free(struct conn *c)
+/* Free @c: it ended, or (@carried) the next image has it, when closing our copies of its descriptors ends
+ * nothing and nothing is counted or logged. */
+static void conn_release(struct conn *c, bool carried)
 {
 	struct evfdd_relay *rl = c->acc->rl;
 	struct acceptor *a = c->acc;
 
 	TAILQ_REMOVE(&a->lru, c, lru);
-	if (c->svc->access_log)
+	if (c->svc->access_log && !carried)
 		conn_access_log(c);
 	if (c->src_counted)
 		evfdd_srclimit_give(c->svc->st->sources, &c->src_key);
@@ -389,10 +412,11 @@ static void conn_free(struct conn *c)
 	free(c->init);
 	free(c->up.vec);
 	free(c->down.vec);
-	sock_close(c->cfd, c->rst_client);
-	sock_close(c->bfd, c->rst_backend);
+	sock_close(c->cfd, c->rst_client && !carried);
+	sock_close(c->bfd, c->rst_backend && !carried);
 	conn_leave_backend(c);
-	evfdd_svc_count(a->blk, c->end < EVFDD_END_COUNT ? evfdd_counter_end(c->end) : EVFDD_CTR_CLOSED, 1);
+	if (!carried)
+		evfdd_svc_count(a->blk, c->end < EVFDD_END_COUNT ? evfdd_counter_end(c->end) : EVFDD_CTR_CLOSED, 1);
 	atomic_fetch_sub(&c->svc->st->open, 1);
 	evfdd_svc_unref(c->svc);
 	free(c);
@@ -405,6 +429,11 @@ static void conn_free(struct conn *c)
 	relay_maybe_done(rl);
 }
 
+static void conn_free(struct conn *c)
+{
+	conn_release(c, false);
+}
+
 static bool conn_finished(const struct conn *c)
 {
 	return c->up.done && (conn_echo(c) || c->down.done);
@@ -413,17 +442,17 @@ static bool conn_finished(const struct conn *c)
 static void conn_flush_check(struct conn *c);
 
 /* Called after every completion of the connection, and as the last thing a caller does with @c (it may free
- * it): frees it once nothing is left to do; a flushing connection looks at its flush. */
+ * it): frees it once nothing is left to do; a flushing connection looks at its flush; a parking relay sees
+ * whether it is done. */
 static void conn_settle(struct conn *c)
 {
-	if (c->flushing && !c->cutting) {
+	struct evfdd_relay *rl = c->acc->rl;
+
+	if (c->flushing && !c->cutting)
 		conn_flush_check(c);
-		return;
-	}
-	if (c->pending)
-		return;
-	if (c->cutting || conn_finished(c))
+	else if (!c->pending && (c->cutting || conn_finished(c)))
 		conn_free(c);
+	relay_park_check(rl);
 }
 
 /* The first reason a connection ends with is the one counted. */
@@ -547,16 +576,23 @@ static int conn_submit(struct conn *c, struct io_uring_sqe *sqe, evfd_op_cb cb, 
 	struct evfdd_relay *rl = c->acc->rl;
 	int err = evfd_ring_submit(rl->ring, sqe, cb, arg, 0, op);
 
-	if (err == 0)
-		c->pending++;
+	if (err == 0 && !c->pending++)
+		rl->busy++;
 	return err;
+}
+
+/* A request of @c has completed. */
+static void conn_op_back(struct conn *c)
+{
+	if (!--c->pending)
+		c->acc->rl->busy--;
 }
 
 static void flush_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
 {
 	struct conn *c = arg;
 
-	c->pending--;
+	conn_op_back(c);
 	c->flush_op = NULL;
 	conn_settle(c);
 }
@@ -570,7 +606,7 @@ static void conn_flush_check(struct conn *c)
 	struct io_uring_sqe sqe = { 0 };
 	int queued = 0;
 
-	if (c->flush_op || !half_from(c, c->dead)->done)
+	if (c->flush_op || !half_from(c, c->dead)->done || c->acc->rl->parking)
 		return;
 	if (side_tcp(c, alive) && ioctl(side_fd(c, alive), SIOCOUTQ, &queued) == 0 && queued > 0 &&
 	    util_now_ns(CLOCK_MONOTONIC) < c->flush_end_ns) {
@@ -629,6 +665,10 @@ static bool half_pump(struct half *h)
 
 	if (c->cutting || h->done)
 		return true;
+	if (rl->parking) {
+		half_check_done(h);
+		return true;
+	}
 	if (!h->sop && h->qn && !half_send(h))
 		return false;
 	if (!h->rop && !h->eof && !h->waiting &&
@@ -658,8 +698,12 @@ static void half_send_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe,
 	struct evfdd_relay *rl = c->acc->rl;
 	struct slice *s = &h->q[h->qh];
 
-	c->pending--;
+	conn_op_back(c);
 	h->sop = NULL;
+	if (cqe->res == -ECANCELED && rl->parking && !c->cutting) {
+		conn_settle(c);          /* nothing sent: the slice waits for the resume */
+		return;
+	}
 	if (c->cutting || half_toward_dead(h) || cqe->res <= 0) {
 		/* Cancelled, toward a side that is gone, or failed: the data goes nowhere. */
 		half_drop(h);
@@ -748,7 +792,7 @@ static void half_recv_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe,
 	struct evfdd_relay *rl = c->acc->rl;
 	struct slice s;
 
-	c->pending--;
+	conn_op_back(c);
 	h->rop = NULL;
 	if (cqe->flags & IORING_CQE_F_BUFFER) {
 		slice_take(rl, &s, cqe->flags >> IORING_CQE_BUFFER_SHIFT, cqe->res);
@@ -770,10 +814,14 @@ static void half_recv_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe,
 		conn_settle(c);
 		return;
 	}
+	if (cqe->res == -ECANCELED && rl->parking) {
+		conn_settle(c);          /* a resume receives again */
+		return;
+	}
 	if (cqe->res == -ENOBUFS) {
 		/* Every buffer of the ring is carrying data. With a slice of its own being sent, the end of that send
-		 * receives again; otherwise wait for a buffer to come back. */
-		if (!h->qn) {
+		 * receives again; otherwise wait for a buffer to come back (a resume does that for a parked one). */
+		if (!h->qn && !rl->parking) {
 			h->waiting = true;
 			TAILQ_INSERT_TAIL(&rl->waiting, h, wait);
 		}
@@ -826,6 +874,7 @@ static bool half_recv(struct half *h)
 /* May free @c. */
 static void conn_start_relay(struct conn *c)
 {
+	c->stage = EVFDD_CARRY_RELAY;
 	if (half_pump(&c->up) && !conn_echo(c))
 		half_pump(&c->down);
 }
@@ -953,7 +1002,14 @@ static void init_send_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe,
 {
 	struct conn *c = arg;
 
-	c->pending--;
+	conn_op_back(c);
+	c->init_op = NULL;
+	if (c->acc->rl->parking && !c->cutting && (cqe->res > 0 || cqe->res == -ECANCELED)) {
+		if (cqe->res > 0)
+			c->init_off += (unsigned)cqe->res;
+		conn_settle(c);          /* a resume sends the rest */
+		return;
+	}
 	if (c->cutting) {
 		conn_settle(c);
 		return;
@@ -991,13 +1047,14 @@ static void conn_init_send(struct conn *c)
 	}
 	io_uring_prep_send(&sqe, conn_echo(c) ? c->cfd : c->bfd, c->init + c->init_off, c->init_len - c->init_off,
 			   MSG_NOSIGNAL);
-	if (conn_submit(c, &sqe, init_send_cb, c, NULL) < 0)
+	if (conn_submit(c, &sqe, init_send_cb, c, &c->init_op) < 0)
 		conn_cut(c, EVFDD_END_NO_RESOURCES, false);
 }
 
 /* The backend accepted: what goes first, then the relay. May free @c. */
 static void conn_connected(struct conn *c)
 {
+	c->stage = EVFDD_CARRY_INIT;
 	if (c->svc->send_proxy && !c->init && !conn_init_prepare(c))
 		return;
 	conn_init_send(c);
@@ -1009,7 +1066,9 @@ static void conn_pre_recv(struct conn *c);
 static void conn_pre_done(struct conn *c)
 {
 	c->pre_state = PRE_NONE;
+	c->stage = EVFDD_CARRY_PICK;
 	if (conn_echo(c)) {
+		c->stage = EVFDD_CARRY_INIT;
 		if (conn_init_prepare(c))
 			conn_init_send(c);
 		return;
@@ -1084,8 +1143,15 @@ static void pre_recv_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, 
 	const char *what = c->pre_state == PRE_PROXY ? "PROXY header" : "TLS ClientHello";
 	char msg[96];
 
-	c->pending--;
+	conn_op_back(c);
 	c->pre_op = NULL;
+	if (c->acc->rl->parking && !c->cutting && (cqe->res > 0 || cqe->res == -ECANCELED)) {
+		/* A resume parses what came (a deadline that passed meanwhile refuses it then). */
+		if (cqe->res > 0)
+			c->pre_len += (unsigned)cqe->res;
+		conn_settle(c);
+		return;
+	}
 	if (c->cutting) {
 		conn_settle(c);
 		return;
@@ -1113,7 +1179,7 @@ static void pre_timeout_cb(struct evfd_ring *ring, const struct io_uring_cqe *cq
 {
 	struct conn *c = arg;
 
-	c->pending--;
+	conn_op_back(c);
 	conn_settle(c);
 }
 
@@ -1182,13 +1248,16 @@ static void conn_edge(struct conn *c)
 		c->pre_deadline.tv_sec = (long long)(at / 1000000000u);
 		c->pre_deadline.tv_nsec = (long long)(at % 1000000000u);
 		c->pre_state = svc->accept_proxy ? PRE_PROXY : PRE_HELLO;
+		c->stage = EVFDD_CARRY_PRE;
 		conn_pre_recv(c);
 		return;
 	}
-	if (svc->echo)
+	if (svc->echo) {
 		conn_start_relay(c);
-	else
+	} else {
+		c->stage = EVFDD_CARRY_PICK;
 		conn_pick(c);
+	}
 }
 
 /* Every backend tried for @c failed, or none is left to try. May free @c. */
@@ -1265,12 +1334,36 @@ static void conn_connect_failed(struct conn *c, int err)
 		conn_backend_failed(c, err);
 }
 
+/* Forget c's backend and its socket, to pick one afresh (a connect abandoned by parking). */
+static void conn_drop_backend(struct conn *c)
+{
+	if (c->bfd >= 0)
+		close(c->bfd);
+	c->bfd = -1;
+	c->down.from = c->up.to = -1;
+	conn_leave_backend(c);
+	c->ntried = 0;
+	c->stage = EVFDD_CARRY_PICK;
+}
+
 static void connect_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
 {
 	struct conn *c = arg;
 
-	c->pending--;
+	conn_op_back(c);
 	c->connect_op = NULL;
+	if (c->acc->rl->parking && !c->cutting) {
+		if (cqe->res == 0) {
+			evfdd_pool_result(c->pool, (unsigned)c->be, 0, c->trial);
+			c->trial = false;
+			c->stage = EVFDD_CARRY_INIT;
+		} else {
+			/* Abandoned (or failed): a resume picks and connects afresh, with a new socket. */
+			conn_drop_backend(c);
+		}
+		conn_settle(c);
+		return;
+	}
 	if (c->cutting) {
 		conn_settle(c);
 		return;
@@ -1289,7 +1382,7 @@ static void link_timeout_cb(struct evfd_ring *ring, const struct io_uring_cqe *c
 {
 	struct conn *c = arg;
 
-	c->pending--;
+	conn_op_back(c);
 	conn_settle(c);
 }
 
@@ -1407,16 +1500,14 @@ static void conn_new(struct acceptor *a, int fd)
 	TAILQ_INSERT_TAIL(&a->lru, c, lru);
 	if (svc->tcp_nodelay && a->client_tcp)
 		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (rl->aborting) {
-		/* Accepted after a forced stop began: it is cut like the others. */
-		conn_cut(c, EVFDD_END_SHUTDOWN, true);
-	} else {
-		if (svc->echo) {
-			c->up.to = fd;
-			c->down.eof = c->down.done = true;
-		}
-		conn_edge(c);
+	if (svc->echo) {
+		c->up.to = fd;
+		c->down.eof = c->down.done = true;
 	}
+	if (rl->aborting)
+		conn_cut(c, EVFDD_END_SHUTDOWN, true);   /* accepted after a forced stop began */
+	else if (!rl->parking)
+		conn_edge(c);                            /* (a parked one starts at its resume) */
 }
 
 /* ---- accepting ------------------------------------------------------------------------------------ */
@@ -1469,7 +1560,7 @@ static void accept_retry_cb(struct evfd_ring *ring, const struct io_uring_cqe *c
 	rl->pending--;
 	a->retrying = false;
 	a->retry_op = NULL;
-	if (!rl->stopping && !a->retired)
+	if (!rl->stopping && !rl->parking && !a->retired)
 		acceptor_arm(a);
 	acceptor_maybe_free(a);
 	relay_maybe_done(rl);
@@ -1498,7 +1589,7 @@ static void accept_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, vo
 		rl->hold--;
 		a->held = false;
 	}
-	if (rl->stopping || a->retired || cqe->res == -ECANCELED) {
+	if (rl->stopping || rl->parking || a->retired || cqe->res == -ECANCELED) {
 		/* A sweep goes on while it finds connections; a cancelled accept starts one. */
 		if (((sweeping && cqe->res >= 0) || (!sweeping && cqe->res == -ECANCELED)) &&
 		    (a->retired || rl->retiring))
@@ -1561,7 +1652,7 @@ static void acceptor_sweep(struct acceptor *a)
 {
 	struct io_uring_sqe sqe = { 0 };
 
-	if (!a->lst || a->armed || a->rl->aborting || a->swept >= ACCEPT_SWEEP_MAX)
+	if (!a->lst || a->armed || a->rl->aborting || a->rl->parking || a->swept >= ACCEPT_SWEEP_MAX)
 		return;
 	io_uring_prep_accept(&sqe, a->lst->fd, NULL, NULL, SOCK_CLOEXEC);
 	sqe.ioprio |= IORING_ACCEPT_DONTWAIT;
@@ -1619,7 +1710,7 @@ static void tick_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void
 	rl->pending--;
 	rl->tick_op = NULL;
 	rl->hold++;
-	for (a = TAILQ_FIRST(&rl->accs); a && !rl->stopping; a = anext) {
+	for (a = TAILQ_FIRST(&rl->accs); a && !rl->stopping && !rl->parking; a = anext) {
 		uint64_t idle = (uint64_t)a->svc->idle_timeout_ms * 1000000u;
 		struct conn *c, *next;
 
@@ -1636,7 +1727,7 @@ static void tick_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void
 		}
 	}
 	rl->hold--;
-	if (!rl->stopping)
+	if (!rl->stopping && !rl->parking)
 		tick_arm(rl);
 	relay_maybe_done(rl);
 }
@@ -1859,4 +1950,428 @@ void evfdd_relay_free(struct evfdd_relay *rl)
 	free(rl->bid_slot);
 	free(rl->br);
 	free(rl);
+}
+
+/* ---- carrying connections to the next image ------------------------------------------------------- */
+
+static void half_park(struct evfdd_relay *rl, struct half *h)
+{
+	if (h->waiting) {
+		TAILQ_REMOVE(&rl->waiting, h, wait);
+		h->waiting = false;
+	}
+	if (h->rop)
+		(void)evfd_op_cancel(rl->ring, h->rop);
+	if (h->sop)
+		(void)evfd_op_cancel(rl->ring, h->sop);
+}
+
+/* Cancel everything @c has in flight; its callbacks keep what they bring (parking gates in each). */
+static void conn_park(struct conn *c)
+{
+	struct evfdd_relay *rl = c->acc->rl;
+	struct evfd_op *ops[] = { c->connect_op, c->pre_op, c->init_op, c->flush_op };
+	size_t i;
+
+	half_park(rl, &c->up);
+	if (!conn_echo(c))
+		half_park(rl, &c->down);
+	for (i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
+		if (ops[i])
+			(void)evfd_op_cancel(rl->ring, ops[i]);
+}
+
+void evfdd_relay_park(struct evfdd_relay *rl, void (*done)(struct evfdd_relay *, void *), void *arg)
+{
+	struct acceptor *a;
+	struct conn *c;
+
+	if (rl->counted) {
+		atomic_fetch_sub(&rl->balance->accepting, 1);
+		rl->counted = false;
+	}
+	rl->parking = true;
+	rl->parked = false;
+	rl->park_done = done;
+	rl->park_arg = arg;
+	rl->hold++;
+	TAILQ_FOREACH(a, &rl->accs, link) {
+		acceptor_quiet(a);
+		TAILQ_FOREACH(c, &a->lru, lru)
+			if (!c->cutting)
+				conn_park(c);
+	}
+	if (rl->tick_op)
+		(void)evfd_op_cancel(rl->ring, rl->tick_op);
+	rl->hold--;
+	relay_park_check(rl);
+}
+
+/* The bytes of @s not yet sent, copied to @dst. */
+static void slice_copy(struct evfdd_relay *rl, struct slice *s, unsigned char *dst)
+{
+	unsigned left = s->len - s->off, done = 0, i;
+
+	if (s->heap) {
+		memcpy(dst, s->heap + s->off, left);
+		return;
+	}
+	for (i = s->off / rl->bufsz; done < left; i++) {
+		unsigned from = i == s->off / rl->bufsz ? s->off % rl->bufsz : 0;
+		unsigned n = rl->bufsz - from;
+
+		if (n > left - done)
+			n = left - done;
+		memcpy(dst + done, buf_addr(rl, slice_bids(s)[i]) + from, n);
+		done += n;
+	}
+}
+
+/* What @h holds unsent, in one malloc'd piece (*@buf, to free). Returns 0 or -ENOMEM. */
+static int half_export(struct evfdd_relay *rl, struct half *h, struct evfdd_carry_half *out,
+		       unsigned char **buf)
+{
+	unsigned len = 0, k;
+
+	out->eof = h->eof;
+	out->clean_eof = h->clean_eof;
+	out->done = h->done;
+	for (k = 0; k < h->qn; k++)
+		len += h->q[(h->qh + k) & 1].len - h->q[(h->qh + k) & 1].off;
+	out->len = len;
+	out->data = NULL;
+	*buf = NULL;
+	if (!len)
+		return 0;
+	*buf = malloc(len);
+	if (!*buf)
+		return -ENOMEM;
+	for (k = 0, len = 0; k < h->qn; k++) {
+		struct slice *s = &h->q[(h->qh + k) & 1];
+
+		slice_copy(rl, s, *buf + len);
+		len += s->len - s->off;
+	}
+	out->data = *buf;
+	return 0;
+}
+
+static uint64_t ts_ns(const struct __kernel_timespec *ts)
+{
+	return (uint64_t)ts->tv_sec * 1000000000u + (uint64_t)ts->tv_nsec;
+}
+
+/* Describe @c into @w. Returns 0 or a negative errno. */
+static int conn_export(struct conn *c, struct evfdd_carry_writer *w)
+{
+	struct evfdd_relay *rl = c->acc->rl;
+	const struct evfdd_svc *svc = c->svc;
+	struct evfdd_carry_conn *r = calloc(1, sizeof(*r));
+	unsigned char *up = NULL, *down = NULL;
+	unsigned i;
+	int err = -ENOMEM;
+
+	if (!r)
+		goto out;
+	snprintf(r->service, sizeof(r->service), "%s", svc->name);
+	if (c->be >= 0)
+		snprintf(r->backend, sizeof(r->backend), "%s", c->pool->v[c->be].b->name);
+	for (i = 0; i < svc->nroutes; i++)
+		if (c->pool == &svc->routes[i].pool) {
+			r->route = svc->routes[i].name ? 1 : 2;
+			snprintf(r->route_name, sizeof(r->route_name), "%s", svc->routes[i].name ? svc->routes[i].name :
+				 "");
+		}
+	r->stage = c->stage;
+	err = evfdd_carry_put_fd(w, c->cfd, &r->cfd);
+	r->bfd = -1;
+	if (!err && c->bfd >= 0)
+		err = evfdd_carry_put_fd(w, c->bfd, &r->bfd);
+	if (err)
+		goto out;
+	r->start_ns = c->start_ns;
+	r->last_ns = c->last_ns;
+	r->bytes_up = c->bytes_up;
+	r->bytes_down = c->bytes_down;
+	r->peer = c->peer;
+	r->local = c->local;
+	r->src_counted = c->src_counted;
+	r->pre_state = c->pre_state;
+	r->pre_used = c->pre_used;
+	r->pre_deadline_ns = ts_ns(&c->pre_deadline);
+	r->pre_len = c->pre_len;
+	r->pre = c->pre;
+	r->init_len = c->init_len;
+	r->init_off = c->init_off;
+	r->init_hdr = c->init_hdr;
+	r->init = c->init;
+	r->flushing = c->flushing;
+	r->dead = c->dead == BACKEND;
+	r->flush_end_ns = c->flush_end_ns;
+	r->rst_client = c->rst_client;
+	r->rst_backend = c->rst_backend;
+	err = half_export(rl, &c->up, &r->up, &up);
+	if (!err && !conn_echo(c))
+		err = half_export(rl, &c->down, &r->down, &down);
+	if (!err)
+		err = evfdd_carry_put_conn(w, r);
+out:
+	free(up);
+	free(down);
+	free(r);
+	return err;
+}
+
+int evfdd_relay_export(struct evfdd_relay *rl, struct evfdd_carry_writer *w, size_t *fds_left, unsigned *n)
+{
+	struct acceptor *a;
+	struct conn *c;
+	int err;
+
+	TAILQ_FOREACH(a, &rl->accs, link)
+		TAILQ_FOREACH(c, &a->lru, lru) {
+			size_t need = c->bfd >= 0 ? 2 : 1;
+
+			if (c->cutting || c->carried || need > *fds_left)
+				continue;
+			err = conn_export(c, w);
+			if (err < 0)
+				return err;
+			c->carried = true;
+			*fds_left -= need;
+			++*n;
+		}
+	return 0;
+}
+
+/* Start @c again where it stopped (parked, or adopted from the previous image). May free @c. */
+static void conn_resume(struct conn *c)
+{
+	switch (c->stage) {
+	case EVFDD_CARRY_EDGE:
+		conn_edge(c);
+		return;
+	case EVFDD_CARRY_PRE:
+		conn_pre_parse(c);
+		return;
+	case EVFDD_CARRY_PICK:
+		conn_pick(c);
+		return;
+	case EVFDD_CARRY_INIT:
+		conn_connected(c);
+		return;
+	default:
+		if (half_pump(&c->up) && (conn_echo(c) || half_pump(&c->down)))
+			conn_settle(c);
+		return;
+	}
+}
+
+/* Give back what @h holds (a carried connection: the next image sends it). */
+static void half_forget(struct evfdd_relay *rl, struct half *h)
+{
+	while (h->qn) {
+		slice_release(rl, &h->q[h->qh]);
+		h->qh ^= 1;
+		if (!--h->qn)
+			rl->holders--;
+	}
+}
+
+void evfdd_relay_unpark(struct evfdd_relay *rl, bool release)
+{
+	struct conn **all = NULL, *c;
+	struct acceptor *a, *anext;
+	size_t n = 0, i;
+
+	rl->hold++;
+	for (a = TAILQ_FIRST(&rl->accs); a; a = anext) {
+		struct conn *next;
+
+		anext = TAILQ_NEXT(a, link);
+		for (c = TAILQ_FIRST(&a->lru); c; c = next) {
+			next = TAILQ_NEXT(c, lru);
+			if (!c->carried)
+				continue;
+			c->carried = false;
+			if (release) {
+				half_forget(rl, &c->up);
+				half_forget(rl, &c->down);
+				conn_release(c, true);
+			}
+		}
+	}
+	rl->parking = rl->parked = false;
+	/* A resume moves connections within their lists (and may free them): from a snapshot. */
+	if (rl->nconns && !(all = malloc(rl->nconns * sizeof(*all))))
+		fatalx("out of memory resuming connections");
+	TAILQ_FOREACH(a, &rl->accs, link) {
+		if (!rl->stopping && !a->retired && a->lst && !a->armed && !a->retrying)
+			acceptor_arm(a);
+		TAILQ_FOREACH(c, &a->lru, lru)
+			if (!c->cutting)
+				all[n++] = c;
+	}
+	if (!rl->stopping) {
+		tick_arm(rl);
+		if (rl->balance && !rl->counted) {
+			atomic_fetch_add(&rl->balance->accepting, 1);
+			rl->counted = true;
+		}
+	}
+	for (i = 0; i < n; i++)
+		conn_resume(all[i]);
+	free(all);
+	rl->hold--;
+	relay_maybe_done(rl);
+}
+
+/* The unsent bytes of a carried half, as one slice of memory of its own. Returns 0 or -ENOMEM. */
+static int half_adopt(struct evfdd_relay *rl, struct half *h, const struct evfdd_carry_half *r)
+{
+	h->eof = r->eof;
+	h->clean_eof = r->clean_eof;
+	h->done = r->done;
+	if (!r->len)
+		return 0;
+	h->q[0].heap = malloc(r->len);
+	if (!h->q[0].heap)
+		return -ENOMEM;
+	memcpy(h->q[0].heap, r->data, r->len);
+	h->q[0].len = r->len;
+	h->qh = 0;
+	h->qn = 1;
+	rl->holders++;
+	rl->heap += r->len;
+	return 0;
+}
+
+int evfdd_relay_adopt(struct evfdd_relay *rl, const struct evfdd_carry_conn *r, int cfd, int bfd)
+{
+	struct evfdd_svc *svc;
+	struct conn *c, *p;
+	struct acceptor *a;
+	unsigned i;
+	int err = -ENOMEM;
+
+	TAILQ_FOREACH(a, &rl->accs, link)
+		if (!a->retired && !strcmp(a->svc->name, r->service))
+			break;
+	if (!a)
+		return -ENOENT;
+	svc = a->svc;
+	/* A service that became the echo, or stopped being it, cannot go on with what it had. */
+	if (svc->echo ? bfd >= 0 : (bfd < 0 && r->stage >= EVFDD_CARRY_INIT))
+		return -ESTALE;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->acc = a;
+	c->svc = evfdd_svc_ref(svc);
+	c->cfd = cfd;
+	c->bfd = bfd;
+	c->be = -1;
+	c->end = EVFDD_END_COUNT;
+	c->pool = &svc->pool;
+	c->up.c = c->down.c = c;
+	c->up.cap = c->down.cap = 1;
+	c->up.from = c->down.to = cfd;
+	c->up.to = svc->echo ? cfd : bfd;
+	c->down.from = bfd;
+	if (r->route)
+		for (i = 0; i < svc->nroutes; i++)
+			if (r->route == 1 ? svc->routes[i].name && !strcmp(svc->routes[i].name, r->route_name) :
+			    !svc->routes[i].name)
+				c->pool = &svc->routes[i].pool;
+	for (i = 0; r->backend[0] && i < c->pool->n; i++)
+		if (!strcmp(c->pool->v[i].b->name, r->backend)) {
+			c->be = (int)i;
+			c->tried[0] = (uint16_t)i;
+			c->ntried = 1;
+			atomic_fetch_add(&c->pool->v[i].b->open, 1);
+			break;
+		}
+	if (bfd >= 0) {
+		socklen_t len = sizeof(c->baddr.u);
+
+		if (getpeername(bfd, &c->baddr.u.sa, &len) == 0 ||
+		    (len = sizeof(c->baddr.u), getsockname(bfd, &c->baddr.u.sa, &len) == 0))
+			c->baddr.len = len;
+	}
+	c->stage = r->stage;
+	c->start_ns = r->start_ns;
+	c->last_ns = r->last_ns;
+	c->bytes_up = r->bytes_up;
+	c->bytes_down = r->bytes_down;
+	c->peer = r->peer;
+	c->local = r->local;
+	if (r->src_counted && c->peer.len && evfdd_addr_source_key(&c->peer, &c->src_key)) {
+		/* Its place was taken before: kept whatever the limit is now. */
+		(void)evfdd_srclimit_take(svc->st->sources, &c->src_key, UINT32_MAX);
+		c->src_counted = true;
+	}
+	c->pre_state = r->pre_state;
+	c->pre_used = r->pre_used;
+	c->pre_deadline.tv_sec = (long long)(r->pre_deadline_ns / 1000000000u);
+	c->pre_deadline.tv_nsec = (long long)(r->pre_deadline_ns % 1000000000u);
+	if (r->pre_len || r->stage == EVFDD_CARRY_PRE) {
+		c->pre_cap = r->pre_len > PRE_FIRST ? r->pre_len : PRE_FIRST;
+		if (!(c->pre = malloc(c->pre_cap)))
+			goto fail;
+		if (r->pre_len)
+			memcpy(c->pre, r->pre, r->pre_len);
+		c->pre_len = r->pre_len;
+	}
+	if (r->init_len) {
+		if (!(c->init = malloc(r->init_len)))
+			goto fail;
+		memcpy(c->init, r->init, r->init_len);
+		c->init_len = r->init_len;
+		c->init_off = r->init_off;
+		c->init_hdr = r->init_hdr;
+	}
+	c->flushing = r->flushing;
+	c->dead = r->dead ? BACKEND : CLIENT;
+	c->flush_end_ns = r->flush_end_ns;
+	c->rst_client = r->rst_client;
+	c->rst_backend = r->rst_backend;
+	if (half_adopt(rl, &c->up, &r->up) < 0)
+		goto fail;
+	if (svc->echo) {
+		c->down.eof = c->down.done = true;
+	} else if (half_adopt(rl, &c->down, &r->down) < 0) {
+		goto fail;
+	}
+	atomic_fetch_add(&svc->st->open, 1);
+	rl->nconns++;
+	if (rl->nconns_pub)
+		atomic_store_explicit(rl->nconns_pub, rl->nconns, memory_order_relaxed);
+	if (rl->balance)
+		atomic_fetch_add_explicit(&rl->balance->conns, 1, memory_order_relaxed);
+	/* Oldest activity first, as the idle sweep reads it. */
+	for (p = TAILQ_LAST(&a->lru, conn_lru); p && p->last_ns > c->last_ns; p = TAILQ_PREV(p, conn_lru, lru))
+		;
+	if (p)
+		TAILQ_INSERT_AFTER(&a->lru, p, c, lru);
+	else
+		TAILQ_INSERT_HEAD(&a->lru, c, lru);
+	rl->hold++;
+	conn_resume(c);
+	rl->hold--;
+	relay_maybe_done(rl);
+	return 0;
+fail:
+	if (c->be >= 0)
+		atomic_fetch_sub(&c->pool->v[c->be].b->open, 1);
+	if (c->src_counted)
+		evfdd_srclimit_give(svc->st->sources, &c->src_key);
+	if (c->up.qn)
+		rl->holders--, rl->heap -= c->up.q[0].len, free(c->up.q[0].heap);
+	if (c->down.qn)
+		rl->holders--, rl->heap -= c->down.q[0].len, free(c->down.q[0].heap);
+	free(c->pre);
+	free(c->init);
+	evfdd_svc_unref(c->svc);
+	free(c);
+	return err;
 }

@@ -63,4 +63,46 @@ void evfdd_relay_stop(struct evfdd_relay *rl, enum evfdd_relay_stop_how how,
 
 void evfdd_relay_free(struct evfdd_relay *rl);
 
+/* ---- carrying connections to the next image (an upgrade, a carried-over restart) ---- */
+
+struct evfdd_carry_writer;
+struct evfdd_carry_conn;
+
+/*
+ * evfdd_relay_park - on the owner thread: stop submitting and collect every completion
+ * @done: runs on the owner thread once nothing of the relay is in flight
+ *
+ * Accepting stops (what the listeners queue stays there) and every request in flight is cancelled; what
+ * completes meanwhile is kept: bytes received join what is to be sent, bytes sent count, a connect that
+ * succeeded counts as connected, and one abandoned is made again afresh after. A connection accepted
+ * meanwhile is kept, not started. Connections being cut finish. Then the relay is still: its state can be
+ * exported, then it is unparked.
+ */
+void evfdd_relay_park(struct evfdd_relay *rl, void (*done)(struct evfdd_relay *, void *), void *arg);
+
+/*
+ * evfdd_relay_export - describe the parked relay's connections into @w (carry.h), their descriptors into its
+ * table, as long as *@fds_left allows (decremented; a connection that does not fit is left out); *@n counts
+ * those described. Reads only: from any thread while the relay is parked (the park's report is the barrier).
+ * Returns 0 or a negative errno (-ENOMEM, -EINVAL).
+ */
+int evfdd_relay_export(struct evfdd_relay *rl, struct evfdd_carry_writer *w, size_t *fds_left, unsigned *n);
+
+/* On the owner thread, parked: carry on. With @release, the connections exported are first let go without
+ * a word to their peers (the next image has them: closing our copies ends nothing, nothing is counted);
+ * without, they carry on too. Every other connection resumes where it stopped, and accepting starts again
+ * unless the relay was stopping. */
+void evfdd_relay_unpark(struct evfdd_relay *rl, bool release);
+
+/*
+ * evfdd_relay_adopt - on the owner thread: take over connection @r carried from the previous image
+ * @cfd, @bfd: its descriptors (checked by the caller; @bfd -1 when it had none), ours from now on on success
+ *
+ * The connection joins the acceptor of the service of the same name and resumes where it stopped: its unsent
+ * bytes are sent first, its idle timer keeps its deadline, its counters go on, its backend (by name) counts
+ * it again. Returns 0, -ENOENT (no such service accepted here), -ESTALE (the service changed between echo
+ * and forwarding) or -ENOMEM; on failure the caller still owns the descriptors.
+ */
+int evfdd_relay_adopt(struct evfdd_relay *rl, const struct evfdd_carry_conn *r, int cfd, int bfd);
+
 #endif

@@ -107,6 +107,13 @@ void evfdd_svc_stats_read(struct evfdd_svc_stats *st, struct evfdd_counts *out)
 	out->open += atomic_load_explicit(&st->open, memory_order_relaxed);
 }
 
+void evfdd_svc_stats_add(struct evfdd_svc_stats *st, enum evfdd_counter c, uint64_t n)
+{
+	pthread_mutex_lock(&st->lock);
+	st->base[c] += n;
+	pthread_mutex_unlock(&st->lock);
+}
+
 /* ---- services ------------------------------------------------------------------------------------- */
 
 static int svc_cidrs(struct evfdd_cidr **out, size_t *nout, const struct evfdd_cidr *v, size_t n)

@@ -194,6 +194,9 @@ static inline void evfdd_svc_count(struct evfdd_svc_block *b, enum evfdd_counter
 			      memory_order_relaxed);
 }
 
+/* Add @n to counter @c of @st as if a writer had counted it (what an upgrade carried over). Any thread. */
+void evfdd_svc_stats_add(struct evfdd_svc_stats *st, enum evfdd_counter c, uint64_t n);
+
 /* Add @st's counters to @out (so that several services sum into one). Any thread. */
 void evfdd_svc_stats_read(struct evfdd_svc_stats *st, struct evfdd_counts *out);
 

@@ -14,6 +14,7 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#include "carry.h"
 #include "log.h"
 #include "util.h"
 #include "workers.h"
@@ -44,6 +45,7 @@ struct ring_slot {
 	struct loop_slot *loop;          /* main: where it is or is headed; NULL on the main loop */
 	enum ring_state state;           /* main */
 	bool moving;                     /* main */
+	struct evfdd_relay *parked;      /* main: its relay while parked (evfdd_workers_park), or NULL */
 	atomic_uint nconns;
 };
 
@@ -66,6 +68,11 @@ struct evfdd_workers {
 	void *apply_arg;
 	unsigned moves;                  /* moves asked through evfdd_workers_move, unfinished */
 	uint64_t moves_made;             /* every move made, by hand or by an apply (failed ones not) */
+	/* carrying connections to the next image: parking, parked, resuming or adopting */
+	unsigned carry_pending;
+	bool parked;
+	void (*carry_done)(void *arg);
+	void *carry_arg;
 	/* stopping */
 	bool stopping;
 	void (*stop_done)(void *arg);
@@ -671,7 +678,7 @@ out:
 
 bool evfdd_workers_busy(const struct evfdd_workers *w)
 {
-	return w->applying || w->moves;
+	return w->applying || w->moves || w->carry_pending || w->parked;
 }
 
 int evfdd_workers_move(struct evfdd_workers *w, unsigned ring_id, unsigned loop_id,
@@ -886,4 +893,200 @@ bool evfdd_workers_heartbeat(struct evfdd_workers *w)
 			free(m);
 	}
 	return alive;
+}
+
+/* ---- carrying connections to the next image ------------------------------------------------------- */
+
+struct park_msg {
+	struct ring_slot *slot;
+	struct evfdd_relay *relay;       /* what the owner parked (NULL: it had none left) */
+	bool release;                    /* unpark: let go of what was exported */
+};
+
+struct adopt_msg {
+	struct ring_slot *slot;
+	struct evfdd_adopt **items;
+	size_t n;
+};
+
+static void carry_step_done(struct evfdd_workers *w)
+{
+	void (*done)(void *) = w->carry_done;
+
+	if (--w->carry_pending)
+		return;
+	w->carry_done = NULL;
+	done(w->carry_arg);
+}
+
+static void parked_on_main(struct evfd_loop *loop, void *arg)
+{
+	struct park_msg *m = arg;
+	struct evfdd_workers *w = m->slot->w;
+
+	m->slot->parked = m->relay;
+	free(m);
+	carry_step_done(w);
+}
+
+static void relay_parked(struct evfdd_relay *rl, void *arg)
+{
+	struct park_msg *m = arg;
+
+	post_main(m->slot->w, parked_on_main, m);
+}
+
+static void ring_park(struct evfd_ring *ring, int err, void *arg)
+{
+	struct park_msg *m = arg;
+
+	m->relay = err ? NULL : m->slot->relay;
+	if (m->relay)
+		evfdd_relay_park(m->relay, relay_parked, m);
+	else
+		post_main(m->slot->w, parked_on_main, m);
+}
+
+int evfdd_workers_park(struct evfdd_workers *w, void (*done)(void *arg), void *arg)
+{
+	size_t r;
+
+	if (evfdd_workers_busy(w) || w->stopping)
+		return -EBUSY;
+	w->parked = true;
+	w->carry_done = done;
+	w->carry_arg = arg;
+	w->carry_pending = 1;            /* until every message is out */
+	for (r = 0; r < w->nrings; r++) {
+		struct ring_slot *slot = w->rings[r];
+		struct park_msg *m;
+
+		if (slot->state == R_CLOSING)
+			continue;
+		m = msg_alloc(sizeof(*m));
+		m->slot = slot;
+		w->carry_pending++;
+		ring_call_or_die(slot, ring_park, m);
+	}
+	carry_step_done(w);
+	return 0;
+}
+
+int evfdd_workers_export(struct evfdd_workers *w, struct evfdd_carry_writer *cw, size_t *fds_left, unsigned *n)
+{
+	size_t r;
+	int err;
+
+	*n = 0;
+	for (r = 0; r < w->nrings; r++)
+		if (w->rings[r]->parked && (err = evfdd_relay_export(w->rings[r]->parked, cw, fds_left, n)) < 0)
+			return err;
+	return 0;
+}
+
+static void unparked_on_main(struct evfd_loop *loop, void *arg)
+{
+	struct park_msg *m = arg;
+	struct evfdd_workers *w = m->slot->w;
+
+	free(m);
+	carry_step_done(w);
+}
+
+static void ring_unpark(struct evfd_ring *ring, int err, void *arg)
+{
+	struct park_msg *m = arg;
+
+	evfdd_relay_unpark(m->relay, m->release);
+	post_main(m->slot->w, unparked_on_main, m);
+}
+
+void evfdd_workers_unpark(struct evfdd_workers *w, bool release, void (*done)(void *arg), void *arg)
+{
+	size_t r;
+
+	w->parked = false;
+	w->carry_done = done;
+	w->carry_arg = arg;
+	w->carry_pending = 1;
+	for (r = 0; r < w->nrings; r++) {
+		struct ring_slot *slot = w->rings[r];
+		struct park_msg *m;
+
+		if (!slot->parked)
+			continue;
+		m = msg_alloc(sizeof(*m));
+		m->slot = slot;
+		m->relay = slot->parked;
+		m->release = release;
+		slot->parked = NULL;
+		w->carry_pending++;
+		ring_call_or_die(slot, ring_unpark, m);
+	}
+	carry_step_done(w);
+}
+
+static void adopted_on_main(struct evfd_loop *loop, void *arg)
+{
+	struct adopt_msg *m = arg;
+	struct evfdd_workers *w = m->slot->w;
+
+	free(m->items);
+	free(m);
+	carry_step_done(w);
+}
+
+static void ring_adopt(struct evfd_ring *ring, int err, void *arg)
+{
+	struct adopt_msg *m = arg;
+	size_t i;
+
+	for (i = 0; i < m->n; i++)
+		m->items[i]->err = err ? err : m->slot->relay ?
+			evfdd_relay_adopt(m->slot->relay, m->items[i]->r, m->items[i]->cfd, m->items[i]->bfd) : -ENOENT;
+	post_main(m->slot->w, adopted_on_main, m);
+}
+
+static int adopt_cmp(const void *a, const void *b)
+{
+	uint64_t x = (*(struct evfdd_adopt *const *)a)->r->last_ns, y = (*(struct evfdd_adopt *const *)b)->r->last_ns;
+
+	return x < y ? -1 : x > y;
+}
+
+int evfdd_workers_adopt(struct evfdd_workers *w, struct evfdd_adopt *items, size_t n, void (*done)(void *arg),
+			void *arg)
+{
+	struct ring_slot **run;
+	size_t nrun = 0, r, i;
+
+	if (evfdd_workers_busy(w) || w->stopping)
+		return -EBUSY;
+	run = calloc(w->nrings ? w->nrings : 1, sizeof(*run));
+	if (!run)
+		return -ENOMEM;
+	for (r = 0; r < w->nrings; r++)
+		if (w->rings[r]->state == R_RUNNING)
+			run[nrun++] = w->rings[r];
+	w->carry_done = done;
+	w->carry_arg = arg;
+	w->carry_pending = 1;
+	for (r = 0; r < nrun; r++) {
+		struct adopt_msg *m = msg_alloc(sizeof(*m));
+
+		m->slot = run[r];
+		m->items = msg_alloc((n / nrun + 1) * sizeof(*m->items));
+		/* Round robin: the connections spread evenly over the rings, whatever their number now. */
+		for (i = r; i < n; i += nrun)
+			m->items[m->n++] = &items[i];
+		/* Oldest activity first: each joins the end of its acceptor's list. */
+		qsort(m->items, m->n, sizeof(*m->items), adopt_cmp);
+		w->carry_pending++;
+		ring_call_or_die(run[r], ring_adopt, m);
+	}
+	for (i = 0; !nrun && i < n; i++)
+		items[i].err = -ENOENT;
+	free(run);
+	carry_step_done(w);
+	return 0;
 }

@@ -78,6 +78,39 @@ struct evfdd_ring_info {
 int evfdd_workers_loop_info(const struct evfdd_workers *w, struct evfdd_loop_info **out, size_t *n);
 int evfdd_workers_ring_info(const struct evfdd_workers *w, struct evfdd_ring_info **out, size_t *n);
 
+/*
+ * Carrying connections to the next image (an upgrade, a carried-over restart): every ring parks
+ * (evfdd_relay_park), the main thread exports what they hold, then either the process hands it over and
+ * ends, or the rings unpark.
+ */
+
+/* Park every ring; @done once all are parked (nothing in flight anywhere). 0, or -EBUSY while an apply, a
+ * move or another park is unfinished, or while stopping. */
+int evfdd_workers_park(struct evfdd_workers *w, void (*done)(void *arg), void *arg);
+
+struct evfdd_carry_writer;
+
+/* Parked: describe every ring's connections into @cw while *@fds_left allows (evfdd_relay_export); *@n
+ * receives how many. Returns 0 or a negative errno. */
+int evfdd_workers_export(struct evfdd_workers *w, struct evfdd_carry_writer *cw, size_t *fds_left, unsigned *n);
+
+/* Parked: resume every ring; with @release, the connections exported are let go first (the next image has
+ * them). @done once all have resumed. */
+void evfdd_workers_unpark(struct evfdd_workers *w, bool release, void (*done)(void *arg), void *arg);
+
+/* One connection carried from the previous image, to adopt: @err receives the outcome
+ * (evfdd_relay_adopt); on failure its descriptors are still the caller's. */
+struct evfdd_adopt {
+	const struct evfdd_carry_conn *r;
+	int cfd, bfd;
+	int err;
+};
+
+/* Spread @items over the running rings and adopt them there; @done once every ring has (then each item's
+ * err is set). @items must live until then. Returns 0, -EBUSY or -ENOMEM (then @done is not called). */
+int evfdd_workers_adopt(struct evfdd_workers *w, struct evfdd_adopt *items, size_t n, void (*done)(void *arg),
+			void *arg);
+
 /* The watchdog's question: has every loop answered the previous heartbeat? Sends the next one either way.
  * A loop stuck in a callback never answers, so the daemon stops telling systemd all is well. */
 bool evfdd_workers_heartbeat(struct evfdd_workers *w);

@@ -1,0 +1,569 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+#include <unistd.h>
+#include "handover.h"
+#include "safepath.h"
+#include "util.h"
+
+extern char **environ;
+
+/* ---- what the process inherited ------------------------------------------------------------------- */
+
+static int fd_push(int **v, size_t *n, int fd)
+{
+	int *p = realloc(*v, (*n + 1) * sizeof(**v));
+
+	if (!p)
+		return -ENOMEM;
+	p[(*n)++] = fd;
+	*v = p;
+	return 0;
+}
+
+/* A descriptor number as the environment gives it: digits only, open now. */
+static int parse_fd(const char *s, size_t len)
+{
+	long v = 0;
+	size_t i;
+
+	if (!len || len > 9)
+		return -1;
+	for (i = 0; i < len; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -1;
+		v = v * 10 + (s[i] - '0');
+	}
+	if (v < 3 || v > INT_MAX || fcntl((int)v, F_GETFD) < 0)
+		return -1;
+	return (int)v;
+}
+
+/* EVFDD_CARRY_FDS: "12-15,19". */
+static int parse_ranges(const char *s, struct evfdd_inherit *in, char *why, size_t whylen)
+{
+	while (*s) {
+		size_t n = strcspn(s, ",");
+		const char *dash = memchr(s, '-', n);
+		int lo = parse_fd(s, dash ? (size_t)(dash - s) : n), hi = dash ? parse_fd(dash + 1, n - (size_t)(dash - s) - 1) : lo;
+
+		if (lo < 0 || hi < lo) {
+			snprintf(why, whylen, "%s: \"%.*s\" is not an open descriptor or a range of them",
+				 EVFDD_ENV_CARRY_FDS, (int)n, s);
+			return -EINVAL;
+		}
+		for (; lo <= hi; lo++)
+			if (fd_push(&in->carried, &in->ncarried, lo) < 0)
+				return -ENOMEM;
+		s += n + (s[n] == ',');
+	}
+	return 0;
+}
+
+/* EVFDD_ACTIVATED ("3:4") and EVFDD_ACTIVATED_NAMES ("control:web"). */
+static int parse_activated(const char *fds, const char *names, struct evfdd_inherit *in, char *why, size_t whylen)
+{
+	while (*fds) {
+		size_t n = strcspn(fds, ":"), m = strcspn(names, ":");
+		int fd = parse_fd(fds, n);
+		char **p;
+
+		if (fd < 0 || !*names || !m) {
+			snprintf(why, whylen, "%s: \"%.*s\" is not an open descriptor, or it has no name in %s",
+				 EVFDD_ENV_ACTIVATED, (int)n, fds, EVFDD_ENV_ACTIVATED_NAMES);
+			return -EINVAL;
+		}
+		if (fd_push(&in->activated, &in->nactivated, fd) < 0)
+			return -ENOMEM;
+		p = realloc(in->names, in->nactivated * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		in->names = p;
+		if (!(p[in->nactivated - 1] = strndup(names, m)))
+			return -ENOMEM;
+		fds += n + (fds[n] == ':');
+		names += m + (names[m] == ':');
+	}
+	return 0;
+}
+
+int evfdd_handover_inherit(struct evfdd_inherit *in, char *why, size_t whylen)
+{
+	const char *carry = getenv(EVFDD_ENV_CARRY_FDS), *act = getenv(EVFDD_ENV_ACTIVATED);
+	const char *names = getenv(EVFDD_ENV_ACTIVATED_NAMES);
+	char **sdnames = NULL;
+	size_t i;
+	int n, r = 0;
+
+	memset(in, 0, sizeof(*in));
+	why[0] = 0;
+	if (carry || act) {
+		r = parse_ranges(carry ? carry : "", in, why, whylen);
+		if (r == 0)
+			r = parse_activated(act ? act : "", names ? names : "", in, why, whylen);
+		unsetenv(EVFDD_ENV_CARRY_FDS);
+		unsetenv(EVFDD_ENV_ACTIVATED);
+		unsetenv(EVFDD_ENV_ACTIVATED_NAMES);
+		unsetenv("LISTEN_FDS");
+		unsetenv("LISTEN_PID");
+		unsetenv("LISTEN_FDNAMES");
+		goto out;
+	}
+	/* Unset the environment so that nothing evfdd starts inherits the activation. */
+	n = sd_listen_fds_with_names(1, &sdnames);
+	if (n < 0) {
+		snprintf(why, whylen, "socket activation: %s", strerror(-n));
+		r = -EINVAL;
+		n = 0;
+	}
+	for (i = 0; r == 0 && i < (size_t)n; i++) {
+		int fd = SD_LISTEN_FDS_START + (int)i;
+		const char *name = sdnames && sdnames[i] ? sdnames[i] : "unknown";
+
+		if (!strcmp(name, EVFDD_CARRY_FDNAME)) {
+			in->restart = true;
+			r = fd_push(&in->carried, &in->ncarried, fd);
+			continue;
+		}
+		r = fd_push(&in->activated, &in->nactivated, fd);
+		if (r == 0) {
+			char **p = realloc(in->names, in->nactivated * sizeof(*p));
+
+			if (!p || !(p[in->nactivated - 1] = strdup(name))) {
+				if (p)
+					in->names = p;
+				in->nactivated--;
+				r = -ENOMEM;
+			} else {
+				in->names = p;
+			}
+		}
+	}
+	for (i = 0; sdnames && i < (size_t)n; i++)
+		free(sdnames[i]);
+	free(sdnames);
+out:
+	if (r < 0) {
+		if (r == -ENOMEM)
+			snprintf(why, whylen, "out of memory");
+		evfdd_inherit_clear(in);
+		return r == -ENOMEM ? r : -EINVAL;
+	}
+	for (i = 0; i < in->ncarried; i++)
+		(void)fcntl(in->carried[i], F_SETFD, FD_CLOEXEC);
+	for (i = 0; i < in->nactivated; i++)
+		(void)fcntl(in->activated[i], F_SETFD, FD_CLOEXEC);
+	return 0;
+}
+
+void evfdd_inherit_clear(struct evfdd_inherit *in)
+{
+	size_t i;
+
+	for (i = 0; in->names && i < in->nactivated; i++)
+		free(in->names[i]);
+	free(in->names);
+	free(in->activated);
+	free(in->carried);
+	memset(in, 0, sizeof(*in));
+}
+
+/* ---- taking over ---------------------------------------------------------------------------------- */
+
+static bool is_listener(int fd)
+{
+	int acc = 0;
+	socklen_t len = sizeof(acc);
+
+	return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) == 0 && acc;
+}
+
+void evfdd_handover_takeover(struct evfdd_inherit *in, struct evfdd_takeover *t)
+{
+	size_t i, k, n;
+	struct stat *st = NULL;
+
+	memset(t, 0, sizeof(*t));
+	t->memfd = -1;
+	t->restart = in->restart;
+	if (!in->ncarried)
+		goto out;
+	for (i = 0; i < in->ncarried; i++)
+		if (t->memfd < 0 && evfdd_carry_is_state(in->carried[i])) {
+			t->memfd = in->carried[i];
+			in->carried[i] = -1;
+		}
+	if (t->memfd < 0)
+		snprintf(t->why, sizeof(t->why), "%zu descriptors were carried over but no state with them",
+			 in->ncarried);
+	else if (evfdd_carry_open(t->memfd, &t->st, t->why, sizeof(t->why)) < 0)
+		t->st = NULL;
+	if (t->st) {
+		n = evfdd_carry_nfds(t->st);
+		t->map = malloc((n ? n : 1) * sizeof(*t->map));
+		st = calloc(in->ncarried, sizeof(*st));
+		if (!t->map || !st) {
+			snprintf(t->why, sizeof(t->why), "out of memory matching the descriptors carried");
+			evfdd_carry_close(t->st);
+			t->st = NULL;
+			free(t->map);
+			t->map = NULL;
+		} else {
+			t->nmap = n;
+			for (i = 0; i < in->ncarried; i++)
+				if (in->carried[i] >= 0 && fstat(in->carried[i], &st[i]) < 0)
+					st[i].st_ino = 0;
+			/* Matched by identity: the numbers hold across execve, not through the store. */
+			for (k = 0; k < n; k++) {
+				const struct evfdd_carry_fd *f = evfdd_carry_fd(t->st, k);
+
+				t->map[k] = -1;
+				for (i = 0; i < in->ncarried; i++)
+					if (in->carried[i] >= 0 && st[i].st_ino && (uint64_t)st[i].st_dev == f->dev &&
+					    (uint64_t)st[i].st_ino == f->ino) {
+						t->map[k] = in->carried[i];
+						in->carried[i] = -1;
+						break;
+					}
+			}
+		}
+	}
+	/* Whatever is left: a listener evfdd had bound is kept, anything else closed. */
+	for (i = 0; i < in->ncarried; i++) {
+		if (in->carried[i] < 0)
+			continue;
+		if (is_listener(in->carried[i]) && fd_push(&t->listeners, &t->nlisteners, in->carried[i]) == 0)
+			continue;
+		close(in->carried[i]);
+		t->closed++;
+	}
+out:
+	free(st);
+	free(in->carried);
+	in->carried = NULL;
+	in->ncarried = 0;
+	/* Ours alone now: systemd's copies would keep connections open that we close. */
+	if (t->restart)
+		(void)sd_notify(0, "FDSTOREREMOVE=1\nFDNAME=" EVFDD_CARRY_FDNAME);
+}
+
+void evfdd_takeover_clear(struct evfdd_takeover *t)
+{
+	size_t i;
+
+	for (i = 0; t->map && i < t->nmap; i++)
+		if (t->map[i] >= 0)
+			close(t->map[i]);
+	free(t->map);
+	free(t->listeners);
+	evfdd_carry_close(t->st);
+	if (t->memfd >= 0)
+		close(t->memfd);
+	memset(t, 0, sizeof(*t));
+	t->memfd = -1;
+}
+
+/* ---- the binary ----------------------------------------------------------------------------------- */
+
+int evfdd_handover_exe_path(const char *argv0, char *out, size_t outlen)
+{
+	const char *path = getenv("PATH");
+	char cwd[PATH_MAX];
+	size_t n;
+
+	if (strchr(argv0, '/')) {
+		if (argv0[0] == '/')
+			return (size_t)snprintf(out, outlen, "%s", argv0) < outlen ? 0 : -ENAMETOOLONG;
+		if (!getcwd(cwd, sizeof(cwd)))
+			return -errno;
+		return (size_t)snprintf(out, outlen, "%s/%s", cwd, argv0) < outlen ? 0 : -ENAMETOOLONG;
+	}
+	for (path = path ? path : "/usr/local/bin:/usr/bin:/bin"; *path; path += n + (path[n] == ':')) {
+		n = strcspn(path, ":");
+		if (!n || path[0] != '/')
+			continue;
+		if ((size_t)snprintf(out, outlen, "%.*s/%s", (int)n, path, argv0) < outlen && access(out, X_OK) == 0)
+			return 0;
+	}
+	return -ENOENT;
+}
+
+int evfdd_handover_open_exe(const char *path, char *why, size_t whylen)
+{
+	struct safepath sp = SAFEPATH_INIT;
+	struct stat st;
+	int fd = -1, r;
+
+	r = safepath_open(&sp, path, SAFEPATH_FOLLOW, why, whylen);
+	if (r < 0)
+		goto out;
+	fd = openat(sp.dirfd, sp.name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0) {
+		r = -errno;
+		snprintf(why, whylen, "cannot open it: %s", strerror(errno));
+		goto out;
+	}
+	if (fstat(fd, &st) < 0) {
+		r = -errno;
+		snprintf(why, whylen, "fstat: %s", strerror(errno));
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode) || !(st.st_mode & S_IXUSR)) {
+		r = -EACCES;
+		snprintf(why, whylen, "it is not an executable regular file");
+	} else if ((st.st_uid != 0 && st.st_uid != geteuid()) || (st.st_mode & (S_IWGRP | S_IWOTH))) {
+		r = -EPERM;
+		snprintf(why, whylen, "it belongs to uid %u or is writable by its group or others (mode %04o); only "
+			 "root or evfdd's own user may be able to change what evfdd executes", (unsigned)st.st_uid,
+			 (unsigned)(st.st_mode & 07777));
+	}
+out:
+	safepath_close(&sp);
+	if (r < 0) {
+		if (fd >= 0)
+			close(fd);
+		return r;
+	}
+	return fd;
+}
+
+/* The environment of the next image: ours without what an earlier hand-over or activation left, plus @add. */
+static char **env_with(char *const *add, size_t nadd)
+{
+	size_t n = 0, i, k = 0;
+	char **env;
+
+	while (environ[n])
+		n++;
+	env = calloc(n + nadd + 1, sizeof(*env));
+	if (!env)
+		return NULL;
+	for (i = 0; i < n; i++)
+		if (strncmp(environ[i], "EVFDD_ACTIVATED", 15) && strncmp(environ[i], "EVFDD_CARRY_FDS=", 16) &&
+		    strncmp(environ[i], "LISTEN_", 7))
+			env[k++] = environ[i];
+	for (i = 0; i < nadd; i++)
+		env[k++] = add[i];
+	return env;
+}
+
+static char **argv_with(char *const argv[], const char *a, const char *b)
+{
+	size_t n = 0, i;
+	char **v;
+
+	while (argv[n])
+		n++;
+	v = calloc(n + 3, sizeof(*v));
+	if (!v)
+		return NULL;
+	for (i = 0; i < n; i++)
+		v[i] = argv[i];
+	v[n] = (char *)a;
+	v[n + 1] = (char *)b;
+	return v;
+}
+
+int evfdd_handover_check(int exe, char *const argv[], unsigned timeout_ms, char *why, size_t whylen)
+{
+	char path[64], ver[64], out[1024];
+	posix_spawn_file_actions_t fa;
+	char **args = NULL, **env = NULL;
+	int pipefd[2] = { -1, -1 }, status = 0, r;
+	uint64_t end = util_now_ns(CLOCK_MONOTONIC) + (uint64_t)timeout_ms * 1000000u;
+	size_t got = 0;
+	pid_t pid = -1;
+	bool eof = false;
+
+	why[0] = 0;
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", exe);
+	snprintf(ver, sizeof(ver), "--check-state-version=%u", EVFDD_CARRY_VERSION);
+	args = argv_with(argv, "-n", ver);
+	env = env_with(NULL, 0);
+	if (!args || !env || pipe2(pipefd, O_CLOEXEC) < 0) {
+		r = -ENOMEM;
+		snprintf(why, whylen, "cannot run the check: %s", strerror(errno ? errno : ENOMEM));
+		goto out;
+	}
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
+	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2);
+	r = -posix_spawn(&pid, path, &fa, NULL, args, env);
+	posix_spawn_file_actions_destroy(&fa);
+	close(pipefd[1]);
+	pipefd[1] = -1;
+	if (r < 0) {
+		snprintf(why, whylen, "cannot run it: %s", strerror(-r));
+		pid = -1;
+		goto out;
+	}
+	/* Its output, until it closes (it is exiting) or the time is up. */
+	for (;;) {
+		uint64_t now = util_now_ns(CLOCK_MONOTONIC);
+		struct pollfd p = { .fd = pipefd[0], .events = POLLIN };
+		ssize_t k;
+
+		if (now >= end) {
+			eof = false;
+			break;
+		}
+		if (poll(&p, 1, (int)((end - now) / 1000000u) + 1) <= 0)
+			continue;
+		k = read(pipefd[0], out + got, got < sizeof(out) - 1 ? sizeof(out) - 1 - got : 0);
+		if (k <= 0 && !(k < 0 && errno == EINTR) && got < sizeof(out) - 1) {
+			eof = true;
+			break;
+		}
+		if (k > 0)
+			got += (size_t)k;
+		if (got >= sizeof(out) - 1) {
+			char sink[4096];
+
+			if (read(pipefd[0], sink, sizeof(sink)) <= 0) {
+				eof = true;
+				break;
+			}
+		}
+	}
+	out[got] = 0;
+	if (waitpid(pid, &status, eof ? 0 : WNOHANG) == 0) {
+		kill(pid, SIGKILL);
+		(void)waitpid(pid, &status, 0);
+		r = -ETIMEDOUT;
+		snprintf(why, whylen, "its check did not finish within %u ms", timeout_ms);
+		goto out;
+	}
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+		r = 0;
+		goto out;
+	}
+	r = -EINVAL;
+	/* Its first line says why (a configuration error, a state version it cannot read). */
+	out[strcspn(out, "\n")] = 0;
+	if (WIFEXITED(status))
+		snprintf(why, whylen, "its check exited with %d: %s", WEXITSTATUS(status), out[0] ? out : "(no output)");
+	else
+		snprintf(why, whylen, "its check was killed by signal %d", WTERMSIG(status));
+out:
+	if (pipefd[0] >= 0)
+		close(pipefd[0]);
+	if (pipefd[1] >= 0)
+		close(pipefd[1]);
+	free(args);
+	free(env);
+	return r;
+}
+
+/* "12-15,19" for @fds (any order). */
+static char *ranges_text(const int *fds, size_t n)
+{
+	size_t cap = 64 + n * 12, len, i;
+	char *s = malloc(cap), *p;
+	int *v = malloc((n ? n : 1) * sizeof(*v));
+
+	if (!s || !v) {
+		free(s);
+		free(v);
+		return NULL;
+	}
+	memcpy(v, fds, n * sizeof(*v));
+	/* Insertion sort is enough for the ranges being short; sort properly for many. */
+	for (i = 1; i < n; i++) {
+		int x = v[i];
+		size_t j = i;
+
+		while (j && v[j - 1] > x) {
+			v[j] = v[j - 1];
+			j--;
+		}
+		v[j] = x;
+	}
+	len = (size_t)snprintf(s, cap, "%s=", EVFDD_ENV_CARRY_FDS);
+	for (i = 0; i < n; ) {
+		size_t j = i;
+
+		while (j + 1 < n && v[j + 1] == v[j] + 1)
+			j++;
+		p = s + len;
+		len += (size_t)snprintf(p, cap - len, j > i ? "%s%d-%d" : "%s%d", i ? "," : "", v[i], v[j]);
+		i = j + 1;
+	}
+	free(v);
+	return s;
+}
+
+int evfdd_handover_exec(int exe, char *const argv[], const int *activated, char *const *names, size_t nactivated,
+			const int *carried, size_t ncarried)
+{
+	char *add[3] = { NULL, NULL, NULL }, **env = NULL;
+	size_t i, cap = 64 + nactivated * 12, len;
+	int r;
+
+	add[0] = ranges_text(carried, ncarried);
+	for (i = 0; i < nactivated; i++)
+		cap += strlen(names[i]) + 1;
+	add[1] = malloc(cap);
+	add[2] = malloc(cap);
+	if (!add[0] || !add[1] || !add[2]) {
+		r = -ENOMEM;
+		goto out;
+	}
+	len = (size_t)snprintf(add[1], cap, "%s=", EVFDD_ENV_ACTIVATED);
+	for (i = 0; i < nactivated; i++)
+		len += (size_t)snprintf(add[1] + len, cap - len, "%s%d", i ? ":" : "", activated[i]);
+	len = (size_t)snprintf(add[2], cap, "%s=", EVFDD_ENV_ACTIVATED_NAMES);
+	for (i = 0; i < nactivated; i++)
+		len += (size_t)snprintf(add[2] + len, cap - len, "%s%s", i ? ":" : "", names[i]);
+	env = env_with(add, 3);
+	if (!env) {
+		r = -ENOMEM;
+		goto out;
+	}
+	for (i = 0; i < ncarried; i++)
+		(void)fcntl(carried[i], F_SETFD, 0);
+	for (i = 0; i < nactivated; i++)
+		(void)fcntl(activated[i], F_SETFD, 0);
+	fexecve(exe, argv, env);
+	r = -errno;
+	for (i = 0; i < ncarried; i++)
+		(void)fcntl(carried[i], F_SETFD, FD_CLOEXEC);
+	for (i = 0; i < nactivated; i++)
+		(void)fcntl(activated[i], F_SETFD, FD_CLOEXEC);
+out:
+	free(env);
+	free(add[0]);
+	free(add[1]);
+	free(add[2]);
+	return r;
+}
+
+int evfdd_handover_store(const int *fds, size_t n, uint64_t timeout_usec)
+{
+	size_t i;
+	int r;
+
+	for (i = 0; i < n; i += EVFDD_HANDOVER_STORE_CHUNK) {
+		size_t k = n - i < EVFDD_HANDOVER_STORE_CHUNK ? n - i : EVFDD_HANDOVER_STORE_CHUNK;
+
+		r = sd_pid_notify_with_fds(0, 0, "FDSTORE=1\nFDNAME=" EVFDD_CARRY_FDNAME, fds + i, (unsigned)k);
+		if (r < 0)
+			return r;
+		if (r == 0)
+			return -ENOTCONN;   /* no NOTIFY_SOCKET: not run by systemd */
+	}
+	r = sd_notify_barrier(0, timeout_usec);
+	return r < 0 ? r : 0;
+}
