@@ -67,6 +67,7 @@ struct daemon {
 	struct reload_waiters upgrade_waiters;   /* evfdctl upgrade: answered once the new binary passed its check */
 	enum evfdd_carry_kind carry_kind;        /* of the hand-over running */
 	int exe_fd;
+	uint64_t carry_t0;               /* CLOCK_MONOTONIC ns: the rings were told to park */
 	size_t carry_budget;             /* a restart: descriptors the store and LISTEN_FDNAMES take, at most */
 	uint64_t upgrades;               /* hand-overs this process went through */
 	struct daemon_carried carried;

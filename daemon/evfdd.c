@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <systemd/sd-daemon.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "accesslog.h"
 #include "carry.h"
@@ -29,12 +30,19 @@
  * binary cannot read (--check-state-version). */
 enum { EXIT_CONFIG = 1, EXIT_STARTUP = 1, EXIT_STATE_VERSION = 3 };
 
+/* What this build calls itself: tests/ builds a second evfdd (evfdd-alt, "+alt") to upgrade back and forth. */
+#ifndef EVFDD_BUILD_SUFFIX
+#define EVFDD_BUILD_SUFFIX ""
+#endif
+#define EVFDD_VERSION PACKAGE_VERSION EVFDD_BUILD_SUFFIX
+
 /* How long an upgrade waits for the new binary's check, and a SIGTERM for the service manager's answer. */
 #define UPGRADE_CHECK_MS 10000
 #define SDJOB_TIMEOUT_USEC 1000000
 #define STORE_BARRIER_USEC 5000000
 
 static void daemon_step(struct daemon *d);
+static uint64_t main_ns;
 
 static void usage(FILE *f)
 {
@@ -239,7 +247,7 @@ static void carry_put_state(struct daemon *d, struct evfdd_carry_writer *w, int 
 	info.mono_ns = util_now_ns(CLOCK_MONOTONIC);
 	info.reloads = d->reloads;
 	info.reloads_failed = d->reloads_failed;
-	snprintf(info.version, sizeof(info.version), "%s", PACKAGE_VERSION);
+	snprintf(info.version, sizeof(info.version), "%s", EVFDD_VERSION);
 	*err = evfdd_carry_put_info(w, &info);
 	for (i = 0; !*err && i < d->plane.nsvcs; i++) {
 		const struct evfdd_svc *svc = d->plane.svcs[i].svc;
@@ -288,17 +296,27 @@ static void carry_parked(void *arg)
 		log_notice("upgrade: a stop came meanwhile; stopping instead");
 		goto resume;
 	}
+	log_debug("hand-over: every ring parked in %.1f ms", (double)(util_now_ns(CLOCK_MONOTONIC) - d->carry_t0) / 1e6);
 	err = evfdd_carry_writer_new(&w);
 	if (!err)
 		carry_put_state(d, w, &err);
+	log_debug("hand-over: counters written at %.1f ms", (double)(util_now_ns(CLOCK_MONOTONIC) - d->carry_t0) / 1e6);
 	if (!err)
 		err = evfdd_workers_export(d->plane.workers, w, &left, &conns);
+	log_debug("hand-over: exported at %.1f ms", (double)(util_now_ns(CLOCK_MONOTONIC) - d->carry_t0) / 1e6);
 	if (!err && (memfd = evfdd_carry_seal(w)) < 0)
 		err = memfd;
 	if (err) {
 		log_errx("%s: cannot write the state: %s", d->carry_kind == EVFDD_CARRY_UPGRADE ? "upgrade" : "restart",
 			 strerror(-err));
 		goto resume;
+	}
+	{
+		struct stat sst;
+
+		log_debug("hand-over: state of %u connections written (%lld bytes) at %.1f ms", conns,
+			  fstat(memfd, &sst) == 0 ? (long long)sst.st_size : -1LL,
+			  (double)(util_now_ns(CLOCK_MONOTONIC) - d->carry_t0) / 1e6);
 	}
 	nfds = evfdd_carry_writer_nfds(w);
 	fds = calloc(nfds + 1 + 1024, sizeof(*fds));
@@ -387,6 +405,7 @@ static void carry_begin(struct daemon *d, enum evfdd_carry_kind kind)
 		d->restart_pending = false;
 		evfdd_notify_stopping(d);
 	}
+	d->carry_t0 = util_now_ns(CLOCK_MONOTONIC);
 	r = evfdd_workers_park(d->plane.workers, carry_parked, d);
 	if (r < 0) {
 		log_errx("cannot stop the rings for the hand-over: %s", strerror(-r));
@@ -553,6 +572,8 @@ static bool carry_adopt(struct daemon *d)
 	if (!st)
 		return false;
 	info = evfdd_carry_info(st);
+	log_debug("take-over: data plane up %.1f ms after the hand-over began",
+		  (double)(util_now_ns(CLOCK_MONOTONIC) - info->mono_ns) / 1e6);
 	d->upgrades = info->upgrades;
 	d->reloads = (unsigned)info->reloads;
 	d->reloads_failed = (unsigned)info->reloads_failed;
@@ -647,7 +668,7 @@ static void started(void *arg, int err)
 		return;
 	}
 	services_follow(d);
-	log_notice("evfdd %s ready: %u services, %u workers, %u rings (%s)", PACKAGE_VERSION, d->plane.nsvcs,
+	log_notice("evfdd %s ready: %u services, %u workers, %u rings (%s)", EVFDD_VERSION, d->plane.nsvcs,
 		   d->plane.cfg->workers, d->plane.cfg->rings, d->plane.cfg->source);
 	evfdd_notify_status(d, "running");
 	if (carry_adopt(d))
@@ -841,6 +862,10 @@ static int takeover(struct daemon *d, struct evfdd_inherit *in)
 		return -EINVAL;
 	}
 	evfdd_handover_takeover(in, &d->take);
+	if (d->take.st)
+		log_debug("take-over: image started %.1f ms, state read %.1f ms after the hand-over began",
+			  (double)(main_ns - evfdd_carry_info(d->take.st)->mono_ns) / 1e6,
+			  (double)(util_now_ns(CLOCK_MONOTONIC) - evfdd_carry_info(d->take.st)->mono_ns) / 1e6);
 	if (d->take.why[0]) {
 		log_errx("the state carried over from the previous evfdd is unusable: %s; starting clean, keeping the "
 			 "listeners (the connections it carried are closed)", d->take.why);
@@ -975,6 +1000,7 @@ int main(int argc, char **argv)
 	char *end;
 	int c, rc;
 
+	main_ns = util_now_ns(CLOCK_MONOTONIC);
 	log_init(LOG_INFO, log_stderr_is_journal());
 	while ((c = getopt_long(argc, argv, "c:nhV", opts, NULL)) != -1) {
 		switch (c) {
@@ -989,7 +1015,7 @@ int main(int argc, char **argv)
 			usage(stdout);
 			return 0;
 		case 'V':
-			printf("evfdd %s\n", PACKAGE_VERSION);
+			printf("evfdd %s\n", EVFDD_VERSION);
 			return 0;
 		case 'S':
 			errno = 0;

@@ -558,7 +558,7 @@ int evfdd_handover_store(const int *fds, size_t n, uint64_t timeout_usec)
 	for (i = 0; i < n; i += EVFDD_HANDOVER_STORE_CHUNK) {
 		size_t k = n - i < EVFDD_HANDOVER_STORE_CHUNK ? n - i : EVFDD_HANDOVER_STORE_CHUNK;
 
-		r = sd_pid_notify_with_fds(0, 0, "FDSTORE=1\nFDNAME=" EVFDD_CARRY_FDNAME, fds + i, (unsigned)k);
+		r = sd_pid_notify_with_fds(0, 0, "FDSTORE=1\nFDPOLL=0\nFDNAME=" EVFDD_CARRY_FDNAME, fds + i, (unsigned)k);
 		if (r < 0)
 			return r;
 		if (r == 0)
