@@ -8,7 +8,7 @@
  * socket and decides nothing; the descriptors themselves travel across execve or through the store.
  *
  * Format (all integers little-endian, fixed width):
- *   header: magic "EVFDDST\n" (8 bytes), u32 version, u32 header length (24), u64 payload length,
+ *   header: magic "EVFDDST\n" (8 bytes), u32 version, u32 header length (32), u64 payload length,
  *           u64 checksum of the payload (EVFDD_CARRY_CHECKSUM: damage, not an attacker: only evfdd and root
  *           can write the memfd, and it is sealed)
  *   payload: records, each u16 type, u16 reserved (0), u32 length, then that many bytes; a record type this
@@ -33,6 +33,8 @@
 #define EVFDD_CARRY_MAX_FDS (1u << 20)
 #define EVFDD_CARRY_MAX_DATA (64u << 20)    /* one half's unsent bytes, a preamble, an init */
 #define EVFDD_CARRY_MAX_SIZE (4ull << 30)   /* the whole memfd */
+/* A backend's name as written in forward: a host name (253) and a port, or a Unix path (108), quoted. */
+#define EVFDD_CARRY_BACKEND_MAX 512
 
 enum evfdd_carry_kind {
 	EVFDD_CARRY_UPGRADE = 1,         /* evfdctl upgrade, SIGUSR2: execve in place */
@@ -67,7 +69,7 @@ struct evfdd_carry_counter {
 /* One backend's state and counters (backend.h), by service and backend name. */
 struct evfdd_carry_backend {
 	char service[EVFDD_CONFIG_NAME_MAX + 1];
-	char name[256];
+	char name[EVFDD_CARRY_BACKEND_MAX];
 	bool drained, down;
 	uint64_t connections, connect_failures, bytes_up, bytes_down, state_changes, last_change_usec;
 };
@@ -91,7 +93,7 @@ struct evfdd_carry_half {
 
 struct evfdd_carry_conn {
 	char service[EVFDD_CONFIG_NAME_MAX + 1];
-	char backend[256];               /* "" when none (echo, or not picked yet) */
+	char backend[EVFDD_CARRY_BACKEND_MAX];   /* "" when none (echo, or not picked yet) */
 	uint32_t route;                  /* 0: the service's pool; 1: the SNI route named in route_name; 2:
 					  * sni_default */
 	char route_name[256];
@@ -137,7 +139,8 @@ size_t evfdd_carry_writer_nfds(const struct evfdd_carry_writer *w);
 int evfdd_carry_writer_fd(const struct evfdd_carry_writer *w, size_t i);
 
 /* Write the state into a new memfd (MFD_CLOEXEC | MFD_ALLOW_SEALING) and seal it (F_SEAL_WRITE, F_SEAL_GROW,
- * F_SEAL_SHRINK, F_SEAL_SEAL). Returns the memfd or a negative errno. */
+ * F_SEAL_SHRINK, F_SEAL_SEAL). Returns the memfd or a negative errno (-EINVAL: a connection's fd index past
+ * the table or shared, or a descriptor put twice). */
 int evfdd_carry_seal(struct evfdd_carry_writer *w);
 
 /* ---- reading (the new image) ---------------------------------------------------------------------- */

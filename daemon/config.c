@@ -61,9 +61,11 @@ const char evfdd_config_default_text[] =
 
 enum cfg_section { SEC_NONE, SEC_BROKEN, SEC_GLOBAL, SEC_SERVICE };
 
-enum global_key { GK_WORKERS, GK_RINGS, GK_CONTROL, GK_LOG_LEVEL, GK_SHUTDOWN_TIMEOUT, GK_METRICS, GK_COUNT };
+enum global_key {
+	GK_WORKERS, GK_RINGS, GK_CONTROL, GK_LOG_LEVEL, GK_SHUTDOWN_TIMEOUT, GK_METRICS, GK_UPGRADE_BINARY, GK_COUNT
+};
 static const char *const global_keys[GK_COUNT] = {
-	"workers", "rings", "control", "log_level", "shutdown_timeout", "metrics",
+	"workers", "rings", "control", "log_level", "shutdown_timeout", "metrics", "upgrade_binary",
 };
 
 enum service_key {
@@ -102,6 +104,7 @@ struct cfg_globals {
 	unsigned workers, rings;
 	bool workers_set, rings_set;
 	char *control;
+	char *upgrade_binary;
 	int log_level;
 	uint32_t shutdown_timeout_ms;
 	struct evfdd_endpoint metrics;
@@ -1348,6 +1351,7 @@ static void cfg_section_end(struct cfg_parser *ps)
 
 	if (ps->sec == SEC_GLOBAL && ps->gcur == &ps->g_dup) {
 		free(ps->g_dup.control);
+		free(ps->g_dup.upgrade_binary);
 		cfg_endpoint_free(&ps->g_dup.metrics);
 		memset(&ps->g_dup, 0, sizeof(ps->g_dup));
 	}
@@ -1556,6 +1560,18 @@ static void cfg_global_key(struct cfg_parser *ps, enum global_key k)
 			if (!g->control)
 				ps->oom = true;
 		}
+		break;
+	case GK_UPGRADE_BINARY:
+		if (ps->value[0] != '/' || strlen(ps->value) >= 4096) {
+			cfg_value_error(ps, "not an absolute path (at most 4095 bytes); give the binary evfdctl upgrade "
+					"executes, such as /usr/sbin/evfdd, or leave the key out for the one evfdd was "
+					"started from");
+			break;
+		}
+		free(g->upgrade_binary);
+		g->upgrade_binary = strdup(ps->value);
+		if (!g->upgrade_binary)
+			ps->oom = true;
 		break;
 	case GK_LOG_LEVEL:
 		level = log_level_from_name(ps->value);
@@ -1868,6 +1884,7 @@ void evfdd_config_free(struct evfdd_config *cfg)
 		cfg_service_free(&cfg->services[i]);
 	free(cfg->services);
 	free(cfg->control);
+	free(cfg->upgrade_binary);
 	cfg_endpoint_free(&cfg->metrics);
 	free(cfg->source);
 	free(cfg);
@@ -1939,6 +1956,8 @@ static int cfg_parse(const char *data, size_t len, const char *name, unsigned fl
 		cfg->rings = EVFDD_CONFIG_MAX_RINGS;
 	cfg->control = ps.g.control;
 	ps.g.control = NULL;
+	cfg->upgrade_binary = ps.g.upgrade_binary;
+	ps.g.upgrade_binary = NULL;
 	cfg->metrics = ps.g.metrics;
 	memset(&ps.g.metrics, 0, sizeof(ps.g.metrics));
 	cfg->log_level = ps.g.log_level;
@@ -1950,6 +1969,7 @@ out:
 	if (ps.oom)
 		cfg_error(&ps, 0, NULL, NULL, "out of memory");
 	free(ps.g.control);
+	free(ps.g.upgrade_binary);
 	cfg_endpoint_free(&ps.g.metrics);
 	free(ps.sec_name);
 	cfg_service_free(&ps.svc);

@@ -181,6 +181,7 @@ struct evfdd_config {
 	unsigned workers;		/* libev loops, one thread each */
 	unsigned rings;			/* io_uring rings shared out among the loops */
 	char *control;			/* control socket path; NULL = decided at run time */
+	char *upgrade_binary;		/* what an upgrade executes; NULL = the binary evfdd was started from */
 	struct evfdd_endpoint metrics;	/* the Prometheus endpoint: INET or UNIX; kind NONE = off */
 	int log_level;			/* LOG_ERR ... LOG_DEBUG (syslog.h) */
 	uint32_t shutdown_timeout_ms;	/* how long stopping waits for connections to finish */

@@ -62,7 +62,8 @@ struct daemon {
 	/* Upgrades (evfdctl upgrade, SIGUSR2: execve in place) and carried-over restarts (systemctl restart:
 	 * systemd's file descriptor store), handover.c and carry.c. */
 	char *const *argv;               /* what an upgrade executes again */
-	char exe_path[4096];             /* the binary evfdd was started from, "" if unknown */
+	char started_from[4096];         /* the binary evfdd was started from (argv[0]), "" if unknown */
+	char exe_path[4096];             /* what the upgrade running executes: upgrade_binary or started_from */
 	bool upgrade_pending, restart_pending;
 	struct reload_waiters upgrade_waiters;   /* evfdctl upgrade: answered once the new binary passed its check */
 	enum evfdd_carry_kind carry_kind;        /* of the hand-over running */

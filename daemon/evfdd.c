@@ -382,6 +382,10 @@ static void carry_begin(struct daemon *d, enum evfdd_carry_kind kind)
 		d->upgrade_pending = false;
 		if (d->exe_fd >= 0)
 			close(d->exe_fd);
+		if (d->plane.cfg->upgrade_binary)
+			snprintf(d->exe_path, sizeof(d->exe_path), "%s", d->plane.cfg->upgrade_binary);
+		else
+			snprintf(d->exe_path, sizeof(d->exe_path), "%s", d->started_from);
 		d->exe_fd = d->exe_path[0] ? evfdd_handover_open_exe(d->exe_path, why, sizeof(why)) : -ENOENT;
 		if (d->exe_fd < 0) {
 			snprintf(msg, sizeof(msg), "the binary %s: %s", d->exe_path[0] ? d->exe_path : "(unknown)",
@@ -1056,8 +1060,8 @@ int main(int argc, char **argv)
 	d.plane.config_path = path;
 	d.plane.explicit_path = explicit_path;
 	d.argv = argv;
-	if (evfdd_handover_exe_path(argv[0], d.exe_path, sizeof(d.exe_path)) < 0)
-		d.exe_path[0] = 0;   /* an upgrade is refused, saying so */
+	if (evfdd_handover_exe_path(argv[0], d.started_from, sizeof(d.started_from)) < 0)
+		d.started_from[0] = 0;   /* an upgrade without upgrade_binary is refused, saying so */
 	rc = run(&d);
 	evfdd_config_free(d.plane.cfg);
 	return rc;

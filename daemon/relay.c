@@ -2097,14 +2097,19 @@ static int conn_export(struct conn *c, struct evfdd_carry_writer *w)
 	r->local = c->local;
 	r->src_counted = c->src_counted;
 	r->pre_state = c->pre_state;
-	r->pre_used = c->pre_used;
 	r->pre_deadline_ns = ts_ns(&c->pre_deadline);
-	r->pre_len = c->pre_len;
-	r->pre = c->pre;
-	r->init_len = c->init_len;
-	r->init_off = c->init_off;
-	r->init_hdr = c->init_hdr;
-	r->init = c->init;
+	/* What is left of the preamble and what goes first; their lengths outlive the buffers. */
+	if (c->pre) {
+		r->pre_used = c->pre_used;
+		r->pre_len = c->pre_len;
+		r->pre = c->pre;
+	}
+	if (c->init) {
+		r->init_len = c->init_len;
+		r->init_off = c->init_off;
+		r->init_hdr = c->init_hdr;
+		r->init = c->init;
+	}
 	r->flushing = c->flushing;
 	r->dead = c->dead == BACKEND;
 	r->flush_end_ns = c->flush_end_ns;

@@ -34,7 +34,7 @@ _evfdctl()
 {
 	local -a words=() sock=() args=() cands=()
 	local i w cur cmd= expect= cword=0 prog prefix=
-	local commands="status loops rings services backends backend move reload metrics top"
+	local commands="status loops rings services backends backend move reload upgrade metrics top"
 	local options="-s --socket -j --json -h --help -V --version"
 
 	# Put back together what bash split at ':' and '=' (COMP_WORDBREAKS): backend names hold colons.
