@@ -586,6 +586,11 @@ static void print_error(const struct command *cmd, const char *error, struct jso
 		fprintf(stderr, "permission denied: %s needs root or the user evfdd runs as\n", cmd->method);
 	else if (!strcmp(e, "ShuttingDown"))
 		fprintf(stderr, "evfdd is shutting down\n");
+	else if (!strcmp(e, "UpgradeRefused")) {
+		fprintf(stderr, "refused, evfdd goes on with its current binary: ");
+		put_escaped(stderr, get_str(params, "reason"));
+		fputc('\n', stderr);
+	}
 	else if (!strcmp(e, "NoSuchService")) {
 		fprintf(stderr, "there is no service \"");
 		put_escaped(stderr, get_str(params, "service"));

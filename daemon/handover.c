@@ -401,6 +401,8 @@ int evfdd_handover_check(int exe, char *const argv[], unsigned timeout_ms, char 
 	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
 	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
 	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2);
+	/* Onto itself: clears close-on-exec in the child, so that a script's interpreter can open the path. */
+	posix_spawn_file_actions_adddup2(&fa, exe, exe);
 	r = -posix_spawn(&pid, path, &fa, NULL, args, env);
 	posix_spawn_file_actions_destroy(&fa);
 	close(pipefd[1]);
