@@ -291,6 +291,22 @@ static bool data_check(const char *field, uint32_t len, const unsigned char *dat
 	return true;
 }
 
+/* A half given in pieces (writer only): they add up to its length. */
+static bool iov_check(const char *field, const struct evfdd_carry_half *h, char *m, size_t mn)
+{
+	uint64_t sum = 0;
+
+	for (unsigned i = 0; i < h->iovcnt; i++) {
+		if (h->iov[i].iov_len && !h->iov[i].iov_base)
+			return say(m, mn, "%s: piece %u at NULL", field, i);
+		sum += h->iov[i].iov_len;
+	}
+	if (h->iovcnt && sum != h->len)
+		return say(m, mn, "%s: pieces of %llu bytes for a length of %u", field, (unsigned long long)sum,
+			   h->len);
+	return true;
+}
+
 /* Everything but the fd indexes' place in the table (the seal and the reader check that against the whole
  * table). */
 static bool conn_check(const struct evfdd_carry_conn *c, char *m, size_t mn)
@@ -316,7 +332,10 @@ static bool conn_check(const struct evfdd_carry_conn *c, char *m, size_t mn)
 	if (c->pre_state > 2)
 		return say(m, mn, "pre_state %u past 2", c->pre_state);
 	if (!data_check("pre", c->pre_len, c->pre, m, mn) || !data_check("init", c->init_len, c->init, m, mn) ||
-	    !data_check("up", c->up.len, c->up.data, m, mn) || !data_check("down", c->down.len, c->down.data, m, mn))
+	    !data_check("up", c->up.len, c->up.iovcnt ? (const unsigned char *)"" : c->up.data, m, mn) ||
+	    !data_check("down", c->down.len, c->down.iovcnt ? (const unsigned char *)"" : c->down.data, m, mn))
+		return false;
+	if (!iov_check("up", &c->up, m, mn) || !iov_check("down", &c->down, m, mn))
 		return false;
 	if (c->pre_used > c->pre_len)
 		return say(m, mn, "pre_used %u past pre_len %u", c->pre_used, c->pre_len);
@@ -489,7 +508,13 @@ static void enc_half(struct buf *b, const struct evfdd_carry_half *h)
 	put_bool(b, h->eof);
 	put_bool(b, h->clean_eof);
 	put_bool(b, h->done);
-	put_data(b, h->len, h->data);
+	if (!h->iovcnt) {
+		put_data(b, h->len, h->data);
+		return;
+	}
+	put_u32(b, h->len);
+	for (unsigned i = 0; i < h->iovcnt; i++)
+		buf_put(b, h->iov[i].iov_base, h->iov[i].iov_len);
 }
 
 static void enc_conn(struct buf *b, const struct evfdd_carry_conn *c)
@@ -525,8 +550,15 @@ static void enc_conn(struct buf *b, const struct evfdd_carry_conn *c)
 	enc_half(b, &c->down);
 }
 
+/* The records go to the memfd a megabyte at a time: a state of many connections' unsent bytes is never
+ * held twice in memory (fresh memory is what copying costs most, and the pause is what every connection
+ * waits). */
+#define FLUSH_AT (1u << 20)
+
 struct evfdd_carry_writer {
-	struct buf out;			/* the header's room (filled by the seal), then the records */
+	struct buf out;			/* the header's room (filled by the seal), then the records not flushed */
+	int memfd;			/* -1 until the first flush */
+	uint64_t flushed;		/* bytes written to it */
 	bool info;
 	struct evfdd_carry_fd *fds;	/* the table, as written */
 	size_t nfds, fds_cap;
@@ -547,7 +579,28 @@ int evfdd_carry_writer_new(struct evfdd_carry_writer **out)
 		free(w);
 		return -ENOMEM;
 	}
+	w->memfd = -1;
 	*out = w;
+	return 0;
+}
+
+static int write_all(int fd, const unsigned char *p, size_t n);
+
+/* What the buffer holds, to the memfd (made on the first call). 0 or a negative errno. */
+static int writer_flush(struct evfdd_carry_writer *w)
+{
+	int r;
+
+	if (w->memfd < 0) {
+		w->memfd = memfd_create("evfdd-state", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+		if (w->memfd < 0)
+			return -errno;
+	}
+	r = write_all(w->memfd, w->out.b, w->out.len);
+	if (r < 0)
+		return r;
+	w->flushed += w->out.len;
+	w->out.len = 0;
 	return 0;
 }
 
@@ -555,6 +608,8 @@ void evfdd_carry_writer_free(struct evfdd_carry_writer *w)
 {
 	if (!w)
 		return;
+	if (w->memfd >= 0)
+		close(w->memfd);
 	free(w->out.b);
 	free(w->fds);
 	free(w->refs);
@@ -580,7 +635,7 @@ static int rec_end(struct evfdd_carry_writer *w, size_t start)
 
 	if (w->out.nomem)
 		r = -ENOMEM;
-	else if (w->out.len > EVFDD_CARRY_MAX_SIZE || (uint64_t)(w->out.len - start - REC_HDR) > UINT32_MAX)
+	else if (w->flushed + w->out.len > EVFDD_CARRY_MAX_SIZE || (uint64_t)(w->out.len - start - REC_HDR) > UINT32_MAX)
 		r = -EINVAL;
 	if (r) {
 		w->out.len = start;
@@ -590,7 +645,7 @@ static int rec_end(struct evfdd_carry_writer *w, size_t start)
 	len = w->out.len - start - REC_HDR;
 	for (unsigned i = 0; i < 4; i++)
 		w->out.b[start + 4 + i] = (unsigned char)(len >> (8 * i));
-	return 0;
+	return w->out.len >= FLUSH_AT ? writer_flush(w) : 0;
 }
 
 int evfdd_carry_put_info(struct evfdd_carry_writer *w, const struct evfdd_carry_info *info)
@@ -714,11 +769,9 @@ static int writer_check(const struct evfdd_carry_writer *w)
 	return r > 0 ? -EINVAL : r;
 }
 
-/* Fill the header in front of the records. */
-static void header_fill(struct evfdd_carry_writer *w)
+/* The header in front of @plen bytes of records whose checksum is @sum. */
+static void header_fill(unsigned char *h, uint64_t plen, uint64_t sum)
 {
-	unsigned char *h = w->out.b;
-	uint64_t plen = w->out.len - HDR_LEN, sum = carry_checksum(h + HDR_LEN, w->out.len - HDR_LEN);
 	uint32_t version = htole32(EVFDD_CARRY_VERSION), hlen = htole32(HDR_LEN);
 
 	memcpy(h, carry_magic, sizeof(carry_magic));
@@ -748,6 +801,12 @@ static int write_all(int fd, const unsigned char *p, size_t n)
 	return 0;
 }
 
+/* The header in front of the buffer's records, when nothing was flushed. */
+static void header_fill_buf(struct evfdd_carry_writer *w)
+{
+	header_fill(w->out.b, w->out.len - HDR_LEN, carry_checksum(w->out.b + HDR_LEN, w->out.len - HDR_LEN));
+}
+
 /* The header and records as they are, into a new sealed memfd. */
 static int seal_bytes(const unsigned char *b, size_t n)
 {
@@ -768,15 +827,38 @@ static int seal_bytes(const unsigned char *b, size_t n)
 	return fd;
 }
 
-/* Also -EINVAL when a connection's fd index is past the table or shared, or a descriptor was put twice. */
+/* Also -EINVAL when a connection's fd index is past the table or shared, or a descriptor was put twice. The
+ * memfd goes to the caller; the writer keeps none. */
 int evfdd_carry_seal(struct evfdd_carry_writer *w)
 {
-	int r = writer_check(w);
+	unsigned char h[HDR_LEN];
+	uint64_t size;
+	void *map = NULL;
+	int r = writer_check(w), fd;
 
+	if (r == 0 && w->memfd < 0) {
+		/* Small: all of it still in the buffer. */
+		header_fill_buf(w);
+		return seal_bytes(w->out.b, w->out.len);
+	}
+	if (r == 0)
+		r = writer_flush(w);
 	if (r < 0)
 		return r;
-	header_fill(w);
-	return seal_bytes(w->out.b, w->out.len);
+	size = w->flushed;
+	/* The checksum over what is in the memfd now, read through a mapping of it. */
+	map = mmap(NULL, size, PROT_READ, MAP_SHARED, w->memfd, 0);
+	if (map == MAP_FAILED)
+		return -errno;
+	header_fill(h, size - HDR_LEN, carry_checksum((const unsigned char *)map + HDR_LEN, size - HDR_LEN));
+	munmap(map, size);
+	if (pwrite(w->memfd, h, HDR_LEN, 0) != HDR_LEN)
+		return errno ? -errno : -EIO;
+	if (fcntl(w->memfd, F_ADD_SEALS, SEALS | F_SEAL_SEAL) < 0 || lseek(w->memfd, 0, SEEK_SET) < 0)
+		return -errno;
+	fd = w->memfd;
+	w->memfd = -1;
+	return fd;
 }
 
 /* ---- reading ----------------------------------------------------------------------------------------- */

@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include "config.h"
 
 #define EVFDD_CARRY_VERSION 1
@@ -89,6 +90,9 @@ struct evfdd_carry_half {
 	bool eof, clean_eof, done;
 	uint32_t len;
 	const unsigned char *data;       /* writer: the caller's; reader: inside the mapped state */
+	/* writer only, instead of @data: the @len bytes in pieces (the ring's buffers they sit in) */
+	const struct iovec *iov;
+	unsigned iovcnt;
 };
 
 struct evfdd_carry_conn {

@@ -2007,52 +2007,51 @@ void evfdd_relay_park(struct evfdd_relay *rl, void (*done)(struct evfdd_relay *,
 	relay_park_check(rl);
 }
 
-/* The bytes of @s not yet sent, copied to @dst. */
-static void slice_copy(struct evfdd_relay *rl, struct slice *s, unsigned char *dst)
+/* The pieces of @s not yet sent, appended to @iov (*@n of them so far). */
+static void slice_pieces(struct evfdd_relay *rl, struct slice *s, struct iovec *iov, unsigned *n)
 {
 	unsigned left = s->len - s->off, done = 0, i;
 
 	if (s->heap) {
-		memcpy(dst, s->heap + s->off, left);
+		iov[(*n)++] = (struct iovec){ s->heap + s->off, left };
 		return;
 	}
 	for (i = s->off / rl->bufsz; done < left; i++) {
 		unsigned from = i == s->off / rl->bufsz ? s->off % rl->bufsz : 0;
-		unsigned n = rl->bufsz - from;
+		unsigned k = rl->bufsz - from;
 
-		if (n > left - done)
-			n = left - done;
-		memcpy(dst + done, buf_addr(rl, slice_bids(s)[i]) + from, n);
-		done += n;
+		if (k > left - done)
+			k = left - done;
+		iov[(*n)++] = (struct iovec){ buf_addr(rl, slice_bids(s)[i]) + from, k };
+		done += k;
 	}
 }
 
-/* What @h holds unsent, in one malloc'd piece (*@buf, to free). Returns 0 or -ENOMEM. */
-static int half_export(struct evfdd_relay *rl, struct half *h, struct evfdd_carry_half *out,
-		       unsigned char **buf)
+/* What @h holds unsent, as pieces where it lies (*@iov, to free): the state takes them without a copy of
+ * ours. Returns 0 or -ENOMEM. */
+static int half_export(struct evfdd_relay *rl, struct half *h, struct evfdd_carry_half *out, struct iovec **iov)
 {
-	unsigned len = 0, k;
+	unsigned len = 0, pieces = 0, k;
 
 	out->eof = h->eof;
 	out->clean_eof = h->clean_eof;
 	out->done = h->done;
-	for (k = 0; k < h->qn; k++)
-		len += h->q[(h->qh + k) & 1].len - h->q[(h->qh + k) & 1].off;
+	for (k = 0; k < h->qn; k++) {
+		const struct slice *s = &h->q[(h->qh + k) & 1];
+
+		len += s->len - s->off;
+		pieces += s->heap ? 1 : s->nb;
+	}
 	out->len = len;
-	out->data = NULL;
-	*buf = NULL;
+	*iov = NULL;
 	if (!len)
 		return 0;
-	*buf = malloc(len);
-	if (!*buf)
+	*iov = calloc(pieces, sizeof(**iov));
+	if (!*iov)
 		return -ENOMEM;
-	for (k = 0, len = 0; k < h->qn; k++) {
-		struct slice *s = &h->q[(h->qh + k) & 1];
-
-		slice_copy(rl, s, *buf + len);
-		len += s->len - s->off;
-	}
-	out->data = *buf;
+	for (k = 0; k < h->qn; k++)
+		slice_pieces(rl, &h->q[(h->qh + k) & 1], *iov, &out->iovcnt);
+	out->iov = *iov;
 	return 0;
 }
 
@@ -2067,7 +2066,7 @@ static int conn_export(struct conn *c, struct evfdd_carry_writer *w)
 	struct evfdd_relay *rl = c->acc->rl;
 	const struct evfdd_svc *svc = c->svc;
 	struct evfdd_carry_conn *r = calloc(1, sizeof(*r));
-	unsigned char *up = NULL, *down = NULL;
+	struct iovec *up = NULL, *down = NULL;
 	unsigned i;
 	int err = -ENOMEM;
 

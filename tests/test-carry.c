@@ -53,11 +53,14 @@ static unsigned char *t_bytes(struct evfdd_carry_writer *w, size_t *n)
 {
 	unsigned char *b;
 
-	header_fill(w);
-	*n = w->out.len;
+	/* What the writer flushed to its memfd, then what its buffer holds. */
+	*n = w->flushed + w->out.len;
 	b = malloc(*n);
 	CHECK(b, "malloc");
-	memcpy(b, w->out.b, *n);
+	if (w->memfd >= 0)
+		CHECK(pread(w->memfd, b, w->flushed, 0) == (ssize_t)w->flushed, "pread");
+	memcpy(b + w->flushed, w->out.b, w->out.len);
+	header_fill(b, *n - HDR_LEN, carry_checksum(b + HDR_LEN, *n - HDR_LEN));
 	return b;
 }
 
