@@ -271,6 +271,18 @@ char *evfdd_prometheus_text(void *arg, size_t *len)
 		       "since the epoch.");
 		sample(f, "evfdd_last_reload_timestamp_seconds", NULL, NULL, NULL, NULL, d->last.time_usec / 1000000);
 	}
+	family(f, "evfdd_upgrades_total", "counter", "Upgrades and restarts that carried connections over to a new "
+	       "image of this process (evfdctl upgrade, systemctl restart).");
+	sample(f, "evfdd_upgrades_total", NULL, NULL, NULL, NULL, d->upgrades);
+	if (d->carried.have) {
+		family(f, "evfdd_last_upgrade_connections", "gauge", "Connections the last upgrade or restart carried "
+		       "over to this image, by outcome.");
+		sample(f, "evfdd_last_upgrade_connections", NULL, NULL, "result", "kept", d->carried.connections);
+		sample(f, "evfdd_last_upgrade_connections", NULL, NULL, "result", "lost", d->carried.lost);
+		family(f, "evfdd_last_upgrade_pause_seconds", "gauge", "How long the connections the last upgrade or "
+		       "restart carried over waited, from the hand-over until all were taken over.");
+		fprintf(f, "evfdd_last_upgrade_pause_seconds %.6f\n", (double)d->carried.pause_usec / 1e6);
+	}
 	family(f, "evfdd_ring_moves_total", "counter", "Ring moves between worker loops, by hand or by a reload.");
 	sample(f, "evfdd_ring_moves_total", NULL, NULL, NULL, NULL, evfdd_workers_moves(d->plane.workers));
 	family(f, "evfdd_access_log_dropped_total", "counter",

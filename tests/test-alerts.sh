@@ -59,6 +59,7 @@ alerts_path, tests_path, dash_path, rules_out = sys.argv[1:5]
 METRICS = """
 evfdd_build_info evfdd_start_time_seconds evfdd_workers evfdd_rings evfdd_io_uring_feature
 evfdd_reloads_total evfdd_last_reload_success evfdd_last_reload_timestamp_seconds evfdd_ring_moves_total
+evfdd_upgrades_total evfdd_last_upgrade_connections evfdd_last_upgrade_pause_seconds
 evfdd_loop_rings evfdd_loop_wakeups_total evfdd_loop_completions_total
 evfdd_connections_open evfdd_connections_total evfdd_connections_closed_total evfdd_connection_ends_total
 evfdd_bytes_total
