@@ -286,8 +286,9 @@ static void carry_parked(void *arg)
 {
 	struct daemon *d = arg;
 	size_t left = d->carry_kind == EVFDD_CARRY_UPGRADE ? SIZE_MAX : d->carry_budget, nfds = 0, nact = 0, i;
-	int *fds = NULL, act[256], memfd = -1, err = 0;
-	const char *names[256];
+	size_t nbound;
+	int *fds = NULL, *act = NULL, memfd = -1, err = 0;
+	const char **names = NULL;
 	struct evfdd_carry_writer *w = NULL;
 	unsigned conns = 0;
 	sigset_t sigs, old;
@@ -319,7 +320,8 @@ static void carry_parked(void *arg)
 			  (double)(util_now_ns(CLOCK_MONOTONIC) - d->carry_t0) / 1e6);
 	}
 	nfds = evfdd_carry_writer_nfds(w);
-	fds = calloc(nfds + 1 + 1024, sizeof(*fds));
+	nbound = evfdd_listen_bound(d->plane.listen, NULL, 0);
+	fds = calloc(nfds + 1 + nbound, sizeof(*fds));
 	if (!fds) {
 		log_errx("out of memory handing over");
 		goto resume;
@@ -327,7 +329,7 @@ static void carry_parked(void *arg)
 	for (i = 0; i < nfds; i++)
 		fds[i] = evfdd_carry_writer_fd(w, i);
 	fds[nfds++] = memfd;
-	nfds += evfdd_listen_bound(d->plane.listen, fds + nfds, 1024);
+	nfds += evfdd_listen_bound(d->plane.listen, fds + nfds, nbound);
 	if (d->carry_kind == EVFDD_CARRY_RESTART) {
 		err = evfdd_handover_store(fds, nfds, STORE_BARRIER_USEC);
 		if (err < 0) {
@@ -344,7 +346,14 @@ static void carry_parked(void *arg)
 		evfdd_workers_unpark(d->plane.workers, true, carry_resumed, d);
 		return;
 	}
-	nact = evfdd_listen_activated(d->plane.listen, act, names, sizeof(act) / sizeof(act[0]));
+	nact = evfdd_listen_activated(d->plane.listen, NULL, NULL, 0);
+	act = calloc(nact + 1, sizeof(*act));
+	names = calloc(nact + 1, sizeof(*names));
+	if (!act || !names) {
+		log_errx("out of memory handing over");
+		goto resume;
+	}
+	nact = evfdd_listen_activated(d->plane.listen, act, names, nact);
 	log_notice("upgrade: executing %s with %u connection%s and %zu descriptors", d->exe_path, conns,
 		   conns == 1 ? "" : "s", nfds);
 	/* What the access log's writer holds is written first; a signal from now on waits, blocked, for the
@@ -365,6 +374,8 @@ resume:
 		close(memfd);
 	evfdd_carry_writer_free(w);
 	free(fds);
+	free(act);
+	free(names);
 	if (d->carry_kind == EVFDD_CARRY_UPGRADE)
 		upgrade_answer(d, "the hand-over failed (see the log)");
 	evfdd_workers_unpark(d->plane.workers, false, carry_resumed, d);
@@ -460,11 +471,10 @@ static void control_upgrade(void *arg, evfdd_control_done_fn done, void *cookie)
 static size_t restart_budget(struct daemon *d, uint32_t store_max)
 {
 	size_t names = (EVFDD_HANDOVER_FDNAMES_MAX - 4096) / (sizeof(EVFDD_CARRY_FDNAME)), max = store_max, bound;
-	int tmp[1024];
 
 	if (max > names)
 		max = names;
-	bound = evfdd_listen_bound(d->plane.listen, tmp, 1024) + 1;
+	bound = evfdd_listen_bound(d->plane.listen, NULL, 0) + 1;
 	return max > bound ? max - bound : 0;
 }
 

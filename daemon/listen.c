@@ -421,18 +421,19 @@ size_t evfdd_listen_activated(const struct evfdd_listen *ls, int *fds, const cha
 {
 	size_t n = 0, i;
 
-	if (ls->control_fd >= 0 && n < max) {
-		fds[n] = ls->control_fd;
-		names[n++] = CONTROL_FD_NAME;
+	if (ls->control_fd >= 0 && n++ < max) {
+		fds[n - 1] = ls->control_fd;
+		names[n - 1] = CONTROL_FD_NAME;
 	}
-	if (ls->metrics_fd >= 0 && n < max) {
-		fds[n] = ls->metrics_fd;
-		names[n++] = METRICS_FD_NAME;
+	if (ls->metrics_fd >= 0 && n++ < max) {
+		fds[n - 1] = ls->metrics_fd;
+		names[n - 1] = METRICS_FD_NAME;
 	}
-	for (i = 0; i < ls->nactivated && n < max; i++) {
-		fds[n] = ls->activated[i]->fd;
-		names[n++] = ls->activated[i]->name;
-	}
+	for (i = 0; i < ls->nactivated; i++)
+		if (n++ < max) {
+			fds[n - 1] = ls->activated[i]->fd;
+			names[n - 1] = ls->activated[i]->name;
+		}
 	return n;
 }
 
@@ -440,9 +441,9 @@ size_t evfdd_listen_bound(const struct evfdd_listen *ls, int *fds, size_t max)
 {
 	size_t n = 0, i;
 
-	for (i = 0; i < ls->ncur && n < max; i++)
-		if (!ls->cur[i]->activated)
-			fds[n++] = ls->cur[i]->fd;
+	for (i = 0; i < ls->ncur; i++)
+		if (!ls->cur[i]->activated && n++ < max)
+			fds[n - 1] = ls->cur[i]->fd;
 	return n;
 }
 

@@ -47,10 +47,11 @@ int evfdd_listen_new(struct evfdd_listen **out, const struct evfdd_config *cfg, 
 /* The activated sockets named "control" and "metrics", or -1. */
 int evfdd_listen_control_fd(const struct evfdd_listen *ls);
 int evfdd_listen_metrics_fd(const struct evfdd_listen *ls);
-/* Every activated socket (control and metrics included) and its name, at most @max: what an upgrade passes
- * on. Returns how many. */
+/* Every activated socket (control and metrics included) and its name, at most @max of them into @fds and
+ * @names: what an upgrade passes on. Returns how many there are (also past @max, as snprintf does). */
 size_t evfdd_listen_activated(const struct evfdd_listen *ls, int *fds, const char **names, size_t max);
-/* The listening sockets of the current configuration evfdd bound itself, at most @max. */
+/* The listening sockets of the current configuration evfdd bound itself, at most @max of them into @fds;
+ * returns how many there are. */
 size_t evfdd_listen_bound(const struct evfdd_listen *ls, int *fds, size_t max);
 
 /* The listeners @cfg's services need, in service order, one reference each in @out: the activated socket
