@@ -69,6 +69,8 @@ struct daemon {
 	enum evfdd_carry_kind carry_kind;        /* of the hand-over running */
 	int exe_fd;
 	uint64_t carry_t0;               /* CLOCK_MONOTONIC ns: the rings were told to park */
+	uint64_t carry_t0_real;          /* ... and CLOCK_REALTIME µs */
+	struct evfdd_handover_check *check;   /* the new binary's check, while it runs */
 	size_t carry_budget;             /* a restart: descriptors the store and LISTEN_FDNAMES take, at most */
 	uint64_t upgrades;               /* hand-overs this process went through */
 	struct daemon_carried carried;

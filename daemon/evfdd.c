@@ -243,8 +243,9 @@ static void carry_put_state(struct daemon *d, struct evfdd_carry_writer *w, int 
 
 	info.kind = d->carry_kind;
 	info.upgrades = d->upgrades + 1;
-	info.time_usec = util_now_us(CLOCK_REALTIME);
-	info.mono_ns = util_now_ns(CLOCK_MONOTONIC);
+	/* From the moment the rings were told to stop: what the connections wait is counted from there. */
+	info.time_usec = d->carry_t0_real;
+	info.mono_ns = d->carry_t0;
 	info.reloads = d->reloads;
 	info.reloads_failed = d->reloads_failed;
 	snprintf(info.version, sizeof(info.version), "%s", EVFDD_VERSION);
@@ -293,8 +294,15 @@ static void carry_parked(void *arg)
 	unsigned conns = 0;
 	sigset_t sigs, old;
 
-	if (d->stop_pending && d->carry_kind == EVFDD_CARRY_UPGRADE) {
+	if ((d->stop_pending || d->restart_pending) && d->carry_kind == EVFDD_CARRY_UPGRADE) {
 		log_notice("upgrade: a stop came meanwhile; stopping instead");
+		goto resume;
+	}
+	if ((d->reload_pending || !TAILQ_EMPTY(&d->next_waiters)) && d->carry_kind == EVFDD_CARRY_UPGRADE) {
+		/* Its callers wait for an answer that only this image could give: the reload first, then the
+		 * upgrade again. */
+		log_notice("upgrade: a reload came meanwhile; reloading first, upgrading after");
+		d->upgrade_pending = true;
 		goto resume;
 	}
 	log_debug("hand-over: every ring parked in %.1f ms", (double)(util_now_ns(CLOCK_MONOTONIC) - d->carry_t0) / 1e6);
@@ -359,6 +367,7 @@ static void carry_parked(void *arg)
 	/* What the access log's writer holds is written first; a signal from now on waits, blocked, for the
 	 * new image (the mask and pending signals survive execve). */
 	evfdd_accesslog_stop();
+	upgrade_answer(d, NULL);         /* Upgrade calls that came meanwhile: this one is theirs */
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGINT);
@@ -381,7 +390,53 @@ resume:
 	evfdd_workers_unpark(d->plane.workers, false, carry_resumed, d);
 }
 
-/* Hand every connection over: to a new image of the binary (an upgrade), or through systemd's store. */
+/* Every ring parks: what carry_parked hands over once nothing is in flight. */
+static void carry_park(struct daemon *d)
+{
+	int r;
+
+	d->carry_t0 = util_now_ns(CLOCK_MONOTONIC);
+	d->carry_t0_real = util_now_us(CLOCK_REALTIME);
+	r = evfdd_workers_park(d->plane.workers, carry_parked, d);
+	if (r < 0) {
+		log_errx("cannot stop the rings for the hand-over: %s", strerror(-r));
+		if (d->carry_kind == EVFDD_CARRY_UPGRADE)
+			upgrade_answer(d, "the rings could not be stopped for the hand-over");
+		d->state = DAEMON_RUNNING;
+		if (d->carry_kind == EVFDD_CARRY_RESTART)
+			d->stop_pending = true;
+		daemon_step(d);
+	}
+}
+
+/* The new binary's check has ended: hand over, or refuse. */
+static void upgrade_checked(void *arg, int err, const char *why)
+{
+	struct daemon *d = arg;
+	char msg[5400];
+
+	d->check = NULL;
+	if (d->stop_pending || d->restart_pending) {
+		log_notice("upgrade: a stop came meanwhile; stopping instead");
+		upgrade_answer(d, "evfdd is stopping");
+		d->state = DAEMON_RUNNING;
+		daemon_step(d);
+		return;
+	}
+	if (err < 0) {
+		snprintf(msg, sizeof(msg), "the new binary %s does not accept the configuration or the state: %s",
+			 d->exe_path, why);
+		upgrade_refuse(d, msg);
+		return;
+	}
+	upgrade_answer(d, NULL);
+	evfdd_notify_reloading(d);
+	evfdd_notify_status(d, "upgrading");
+	carry_park(d);
+}
+
+/* Hand every connection over: to a new image of the binary (an upgrade, once it passed its check), or
+ * through systemd's store. */
 static void carry_begin(struct daemon *d, enum evfdd_carry_kind kind)
 {
 	char why[1024], msg[5400];
@@ -406,29 +461,18 @@ static void carry_begin(struct daemon *d, enum evfdd_carry_kind kind)
 			upgrade_refuse(d, msg);
 			return;
 		}
-		r = evfdd_handover_check(d->exe_fd, d->argv, UPGRADE_CHECK_MS, why, sizeof(why));
+		/* The check runs beside the loop: the watchdog and the control socket carry on meanwhile. */
+		r = evfdd_handover_check_start(d->ev, d->exe_fd, d->argv, UPGRADE_CHECK_MS, upgrade_checked, d,
+					       &d->check, why, sizeof(why));
 		if (r < 0) {
-			snprintf(msg, sizeof(msg), "the new binary %s does not accept the configuration or the state: %s",
-				 d->exe_path, why);
+			snprintf(msg, sizeof(msg), "the new binary %s: %s", d->exe_path, why);
 			upgrade_refuse(d, msg);
-			return;
 		}
-		upgrade_answer(d, NULL);
-		evfdd_notify_reloading(d);
-		evfdd_notify_status(d, "upgrading");
-	} else {
-		d->restart_pending = false;
-		evfdd_notify_stopping(d);
+		return;
 	}
-	d->carry_t0 = util_now_ns(CLOCK_MONOTONIC);
-	r = evfdd_workers_park(d->plane.workers, carry_parked, d);
-	if (r < 0) {
-		log_errx("cannot stop the rings for the hand-over: %s", strerror(-r));
-		d->state = DAEMON_RUNNING;
-		if (kind == EVFDD_CARRY_RESTART)
-			d->stop_pending = true;
-		daemon_step(d);
-	}
+	d->restart_pending = false;
+	evfdd_notify_stopping(d);
+	carry_park(d);
 }
 
 /* An upgrade asked by SIGUSR2 (@done NULL) or the control socket. */
@@ -987,6 +1031,7 @@ out:
 	evfdd_inherit_clear(&in);
 	free(d->adopt);
 	evfdd_takeover_clear(&d->take);
+	evfdd_handover_check_cancel(d->check);
 	if (d->exe_fd >= 0)
 		close(d->exe_fd);
 	evfdd_reload_result_clear(&d->last);

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include <errno.h>
+#include <ev.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -303,6 +303,7 @@ int evfdd_handover_exe_path(const char *argv0, char *out, size_t outlen)
 int evfdd_handover_open_exe(const char *path, char *why, size_t whylen)
 {
 	struct safepath sp = SAFEPATH_INIT;
+	char magic[2];
 	struct stat st;
 	int fd = -1, r;
 
@@ -323,6 +324,12 @@ int evfdd_handover_open_exe(const char *path, char *why, size_t whylen)
 	if (!S_ISREG(st.st_mode) || !(st.st_mode & S_IXUSR)) {
 		r = -EACCES;
 		snprintf(why, whylen, "it is not an executable regular file");
+	} else if (pread(fd, magic, 2, 0) == 2 && magic[0] == '#' && magic[1] == '!') {
+		/* Executed in place through its descriptor, which must close on exec: a script's interpreter
+		 * could not open it. */
+		r = -ENOEXEC;
+		snprintf(why, whylen, "it is a script (#!); name the binary itself (upgrade_binary = PATH in "
+			 "[evfdd])");
 	} else if ((st.st_uid != 0 && st.st_uid != geteuid()) || (st.st_mode & (S_IWGRP | S_IWOTH))) {
 		r = -EPERM;
 		snprintf(why, whylen, "it belongs to uid %u or is writable by its group or others (mode %04o); only "
@@ -376,97 +383,173 @@ static char **argv_with(char *const argv[], const char *a, const char *b)
 	return v;
 }
 
-int evfdd_handover_check(int exe, char *const argv[], unsigned timeout_ms, char *why, size_t whylen)
+/* A check running: its output (the first line says why it failed), its end, its deadline. */
+struct evfdd_handover_check {
+	struct ev_loop *ev;
+	ev_child child;
+	ev_io out;
+	ev_timer timer;
+	pid_t pid;
+	int fd;
+	char text[1024];
+	size_t len;
+	bool exited, timed_out;
+	int status;
+	unsigned timeout_ms;
+	void (*done)(void *arg, int err, const char *why);
+	void *arg;
+};
+
+static void check_stop(struct evfdd_handover_check *c)
 {
-	char path[64], ver[64], out[1024];
+	ev_child_stop(c->ev, &c->child);
+	ev_io_stop(c->ev, &c->out);
+	ev_timer_stop(c->ev, &c->timer);
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+}
+
+/* Read what the check printed, keeping the first bytes; true at its end (EOF or an error). */
+static bool check_read(struct evfdd_handover_check *c)
+{
+	char sink[4096];
+
+	for (;;) {
+		bool keep = c->len < sizeof(c->text) - 1;
+		ssize_t k = read(c->fd, keep ? c->text + c->len : sink, keep ? sizeof(c->text) - 1 - c->len :
+				 sizeof(sink));
+
+		if (k > 0) {
+			if (keep)
+				c->len += (size_t)k;
+			continue;
+		}
+		if (k < 0 && errno == EINTR)
+			continue;
+		return !(k < 0 && errno == EAGAIN);
+	}
+}
+
+static void check_finish(struct evfdd_handover_check *c)
+{
+	void (*done)(void *, int, const char *) = c->done;
+	void *arg = c->arg;
+	char why[1200];
+	int err = 0;
+
+	(void)check_read(c);
+	check_stop(c);
+	c->text[c->len] = 0;
+	c->text[strcspn(c->text, "\n")] = 0;   /* its first line says why */
+	why[0] = 0;
+	if (c->timed_out) {
+		err = -ETIMEDOUT;
+		snprintf(why, sizeof(why), "its check did not finish within %u ms", c->timeout_ms);
+	} else if (!WIFEXITED(c->status)) {
+		err = -EINVAL;
+		snprintf(why, sizeof(why), "its check was killed by signal %d", WTERMSIG(c->status));
+	} else if (WEXITSTATUS(c->status)) {
+		err = -EINVAL;
+		snprintf(why, sizeof(why), "its check exited with %d: %s", WEXITSTATUS(c->status),
+			 c->text[0] ? c->text : "(no output)");
+	}
+	free(c);
+	done(arg, err, why);
+}
+
+static void check_child_cb(struct ev_loop *ev, ev_child *w, int revents)
+{
+	struct evfdd_handover_check *c = w->data;
+
+	c->exited = true;
+	c->status = w->rstatus;
+	check_finish(c);
+}
+
+static void check_out_cb(struct ev_loop *ev, ev_io *w, int revents)
+{
+	struct evfdd_handover_check *c = w->data;
+
+	if (check_read(c))
+		ev_io_stop(ev, w);   /* closed: its exit follows */
+}
+
+static void check_timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
+{
+	struct evfdd_handover_check *c = w->data;
+
+	c->timed_out = true;
+	kill(c->pid, SIGKILL);   /* its exit follows */
+}
+
+int evfdd_handover_check_start(struct ev_loop *ev, int exe, char *const argv[], unsigned timeout_ms,
+			       void (*done)(void *arg, int err, const char *why), void *arg,
+			       struct evfdd_handover_check **out, char *why, size_t whylen)
+{
+	struct evfdd_handover_check *c = calloc(1, sizeof(*c));
+	char path[64], ver[64];
 	posix_spawn_file_actions_t fa;
 	char **args = NULL, **env = NULL;
-	int pipefd[2] = { -1, -1 }, status = 0, r;
-	uint64_t end = util_now_ns(CLOCK_MONOTONIC) + (uint64_t)timeout_ms * 1000000u;
-	size_t got = 0;
-	pid_t pid = -1;
-	bool eof = false;
+	int pipefd[2] = { -1, -1 }, r;
 
 	why[0] = 0;
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", exe);
 	snprintf(ver, sizeof(ver), "--check-state-version=%u", EVFDD_CARRY_VERSION);
 	args = argv_with(argv, "-n", ver);
 	env = env_with(NULL, 0);
-	if (!args || !env || pipe2(pipefd, O_CLOEXEC) < 0) {
+	if (!c || !args || !env || pipe2(pipefd, O_CLOEXEC | O_NONBLOCK) < 0) {
 		r = -ENOMEM;
 		snprintf(why, whylen, "cannot run the check: %s", strerror(errno ? errno : ENOMEM));
-		goto out;
+		goto fail;
 	}
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
 	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
 	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2);
-	/* Onto itself: clears close-on-exec in the child, so that a script's interpreter can open the path. */
-	posix_spawn_file_actions_adddup2(&fa, exe, exe);
-	r = -posix_spawn(&pid, path, &fa, NULL, args, env);
+	r = -posix_spawn(&c->pid, path, &fa, NULL, args, env);
 	posix_spawn_file_actions_destroy(&fa);
 	close(pipefd[1]);
 	pipefd[1] = -1;
 	if (r < 0) {
 		snprintf(why, whylen, "cannot run it: %s", strerror(-r));
-		pid = -1;
-		goto out;
+		goto fail;
 	}
-	/* Its output, until it closes (it is exiting) or the time is up. */
-	for (;;) {
-		uint64_t now = util_now_ns(CLOCK_MONOTONIC);
-		struct pollfd p = { .fd = pipefd[0], .events = POLLIN };
-		ssize_t k;
-
-		if (now >= end) {
-			eof = false;
-			break;
-		}
-		if (poll(&p, 1, (int)((end - now) / 1000000u) + 1) <= 0)
-			continue;
-		k = read(pipefd[0], out + got, got < sizeof(out) - 1 ? sizeof(out) - 1 - got : 0);
-		if (k <= 0 && !(k < 0 && errno == EINTR) && got < sizeof(out) - 1) {
-			eof = true;
-			break;
-		}
-		if (k > 0)
-			got += (size_t)k;
-		if (got >= sizeof(out) - 1) {
-			char sink[4096];
-
-			if (read(pipefd[0], sink, sizeof(sink)) <= 0) {
-				eof = true;
-				break;
-			}
-		}
-	}
-	out[got] = 0;
-	if (waitpid(pid, &status, eof ? 0 : WNOHANG) == 0) {
-		kill(pid, SIGKILL);
-		(void)waitpid(pid, &status, 0);
-		r = -ETIMEDOUT;
-		snprintf(why, whylen, "its check did not finish within %u ms", timeout_ms);
-		goto out;
-	}
-	if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
-		r = 0;
-		goto out;
-	}
-	r = -EINVAL;
-	/* Its first line says why (a configuration error, a state version it cannot read). */
-	out[strcspn(out, "\n")] = 0;
-	if (WIFEXITED(status))
-		snprintf(why, whylen, "its check exited with %d: %s", WEXITSTATUS(status), out[0] ? out : "(no output)");
-	else
-		snprintf(why, whylen, "its check was killed by signal %d", WTERMSIG(status));
-out:
+	c->ev = ev;
+	c->fd = pipefd[0];
+	c->timeout_ms = timeout_ms;
+	c->done = done;
+	c->arg = arg;
+	ev_child_init(&c->child, check_child_cb, c->pid, 0);
+	ev_io_init(&c->out, check_out_cb, c->fd, EV_READ);
+	ev_timer_init(&c->timer, check_timer_cb, timeout_ms / 1000.0, 0.);
+	c->child.data = c->out.data = c->timer.data = c;
+	ev_child_start(ev, &c->child);
+	ev_io_start(ev, &c->out);
+	ev_timer_start(ev, &c->timer);
+	free(args);
+	free(env);
+	*out = c;
+	return 0;
+fail:
 	if (pipefd[0] >= 0)
 		close(pipefd[0]);
 	if (pipefd[1] >= 0)
 		close(pipefd[1]);
 	free(args);
 	free(env);
+	free(c);
 	return r;
+}
+
+void evfdd_handover_check_cancel(struct evfdd_handover_check *c)
+{
+	if (!c)
+		return;
+	check_stop(c);
+	kill(c->pid, SIGKILL);
+	(void)waitpid(c->pid, NULL, 0);
+	free(c);
 }
 
 /* "12-15,19" for @fds (any order). */

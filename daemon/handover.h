@@ -78,17 +78,29 @@ int evfdd_handover_exe_path(const char *argv0, char *out, size_t outlen);
  * evfdd_handover_open_exe - open the binary at @path for an upgrade
  *
  * Every directory from / down, and the file, may be changed by nobody but root and evfdd's own user
- * (safepath): anyone else could have evfdd execute a program of theirs. It must be a regular file and
- * executable. Returns the descriptor (close-on-exec) or a negative errno with @why.
+ * (safepath): anyone else could have evfdd execute a program of theirs. It must be an executable regular
+ * file, not a script (-ENOEXEC: it is executed through its descriptor, which closes on exec). Returns the
+ * descriptor (close-on-exec) or a negative errno with @why.
  */
 int evfdd_handover_open_exe(const char *path, char *why, size_t whylen);
 
+struct ev_loop;
+struct evfdd_handover_check;
+
 /*
- * evfdd_handover_check - run the binary @exe with @argv and "-n --check-state-version=EVFDD_CARRY_VERSION":
- * it must accept the configuration and read the state this binary writes. Waits at most @timeout_ms.
- * Returns 0, or -EINVAL with @why (its first line of output, or how it ended), or another negative errno.
+ * evfdd_handover_check_start - run the binary @exe with @argv and "-n --check-state-version=EVFDD_CARRY_VERSION"
+ * on @ev: it must accept the configuration and read the state this binary writes
+ * @done: runs on @ev when it has ended, with 0, -EINVAL (it failed: @why is its first line of output or how
+ *        it ended) or -ETIMEDOUT (killed after @timeout_ms); the check is freed by then
+ *
+ * The loop goes on meanwhile (the watchdog, the control socket). Returns 0 with *@out set, or a negative
+ * errno with @why (then @done is not called).
  */
-int evfdd_handover_check(int exe, char *const argv[], unsigned timeout_ms, char *why, size_t whylen);
+int evfdd_handover_check_start(struct ev_loop *ev, int exe, char *const argv[], unsigned timeout_ms,
+			       void (*done)(void *arg, int err, const char *why), void *arg,
+			       struct evfdd_handover_check **out, char *why, size_t whylen);
+/* Kill and forget a check that has not ended (@done is not called). NULL does nothing. */
+void evfdd_handover_check_cancel(struct evfdd_handover_check *c);
 
 /*
  * evfdd_handover_exec - become a new image of @exe (same PID) with @argv, passing @carried and the activated
