@@ -625,7 +625,7 @@ static void test_structure_errors(void)
 		      "tcp_user_timeout, source, access_log");
 	expect_errors("[evfdd]\nthreads = 4\n[web]\nforward = echo\n",
 		      "F:2: [evfdd] threads: unknown key; [evfdd] takes workers, rings, control, log_level, "
-		      "shutdown_timeout, metrics");
+		      "shutdown_timeout, metrics, upgrade_binary");
 	expect_errors("; comment\nworkers = 4\n[web]\nforward = echo\n",
 		      "F:2: workers: outside any section; put it under [evfdd] or under a service's [NAME]");
 	expect_errors("[web]\nforward = echo\n[other]\nforward = echo\n[web]\nforward = 127.0.0.1:1\n",
@@ -651,7 +651,15 @@ static void test_structure_errors(void)
 		      "F:2: [evfdd] control: \"run/ctl\": relative path; Unix socket paths must be absolute");
 	cfg = expect_ok("[evfdd]\ncontrol =\n[ok]\nforward = echo\n");
 	CHECK(cfg->control == NULL, "empty control");
+	CHECK(cfg->upgrade_binary == NULL, "upgrade_binary by default");
 	evfdd_config_free(cfg);
+	cfg = expect_ok("[evfdd]\nupgrade_binary = /usr/sbin/evfdd\n[ok]\nforward = echo\n");
+	CHECK(cfg->upgrade_binary && strcmp(cfg->upgrade_binary, "/usr/sbin/evfdd") == 0, "upgrade_binary");
+	evfdd_config_free(cfg);
+	expect_errors("[evfdd]\nupgrade_binary = sbin/evfdd\n[ok]\nforward = echo\n",
+		      "F:2: [evfdd] upgrade_binary: \"sbin/evfdd\": not an absolute path (at most 4095 bytes); give the "
+		      "binary evfdctl upgrade executes, such as /usr/sbin/evfdd, or leave the key out for the one "
+		      "evfdd was started from");
 
 	expect_errors("[we b]\nforward = echo\n[]\nforward = echo\n[caf\xc3\xa9]\nforward = echo\n",
 		      "F:1: [we b]: invalid service name; use 1-64 characters from A-Z a-z 0-9 _ . -",
