@@ -61,6 +61,7 @@ struct daemon {
 
 	/* Upgrades (evfdctl upgrade, SIGUSR2: execve in place) and carried-over restarts (systemctl restart:
 	 * systemd's file descriptor store), handover.c and carry.c. */
+	const char *version;             /* this build's (evfdd-alt for the tests adds a suffix) */
 	char *const *argv;               /* what an upgrade executes again */
 	char started_from[4096];         /* the binary evfdd was started from (argv[0]), "" if unknown */
 	char exe_path[4096];             /* what the upgrade running executes: upgrade_binary or started_from */

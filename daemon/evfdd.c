@@ -571,15 +571,16 @@ static void carry_apply_counters(struct daemon *d, const struct evfdd_carry_stat
 
 		if (!b)
 			continue;
-		if (cb->drained)
-			evfdd_backend_set_drained(b, true, "the previous image");
-		if (cb->down)
-			evfdd_backend_set_health(b, EVFDD_HEALTH_DOWN, "down before the upgrade");
+		/* As it was, not a change: nothing logged, nothing counted twice. A passively down backend
+		 * gets its trial connection as soon as one comes. */
+		atomic_store(&b->drained, cb->drained);
+		atomic_store(&b->health, cb->down ? EVFDD_HEALTH_DOWN : EVFDD_HEALTH_UP);
 		atomic_fetch_add(&b->connections, cb->connections);
 		atomic_fetch_add(&b->connect_failures, cb->connect_failures);
 		atomic_fetch_add(&b->bytes_up, cb->bytes_up);
 		atomic_fetch_add(&b->bytes_down, cb->bytes_down);
-		atomic_fetch_add(&b->state_changes, cb->state_changes);
+		atomic_store(&b->state_changes, cb->state_changes);
+		atomic_store(&b->last_change_usec, cb->last_change_usec);
 	}
 }
 
@@ -1115,6 +1116,7 @@ int main(int argc, char **argv)
 	d.plane.config_path = path;
 	d.plane.explicit_path = explicit_path;
 	d.argv = argv;
+	d.version = EVFDD_VERSION;
 	if (evfdd_handover_exe_path(argv[0], d.started_from, sizeof(d.started_from)) < 0)
 		d.started_from[0] = 0;   /* an upgrade without upgrade_binary is refused, saying so */
 	rc = run(&d);

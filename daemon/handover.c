@@ -208,8 +208,12 @@ void evfdd_handover_takeover(struct evfdd_inherit *in, struct evfdd_takeover *t)
 	if (t->memfd < 0)
 		snprintf(t->why, sizeof(t->why), "%zu descriptors were carried over but no state with them",
 			 in->ncarried);
-	else if (evfdd_carry_open(t->memfd, &t->st, t->why, sizeof(t->why)) < 0)
+	else if (evfdd_carry_open(t->memfd, &t->st, t->why, sizeof(t->why)) < 0) {
+		/* Refused: its bytes are of no use, and they may be megabytes. */
 		t->st = NULL;
+		close(t->memfd);
+		t->memfd = -1;
+	}
 	if (t->st) {
 		n = evfdd_carry_nfds(t->st);
 		t->map = malloc((n ? n : 1) * sizeof(*t->map));
@@ -330,11 +334,14 @@ int evfdd_handover_open_exe(const char *path, char *why, size_t whylen)
 		r = -ENOEXEC;
 		snprintf(why, whylen, "it is a script (#!); name the binary itself (upgrade_binary = PATH in "
 			 "[evfdd])");
-	} else if ((st.st_uid != 0 && st.st_uid != geteuid()) || (st.st_mode & (S_IWGRP | S_IWOTH))) {
+	} else if (st.st_uid != 0 && st.st_uid != geteuid()) {
 		r = -EPERM;
-		snprintf(why, whylen, "it belongs to uid %u or is writable by its group or others (mode %04o); only "
-			 "root or evfdd's own user may be able to change what evfdd executes", (unsigned)st.st_uid,
-			 (unsigned)(st.st_mode & 07777));
+		snprintf(why, whylen, "it belongs to uid %u; only root or evfdd's own user may own what evfdd "
+			 "executes", (unsigned)st.st_uid);
+	} else if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+		r = -EPERM;
+		snprintf(why, whylen, "it is writable by its group or others (mode %04o); only root or evfdd's own "
+			 "user may be able to change what evfdd executes", (unsigned)(st.st_mode & 07777));
 	}
 out:
 	safepath_close(&sp);

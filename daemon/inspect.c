@@ -104,7 +104,7 @@ struct json_object *evfdd_inspect_status(void *arg)
 	for (i = 0; i < d->plane.nsvcs; i++)
 		evfdd_svc_stats_read(d->plane.svcs[i].svc->st, &sum);
 	counts_json(t, &sum);
-	add_str(o, "version", PACKAGE_VERSION);
+	add_str(o, "version", d->version);
 	add_int(o, "pid", (uint64_t)getpid());
 	add_int(o, "uptime_usec", util_now_us(CLOCK_MONOTONIC) - d->start_usec);
 	add_str(o, "config", d->plane.cfg->source);
@@ -371,7 +371,7 @@ void evfdd_inspect_move_refused(evfdd_control_done_fn done, void *cookie, int er
 		return;
 	default:
 		add_int(p, "ring", ring);
-		add_str(p, "reason", err == -EAGAIN ? "a reload is in progress" :
+		add_str(p, "reason", err == -EAGAIN ? "a reload or an upgrade is in progress" :
 			err == -EBUSY ? "the ring is draining or already moving" : strerror(-err));
 		done(cookie, IFACE "RingBusy", p);
 		return;

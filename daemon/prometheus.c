@@ -250,7 +250,7 @@ char *evfdd_prometheus_text(void *arg, size_t *len)
 	if (!f)
 		return NULL;
 	family(f, "evfdd_build_info", "gauge", "evfdd's version, as a label; always 1.");
-	sample(f, "evfdd_build_info", NULL, NULL, "version", PACKAGE_VERSION, 1);
+	sample(f, "evfdd_build_info", NULL, NULL, "version", d->version, 1);
 	family(f, "evfdd_start_time_seconds", "gauge", "When evfdd started, in seconds since the epoch.");
 	sample(f, "evfdd_start_time_seconds", NULL, NULL, NULL, NULL, (now_real - (now_mono - d->start_usec)) / 1000000);
 	family(f, "evfdd_workers", "gauge", "Worker loops.");
