@@ -1749,9 +1749,56 @@ def case_usr2():
     print("ok SIGUSR2 upgraded 3 times, alternating builds, every stream carried on", flush=True)
 
 
+def case_full_cq():
+    """Many connections on one ring: parking cancels every receive at once, and the completions overflow the
+    completion queue (4 x 256 entries); every one is still collected and every connection carried. And nothing
+    else crosses execve: the process holds as many descriptors of each kind after as before."""
+    n = 2000 if SCALE == 1 else 600
+    raise_nofile(4 * n + 1000)
+    ctl = os.path.join(TMP, "cq-ctl.sock")
+    port = free_port()
+    d = Daemon("[evfdd]\nworkers = 1\nrings = 1\ncontrol = %s\n[echo]\nlisten = 127.0.0.1:%d\nforward = echo\n"
+               "max_connections = %d\n" % (ctl, port, 2 * n) )
+    socks = []
+    for i in range(n):
+        s = connect(("127.0.0.1", port))
+        socks.append(s)
+    for i, s in enumerate(socks):
+        msg = b"%08d" % i
+        s.sendall(msg)
+        if recv_exact(s, 8) != msg:
+            fail("full cq: no echo before the upgrade")
+
+    def kinds():
+        out = {}
+        for f in open_files(d.proc.pid):
+            k = re.sub(r"\[\d+\]$", "", f)
+            out[k] = out.get(k, 0) + 1
+        return out
+
+    before = kinds()
+    carried, st = d.upgrade("full cq")
+    if carried != n:
+        fail("full cq: %d of %d connections carried" % (carried, n))
+    for i, s in enumerate(socks):
+        msg = b"%08d" % (i + n)
+        s.sendall(msg)
+        if recv_exact(s, 8) != msg:
+            fail("full cq: connection %d does not echo after the upgrade" % i)
+    after = kinds()
+    if before != after:
+        fail("full cq: descriptors before the upgrade %s, after %s" % (before, after))
+    for s in socks:
+        s.close()
+    d.stop()
+    print("ok %d connections on one ring (completion queue 1024) carried over, every one echoes; descriptors "
+          "by kind the same before and after (%s)" % (n, ", ".join("%s %d" % kv for kv in sorted(after.items()))),
+          flush=True)
+
+
 CASES = (case_upgrade_streams, case_upgrade_changes_shape, case_upgrade_pending_reload, case_reload_during_upgrade,
          case_upgrade_during_move, case_half_closed, case_mid_connect, case_pending_bytes, case_idle_timer,
-         case_backend_state, case_upgrade_binary, case_refused, case_corrupt_state, case_usr2)
+         case_backend_state, case_upgrade_binary, case_refused, case_corrupt_state, case_usr2, case_full_cq)
 
 
 def main():
