@@ -348,6 +348,11 @@ static void carry_parked(void *arg)
 		d->upgrades++;
 		log_notice("restart: %u connection%s handed to systemd's file descriptor store (%zu descriptors); "
 			   "the next evfdd takes them over", conns, conns == 1 ? "" : "s", nfds);
+		if (evfdd_workers_open(d->plane.workers) > conns)
+			log_warnx("restart: %lu connection%s did not fit in the store (FileDescriptorStoreMax=, "
+				  "LISTEN_FDNAMES) and finish here first, within shutdown_timeout; the carried ones "
+				  "wait until then", evfdd_workers_open(d->plane.workers) - conns,
+				  evfdd_workers_open(d->plane.workers) - conns == 1 ? "" : "s");
 		close(memfd);
 		evfdd_carry_writer_free(w);
 		free(fds);
@@ -409,34 +414,57 @@ static void carry_park(struct daemon *d)
 	}
 }
 
+/* The hand-over cannot run: an upgrade is refused and evfdd goes on; a restart stops as a stop does, its
+ * connections finishing here (better than handing them to a start that fails). */
+static void carry_refuse(struct daemon *d, const char *why)
+{
+	if (d->carry_kind == EVFDD_CARRY_UPGRADE) {
+		upgrade_refuse(d, why);
+		return;
+	}
+	log_warnx("restart: %s; stopping as for a stop instead, nothing carried over", why);
+	d->state = DAEMON_RUNNING;
+	d->stop_pending = true;
+	daemon_step(d);
+}
+
 /* The new binary's check has ended: hand over, or refuse. */
-static void upgrade_checked(void *arg, int err, const char *why)
+static void carry_checked(void *arg, int err, const char *why)
 {
 	struct daemon *d = arg;
 	char msg[5400];
 
 	d->check = NULL;
-	if (d->stop_pending || d->restart_pending) {
+	if (d->carry_kind == EVFDD_CARRY_UPGRADE && (d->stop_pending || d->restart_pending)) {
 		log_notice("upgrade: a stop came meanwhile; stopping instead");
 		upgrade_answer(d, "evfdd is stopping");
 		d->state = DAEMON_RUNNING;
 		daemon_step(d);
 		return;
 	}
-	if (err < 0) {
-		snprintf(msg, sizeof(msg), "the new binary %s does not accept the configuration or the state: %s",
-			 d->exe_path, why);
-		upgrade_refuse(d, msg);
+	if (d->carry_kind == EVFDD_CARRY_RESTART && d->abort_pending) {
+		carry_refuse(d, "a second signal came meanwhile");
 		return;
 	}
-	upgrade_answer(d, NULL);
-	evfdd_notify_reloading(d);
-	evfdd_notify_status(d, "upgrading");
+	if (err < 0) {
+		snprintf(msg, sizeof(msg), "the %s binary %s does not accept the configuration or the state: %s",
+			 d->carry_kind == EVFDD_CARRY_UPGRADE ? "new" : "next start's", d->exe_path, why);
+		carry_refuse(d, msg);
+		return;
+	}
+	if (d->carry_kind == EVFDD_CARRY_UPGRADE) {
+		upgrade_answer(d, NULL);
+		evfdd_notify_reloading(d);
+		evfdd_notify_status(d, "upgrading");
+	} else {
+		evfdd_notify_stopping(d);
+	}
 	carry_park(d);
 }
 
-/* Hand every connection over: to a new image of the binary (an upgrade, once it passed its check), or
- * through systemd's store. */
+/* Hand every connection over: to a new image of the binary (an upgrade), or through systemd's store (a
+ * restart, whose next start runs the binary evfdd was started from). Either way that binary is checked first
+ * (-n, the state format), beside the loop: the watchdog and the control socket carry on meanwhile. */
 static void carry_begin(struct daemon *d, enum evfdd_carry_kind kind)
 {
 	char why[1024], msg[5400];
@@ -444,35 +472,31 @@ static void carry_begin(struct daemon *d, enum evfdd_carry_kind kind)
 
 	d->carry_kind = kind;
 	d->state = DAEMON_UPGRADING;
-	if (kind == EVFDD_CARRY_UPGRADE) {
+	if (kind == EVFDD_CARRY_UPGRADE)
 		d->upgrade_pending = false;
-		if (d->exe_fd >= 0)
-			close(d->exe_fd);
-		if (d->plane.cfg->upgrade_binary)
-			snprintf(d->exe_path, sizeof(d->exe_path), "%s", d->plane.cfg->upgrade_binary);
-		else
-			snprintf(d->exe_path, sizeof(d->exe_path), "%s", d->started_from);
-		d->exe_fd = d->exe_path[0] ? evfdd_handover_open_exe(d->exe_path, why, sizeof(why)) : -ENOENT;
-		if (d->exe_fd < 0) {
-			snprintf(msg, sizeof(msg), "the binary %s: %s", d->exe_path[0] ? d->exe_path : "(unknown)",
-				 d->exe_path[0] ? why : "evfdd cannot tell where it was started from; start it by an "
-				 "absolute path");
-			d->exe_fd = -1;
-			upgrade_refuse(d, msg);
-			return;
-		}
-		/* The check runs beside the loop: the watchdog and the control socket carry on meanwhile. */
-		r = evfdd_handover_check_start(d->ev, d->exe_fd, d->argv, UPGRADE_CHECK_MS, upgrade_checked, d,
-					       &d->check, why, sizeof(why));
-		if (r < 0) {
-			snprintf(msg, sizeof(msg), "the new binary %s: %s", d->exe_path, why);
-			upgrade_refuse(d, msg);
-		}
+	else
+		d->restart_pending = false;
+	if (d->exe_fd >= 0)
+		close(d->exe_fd);
+	if (kind == EVFDD_CARRY_UPGRADE && d->plane.cfg->upgrade_binary)
+		snprintf(d->exe_path, sizeof(d->exe_path), "%s", d->plane.cfg->upgrade_binary);
+	else
+		snprintf(d->exe_path, sizeof(d->exe_path), "%s", d->started_from);
+	d->exe_fd = d->exe_path[0] ? evfdd_handover_open_exe(d->exe_path, why, sizeof(why)) : -ENOENT;
+	if (d->exe_fd < 0) {
+		snprintf(msg, sizeof(msg), "the binary %s: %s", d->exe_path[0] ? d->exe_path : "(unknown)",
+			 d->exe_path[0] ? why : "evfdd cannot tell where it was started from; start it by an "
+			 "absolute path");
+		d->exe_fd = -1;
+		carry_refuse(d, msg);
 		return;
 	}
-	d->restart_pending = false;
-	evfdd_notify_stopping(d);
-	carry_park(d);
+	r = evfdd_handover_check_start(d->ev, d->exe_fd, d->argv, UPGRADE_CHECK_MS, carry_checked, d, &d->check,
+				       why, sizeof(why));
+	if (r < 0) {
+		snprintf(msg, sizeof(msg), "the binary %s: %s", d->exe_path, why);
+		carry_refuse(d, msg);
+	}
 }
 
 /* An upgrade asked by SIGUSR2 (@done NULL) or the control socket. */

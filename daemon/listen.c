@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "addr.h"
 #include "handover.h"
 #include "listen.h"
 #include "log.h"
@@ -245,6 +246,12 @@ static void listen_adopt_bound(struct evfdd_listen *ls, int fd)
 	}
 	l->key.addr.len = len;
 	l->key.kind = l->key.addr.u.sa.sa_family == AF_UNIX ? EVFDD_ENDPOINT_UNIX : EVFDD_ENDPOINT_INET;
+	{
+		char text[EVFDD_ADDR_TEXT_MAX];
+
+		evfdd_addr_format(&l->key.addr, text, sizeof(text));
+		log_info("taking over the listening socket on %s (descriptor %d) from the previous evfdd", text, fd);
+	}
 	len = sizeof(v6only);
 	if (l->key.addr.u.sa.sa_family == AF_INET6 &&
 	    getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &len) == 0)

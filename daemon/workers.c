@@ -769,6 +769,16 @@ void evfdd_workers_free(struct evfdd_workers *w)
 
 /* ---- reading -------------------------------------------------------------------------------------- */
 
+unsigned long evfdd_workers_open(const struct evfdd_workers *w)
+{
+	unsigned long n = 0;
+	size_t r;
+
+	for (r = 0; r < w->nrings; r++)
+		n += atomic_load_explicit(&w->rings[r]->nconns, memory_order_relaxed);
+	return n;
+}
+
 unsigned evfdd_workers_loops(const struct evfdd_workers *w)
 {
 	unsigned n = 0;

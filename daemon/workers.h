@@ -52,6 +52,9 @@ void evfdd_workers_stop(struct evfdd_workers *w, bool abort, void (*done)(void *
 /* After @done (or before any apply): stop the loops and free everything. */
 void evfdd_workers_free(struct evfdd_workers *w);
 
+/* Connections open on every ring (any thread's count of the moment). */
+unsigned long evfdd_workers_open(const struct evfdd_workers *w);
+
 /* Running loops and accepting rings, for the STATUS= line. */
 unsigned evfdd_workers_loops(const struct evfdd_workers *w);
 unsigned evfdd_workers_rings(const struct evfdd_workers *w);
