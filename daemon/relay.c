@@ -447,12 +447,14 @@ static void conn_flush_check(struct conn *c);
 static void conn_settle(struct conn *c)
 {
 	struct evfdd_relay *rl = c->acc->rl;
+	bool parking = rl->parking;      /* read first: freeing @c may end a stopping relay (never a parking one) */
 
 	if (c->flushing && !c->cutting)
 		conn_flush_check(c);
 	else if (!c->pending && (c->cutting || conn_finished(c)))
 		conn_free(c);
-	relay_park_check(rl);
+	if (parking)
+		relay_park_check(rl);
 }
 
 /* The first reason a connection ends with is the one counted. */
