@@ -146,6 +146,18 @@ static void stop_abort(struct daemon *d)
 
 /* ---- reloading -------------------------------------------------------------------------------------- */
 
+/* A control client waits on @list for an outcome. */
+static void waiter_add(struct reload_waiters *list, evfdd_control_done_fn done, void *cookie)
+{
+	struct reload_waiter *w = calloc(1, sizeof(*w));
+
+	if (!w)
+		fatalx("out of memory");
+	w->done = done;
+	w->cookie = cookie;
+	TAILQ_INSERT_TAIL(list, w, link);
+}
+
 static void waiters_answer(struct reload_waiters *list, const struct evfdd_reload_result *r)
 {
 	struct reload_waiter *w;
@@ -502,8 +514,6 @@ static void carry_begin(struct daemon *d, enum evfdd_carry_kind kind)
 /* An upgrade asked by SIGUSR2 (@done NULL) or the control socket. */
 static void upgrade_request(struct daemon *d, evfdd_control_done_fn done, void *cookie)
 {
-	struct reload_waiter *w;
-
 	if (d->state == DAEMON_STOPPING || d->stop_pending || d->restart_pending) {
 		if (done)
 			evfdd_inspect_shutting_down(done, cookie);
@@ -511,14 +521,8 @@ static void upgrade_request(struct daemon *d, evfdd_control_done_fn done, void *
 			log_notice("SIGUSR2 while stopping: not upgrading");
 		return;
 	}
-	if (done) {
-		w = calloc(1, sizeof(*w));
-		if (!w)
-			fatalx("out of memory");
-		w->done = done;
-		w->cookie = cookie;
-		TAILQ_INSERT_TAIL(&d->upgrade_waiters, w, link);
-	}
+	if (done)
+		waiter_add(&d->upgrade_waiters, done, cookie);
 	d->upgrade_pending = true;
 	daemon_step(d);
 }
@@ -788,8 +792,6 @@ static void stop_cb(struct ev_loop *ev, ev_signal *w, int revents)
 /* A reload asked by SIGHUP (@done NULL) or the control socket. */
 static void reload_request(struct daemon *d, evfdd_control_done_fn done, void *cookie)
 {
-	struct reload_waiter *w;
-
 	if (d->state == DAEMON_STOPPING || d->stop_pending) {
 		if (done)
 			evfdd_inspect_shutting_down(done, cookie);
@@ -797,14 +799,8 @@ static void reload_request(struct daemon *d, evfdd_control_done_fn done, void *c
 			log_notice("SIGHUP while stopping: not reloading");
 		return;
 	}
-	if (done) {
-		w = calloc(1, sizeof(*w));
-		if (!w)
-			fatalx("out of memory");
-		w->done = done;
-		w->cookie = cookie;
-		TAILQ_INSERT_TAIL(&d->next_waiters, w, link);
-	}
+	if (done)
+		waiter_add(&d->next_waiters, done, cookie);
 	/* Coalesce: whatever is running now, one more reload reads the file afterwards. */
 	if (d->state != DAEMON_RUNNING || evfdd_workers_busy(d->plane.workers))
 		log_info("reload requested while %s; it follows", d->state == DAEMON_RELOADING ? "reloading" :
