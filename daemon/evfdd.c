@@ -294,89 +294,81 @@ static void carry_put_state(struct daemon *d, struct evfdd_carry_writer *w, int 
 	}
 }
 
-/* Every ring is still: write the state, then hand it over with the descriptors, by execve or the store. */
-static void carry_parked(void *arg)
+/* The state of every ring, sealed in a memfd; *@fds (to free) receives every descriptor to hand over, the
+ * memfd and the listeners evfdd bound itself among them, *@conns the connections described. Returns the memfd
+ * or a negative errno, after logging. */
+static int carry_write(struct daemon *d, int **fds, size_t *nfds, unsigned *conns)
 {
-	struct daemon *d = arg;
-	size_t left = d->carry_kind == EVFDD_CARRY_UPGRADE ? SIZE_MAX : d->carry_budget, nfds = 0, nact = 0, i;
-	size_t nbound;
-	int *fds = NULL, *act = NULL, memfd = -1, err = 0;
-	const char **names = NULL;
+	size_t left = d->carry_kind == EVFDD_CARRY_UPGRADE ? SIZE_MAX : d->carry_budget, nbound, i;
 	struct evfdd_carry_writer *w = NULL;
-	unsigned conns = 0;
-	sigset_t sigs, old;
+	int memfd = -1, err;
+	struct stat st;
 
-	if ((d->stop_pending || d->restart_pending) && d->carry_kind == EVFDD_CARRY_UPGRADE) {
-		log_notice("upgrade: a stop came meanwhile; stopping instead");
-		goto resume;
-	}
-	if ((d->reload_pending || !TAILQ_EMPTY(&d->next_waiters)) && d->carry_kind == EVFDD_CARRY_UPGRADE) {
-		/* Its callers wait for an answer that only this image could give: the reload first, then the
-		 * upgrade again. */
-		log_notice("upgrade: a reload came meanwhile; reloading first, upgrading after");
-		d->upgrade_pending = true;
-		goto resume;
-	}
-	log_debug("hand-over: every ring parked in %.1f ms", (double)(util_now_ns(CLOCK_MONOTONIC) - d->carry_t0) / 1e6);
+	*fds = NULL;
+	*conns = 0;
 	err = evfdd_carry_writer_new(&w);
 	if (!err)
 		carry_put_state(d, w, &err);
-	log_debug("hand-over: counters written at %.1f ms", (double)(util_now_ns(CLOCK_MONOTONIC) - d->carry_t0) / 1e6);
 	if (!err)
-		err = evfdd_workers_export(d->plane.workers, w, &left, &conns);
-	log_debug("hand-over: exported at %.1f ms", (double)(util_now_ns(CLOCK_MONOTONIC) - d->carry_t0) / 1e6);
+		err = evfdd_workers_export(d->plane.workers, w, &left, conns);
 	if (!err && (memfd = evfdd_carry_seal(w)) < 0)
 		err = memfd;
+	nbound = evfdd_listen_bound(d->plane.listen, NULL, 0);
+	*nfds = w ? evfdd_carry_writer_nfds(w) : 0;
+	if (!err && !(*fds = calloc(*nfds + 1 + nbound, sizeof(**fds))))
+		err = -ENOMEM;
 	if (err) {
 		log_errx("%s: cannot write the state: %s", d->carry_kind == EVFDD_CARRY_UPGRADE ? "upgrade" : "restart",
 			 strerror(-err));
-		goto resume;
+		goto out;
 	}
-	{
-		struct stat sst;
-
-		log_debug("hand-over: state of %u connections written (%lld bytes) at %.1f ms", conns,
-			  fstat(memfd, &sst) == 0 ? (long long)sst.st_size : -1LL,
-			  (double)(util_now_ns(CLOCK_MONOTONIC) - d->carry_t0) / 1e6);
-	}
-	nfds = evfdd_carry_writer_nfds(w);
-	nbound = evfdd_listen_bound(d->plane.listen, NULL, 0);
-	fds = calloc(nfds + 1 + nbound, sizeof(*fds));
-	if (!fds) {
-		log_errx("out of memory handing over");
-		goto resume;
-	}
-	for (i = 0; i < nfds; i++)
-		fds[i] = evfdd_carry_writer_fd(w, i);
-	fds[nfds++] = memfd;
-	nfds += evfdd_listen_bound(d->plane.listen, fds + nfds, nbound);
-	if (d->carry_kind == EVFDD_CARRY_RESTART) {
-		err = evfdd_handover_store(fds, nfds, STORE_BARRIER_USEC);
-		if (err < 0) {
-			log_errx("restart: cannot put the connections into systemd's file descriptor store: %s; they "
-				 "finish here instead, within shutdown_timeout", strerror(-err));
-			goto resume;
-		}
-		d->upgrades++;
-		log_notice("restart: %u connection%s handed to systemd's file descriptor store (%zu descriptors); "
-			   "the next evfdd takes them over", conns, conns == 1 ? "" : "s", nfds);
-		if (evfdd_workers_open(d->plane.workers) > conns)
-			log_warnx("restart: %lu connection%s did not fit in the store (FileDescriptorStoreMax=, "
-				  "LISTEN_FDNAMES) and finish here first, within shutdown_timeout; the carried ones "
-				  "wait until then", evfdd_workers_open(d->plane.workers) - conns,
-				  evfdd_workers_open(d->plane.workers) - conns == 1 ? "" : "s");
+	for (i = 0; i < *nfds; i++)
+		(*fds)[i] = evfdd_carry_writer_fd(w, i);
+	(*fds)[(*nfds)++] = memfd;
+	*nfds += evfdd_listen_bound(d->plane.listen, *fds + *nfds, nbound);
+	log_debug("hand-over: the rings parked and the state of %u connections written (%lld bytes) in %.1f ms", *conns,
+		  fstat(memfd, &st) == 0 ? (long long)st.st_size : -1LL,
+		  (double)(util_now_ns(CLOCK_MONOTONIC) - d->carry_t0) / 1e6);
+out:
+	evfdd_carry_writer_free(w);
+	if (err && memfd >= 0)
 		close(memfd);
-		evfdd_carry_writer_free(w);
-		free(fds);
-		evfdd_workers_unpark(d->plane.workers, true, carry_resumed, d);
-		return;
+	return err ? err : memfd;
+}
+
+/* A restart: into systemd's store, then the rings let the carried connections go and the rest finish. */
+static int carry_store(struct daemon *d, const int *fds, size_t nfds, unsigned conns)
+{
+	unsigned long open = evfdd_workers_open(d->plane.workers);
+	int err = evfdd_handover_store(fds, nfds, STORE_BARRIER_USEC);
+
+	if (err < 0) {
+		log_errx("restart: cannot put the connections into systemd's file descriptor store: %s; they "
+			 "finish here instead, within shutdown_timeout", strerror(-err));
+		return err;
 	}
-	nact = evfdd_listen_activated(d->plane.listen, NULL, NULL, 0);
-	act = calloc(nact + 1, sizeof(*act));
-	names = calloc(nact + 1, sizeof(*names));
+	d->upgrades++;
+	log_notice("restart: %u connection%s handed to systemd's file descriptor store (%zu descriptors); "
+		   "the next evfdd takes them over", conns, conns == 1 ? "" : "s", nfds);
+	if (open > conns)
+		log_warnx("restart: %lu connection%s did not fit in the store (FileDescriptorStoreMax=, "
+			  "LISTEN_FDNAMES) and finish here first, within shutdown_timeout; the carried ones wait "
+			  "until then", open - conns, open - conns == 1 ? "" : "s");
+	evfdd_workers_unpark(d->plane.workers, true, carry_resumed, d);
+	return 0;
+}
+
+/* An upgrade: execve in place with @fds and the activated sockets. Returns only on failure. */
+static int carry_exec(struct daemon *d, const int *fds, size_t nfds, unsigned conns)
+{
+	size_t nact = evfdd_listen_activated(d->plane.listen, NULL, NULL, 0);
+	int *act = calloc(nact + 1, sizeof(*act)), err;
+	const char **names = calloc(nact + 1, sizeof(*names));
+	sigset_t sigs, old;
+
 	if (!act || !names) {
-		log_errx("out of memory handing over");
-		goto resume;
+		err = -ENOMEM;
+		goto out;
 	}
 	nact = evfdd_listen_activated(d->plane.listen, act, names, nact);
 	log_notice("upgrade: executing %s with %u connection%s and %zu descriptors", d->exe_path, conns,
@@ -394,14 +386,46 @@ static void carry_parked(void *arg)
 	fflush(NULL);
 	err = evfdd_handover_exec(d->exe_fd, d->argv, act, (char *const *)names, nact, fds, nfds);
 	sigprocmask(SIG_SETMASK, &old, NULL);
+out:
 	log_errx("upgrade: cannot execute %s: %s; carrying on with this binary", d->exe_path, strerror(-err));
+	free(act);
+	free(names);
+	return err;
+}
+
+/* Every ring is still: write the state, then hand it over with the descriptors, by execve or the store; on
+ * any failure the rings carry on (and a restart stops as a stop does). */
+static void carry_parked(void *arg)
+{
+	struct daemon *d = arg;
+	unsigned conns = 0;
+	int *fds = NULL, memfd = -1;
+	size_t nfds = 0;
+
+	if (d->carry_kind == EVFDD_CARRY_UPGRADE && (d->stop_pending || d->restart_pending)) {
+		log_notice("upgrade: a stop came meanwhile; stopping instead");
+		goto resume;
+	}
+	if (d->carry_kind == EVFDD_CARRY_UPGRADE && (d->reload_pending || !TAILQ_EMPTY(&d->next_waiters))) {
+		/* Its callers wait for an answer that only this image could give: the reload first, then the
+		 * upgrade again. */
+		log_notice("upgrade: a reload came meanwhile; reloading first, upgrading after");
+		d->upgrade_pending = true;
+		goto resume;
+	}
+	memfd = carry_write(d, &fds, &nfds, &conns);
+	if (memfd < 0)
+		goto resume;
+	if (d->carry_kind == EVFDD_CARRY_RESTART ? carry_store(d, fds, nfds, conns) == 0 :
+	    carry_exec(d, fds, nfds, conns) == 0) {
+		close(memfd);
+		free(fds);
+		return;
+	}
 resume:
 	if (memfd >= 0)
 		close(memfd);
-	evfdd_carry_writer_free(w);
 	free(fds);
-	free(act);
-	free(names);
 	if (d->carry_kind == EVFDD_CARRY_UPGRADE)
 		upgrade_answer(d, "the hand-over failed (see the log)");
 	evfdd_workers_unpark(d->plane.workers, false, carry_resumed, d);
