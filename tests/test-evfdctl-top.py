@@ -412,7 +412,7 @@ def case_completion(d, ctl, echo, fwd):
     checks = [
         (["evfdctl", "back"], ["backend", "backends"]),
         (["evfdctl", ""], ["status", "loops", "rings", "services", "backends", "backend", "move", "reload",
-                           "metrics", "top"]),
+                           "upgrade", "metrics", "top"]),
         (["evfdctl", "top", "--i"], ["--interval", "--iterations"]),
         (["evfdctl", "backend", ""], ["drain", "enable"]),
         ([EVFDCTL, "-s", ctl, "backends", ""], ["echo", "fwd"]),
