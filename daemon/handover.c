@@ -57,7 +57,8 @@ static int parse_ranges(const char *s, struct evfdd_inherit *in, char *why, size
 	while (*s) {
 		size_t n = strcspn(s, ",");
 		const char *dash = memchr(s, '-', n);
-		int lo = parse_fd(s, dash ? (size_t)(dash - s) : n), hi = dash ? parse_fd(dash + 1, n - (size_t)(dash - s) - 1) : lo;
+		int lo = parse_fd(s, dash ? (size_t)(dash - s) : n);
+		int hi = dash ? parse_fd(dash + 1, n - (size_t)(dash - s) - 1) : lo;
 
 		if (lo < 0 || hi < lo) {
 			snprintf(why, whylen, "%s: \"%.*s\" is not an open descriptor or a range of them",
@@ -72,26 +73,36 @@ static int parse_ranges(const char *s, struct evfdd_inherit *in, char *why, size
 	return 0;
 }
 
+/* One activated socket and its name, kept together (evfdd_inherit_clear frees as many names as sockets). */
+static int activated_push(struct evfdd_inherit *in, int fd, const char *name, size_t len)
+{
+	char **p = realloc(in->names, (in->nactivated + 1) * sizeof(*p));
+
+	if (!p)
+		return -ENOMEM;
+	in->names = p;
+	if (!(p[in->nactivated] = strndup(name, len)))
+		return -ENOMEM;
+	if (fd_push(&in->activated, &in->nactivated, fd) < 0) {
+		free(p[in->nactivated]);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
 /* EVFDD_ACTIVATED ("3:4") and EVFDD_ACTIVATED_NAMES ("control:web"). */
 static int parse_activated(const char *fds, const char *names, struct evfdd_inherit *in, char *why, size_t whylen)
 {
 	while (*fds) {
 		size_t n = strcspn(fds, ":"), m = strcspn(names, ":");
 		int fd = parse_fd(fds, n);
-		char **p;
 
 		if (fd < 0 || !*names || !m) {
 			snprintf(why, whylen, "%s: \"%.*s\" is not an open descriptor, or it has no name in %s",
 				 EVFDD_ENV_ACTIVATED, (int)n, fds, EVFDD_ENV_ACTIVATED_NAMES);
 			return -EINVAL;
 		}
-		if (fd_push(&in->activated, &in->nactivated, fd) < 0)
-			return -ENOMEM;
-		p = realloc(in->names, in->nactivated * sizeof(*p));
-		if (!p)
-			return -ENOMEM;
-		in->names = p;
-		if (!(p[in->nactivated - 1] = strndup(names, m)))
+		if (activated_push(in, fd, names, m) < 0)
 			return -ENOMEM;
 		fds += n + (fds[n] == ':');
 		names += m + (names[m] == ':');
@@ -137,19 +148,7 @@ int evfdd_handover_inherit(struct evfdd_inherit *in, char *why, size_t whylen)
 			r = fd_push(&in->carried, &in->ncarried, fd);
 			continue;
 		}
-		r = fd_push(&in->activated, &in->nactivated, fd);
-		if (r == 0) {
-			char **p = realloc(in->names, in->nactivated * sizeof(*p));
-
-			if (!p || !(p[in->nactivated - 1] = strdup(name))) {
-				if (p)
-					in->names = p;
-				in->nactivated--;
-				r = -ENOMEM;
-			} else {
-				in->names = p;
-			}
-		}
+		r = activated_push(in, fd, name, strlen(name));
 	}
 	for (i = 0; sdnames && i < (size_t)n; i++)
 		free(sdnames[i]);
@@ -190,10 +189,25 @@ static bool is_listener(int fd)
 	return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) == 0 && acc;
 }
 
+/* A carried descriptor's identity, and where it is in the list. */
+struct fd_id {
+	uint64_t dev, ino;
+	size_t at;
+};
+
+static int fd_id_cmp(const void *a, const void *b)
+{
+	const struct fd_id *x = a, *y = b;
+
+	if (x->dev != y->dev)
+		return x->dev < y->dev ? -1 : 1;
+	return x->ino < y->ino ? -1 : x->ino > y->ino;
+}
+
 void evfdd_handover_takeover(struct evfdd_inherit *in, struct evfdd_takeover *t)
 {
-	size_t i, k, n;
-	struct stat *st = NULL;
+	struct fd_id *ids = NULL;
+	size_t i, k, n, nids;
 
 	memset(t, 0, sizeof(*t));
 	t->memfd = -1;
@@ -217,30 +231,34 @@ void evfdd_handover_takeover(struct evfdd_inherit *in, struct evfdd_takeover *t)
 	if (t->st) {
 		n = evfdd_carry_nfds(t->st);
 		t->map = malloc((n ? n : 1) * sizeof(*t->map));
-		st = calloc(in->ncarried, sizeof(*st));
-		if (!t->map || !st) {
+		ids = calloc(in->ncarried, sizeof(*ids));
+		if (!t->map || !ids) {
 			snprintf(t->why, sizeof(t->why), "out of memory matching the descriptors carried");
 			evfdd_carry_close(t->st);
 			t->st = NULL;
 			free(t->map);
 			t->map = NULL;
 		} else {
+			/* Matched by identity (the numbers hold across execve, not through the store): sorted, then
+			 * looked up, for tens of thousands of them within the pause. */
 			t->nmap = n;
-			for (i = 0; i < in->ncarried; i++)
-				if (in->carried[i] >= 0 && fstat(in->carried[i], &st[i]) < 0)
-					st[i].st_ino = 0;
-			/* Matched by identity: the numbers hold across execve, not through the store. */
+			for (i = 0, nids = 0; i < in->ncarried; i++) {
+				struct stat sb;
+
+				if (in->carried[i] >= 0 && fstat(in->carried[i], &sb) == 0)
+					ids[nids++] = (struct fd_id){ (uint64_t)sb.st_dev, (uint64_t)sb.st_ino, i };
+			}
+			qsort(ids, nids, sizeof(*ids), fd_id_cmp);
 			for (k = 0; k < n; k++) {
 				const struct evfdd_carry_fd *f = evfdd_carry_fd(t->st, k);
+				struct fd_id key = { f->dev, f->ino, 0 }, *hit = bsearch(&key, ids, nids, sizeof(*ids),
+											 fd_id_cmp);
 
 				t->map[k] = -1;
-				for (i = 0; i < in->ncarried; i++)
-					if (in->carried[i] >= 0 && st[i].st_ino && (uint64_t)st[i].st_dev == f->dev &&
-					    (uint64_t)st[i].st_ino == f->ino) {
-						t->map[k] = in->carried[i];
-						in->carried[i] = -1;
-						break;
-					}
+				if (hit && in->carried[hit->at] >= 0) {
+					t->map[k] = in->carried[hit->at];
+					in->carried[hit->at] = -1;
+				}
 			}
 		}
 	}
@@ -254,7 +272,7 @@ void evfdd_handover_takeover(struct evfdd_inherit *in, struct evfdd_takeover *t)
 		t->closed++;
 	}
 out:
-	free(st);
+	free(ids);
 	free(in->carried);
 	in->carried = NULL;
 	in->ncarried = 0;
