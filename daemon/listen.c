@@ -231,6 +231,7 @@ static bool key_equal(const struct evfdd_endpoint_key *a, const struct evfdd_end
 static void listen_adopt_bound(struct evfdd_listen *ls, int fd)
 {
 	struct evfdd_listener *l = listener_new(fd), **cur;
+	char text[EVFDD_ADDR_TEXT_MAX];
 	socklen_t len;
 	int v6only = 0;
 
@@ -240,18 +241,14 @@ static void listen_adopt_bound(struct evfdd_listen *ls, int fd)
 	ls->cur = cur;
 	len = sizeof(l->key.addr.u);
 	if (getsockname(fd, &l->key.addr.u.sa, &len) < 0) {
-		log_warn("a listener carried over");
+		log_warn("a listening socket carried over (descriptor %d) has no address; closing it", fd);
 		evfdd_listener_unref(l);
 		return;
 	}
 	l->key.addr.len = len;
 	l->key.kind = l->key.addr.u.sa.sa_family == AF_UNIX ? EVFDD_ENDPOINT_UNIX : EVFDD_ENDPOINT_INET;
-	{
-		char text[EVFDD_ADDR_TEXT_MAX];
-
-		evfdd_addr_format(&l->key.addr, text, sizeof(text));
-		log_info("taking over the listening socket on %s (descriptor %d) from the previous evfdd", text, fd);
-	}
+	evfdd_addr_format(&l->key.addr, text, sizeof(text));
+	log_info("taking over the listening socket on %s (descriptor %d) from the previous evfdd", text, fd);
 	len = sizeof(v6only);
 	if (l->key.addr.u.sa.sa_family == AF_INET6 &&
 	    getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &len) == 0)
