@@ -102,6 +102,16 @@ def closed_by_peer(sock, timeout):
         return "timeout"
 
 
+def metric_samples(text):
+    """{'name{labels}': value} of a Prometheus text exposition (bytes)."""
+    out = {}
+    for line in text.decode("utf-8").splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
 def sanitizer_report(text):
     """Whether @text holds a sanitizer's report."""
     return any(mark in text for mark in SANITIZER_MARKS)

@@ -22,7 +22,7 @@ import traceback
 import urllib.parse
 import urllib.request
 
-from evfddtest import EVFDCTL, EVFDD, SA_ENV, SCALE, Busy, DaemonLog, free_port, sanitizer_report
+from evfddtest import EVFDCTL, EVFDD, SA_ENV, SCALE, Busy, DaemonLog, free_port, metric_samples, sanitizer_report
 
 TMP = tempfile.mkdtemp(prefix="evfdd-metrics-")
 os.environ["RUNTIME_DIRECTORY"] = TMP
@@ -96,16 +96,6 @@ class UnixHTTP(http.client.HTTPConnection):
         self.sock.connect(self.unix_path)
 
 
-def samples(text):
-    """{'name{labels}': value} of an exposition (bytes)."""
-    out = {}
-    for line in text.decode("utf-8").splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
-
-
 def echo_round_trips(port, n):
     for i in range(n):
         s = socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW)
@@ -149,7 +139,7 @@ def case_exposition():
         status, ctype, _, body = get(mport)
         if status != 200 or ctype != "text/plain; version=0.0.4; charset=utf-8":
             fail("GET /metrics: %d %s" % (status, ctype))
-        s = samples(body)
+        s = metric_samples(body)
         if s.get('evfdd_connections_closed_total{service="echo"}') == 7 or time.time() > end:
             break
         time.sleep(0.01)
@@ -186,13 +176,13 @@ def case_exposition():
         fail("POST /metrics: %d Allow: %s, want 405 and GET, HEAD" % (status, allow))
     # A reload is counted, and the last one's outcome shown.
     d.ctl("reload")
-    s = samples(get(mport)[3])
+    s = metric_samples(get(mport)[3])
     if s.get('evfdd_reloads_total{result="ok"}') != 1 or s.get("evfdd_last_reload_success") != 1:
         fail("after a reload: %s" % {k: v for k, v in s.items() if "reload" in k})
     # evfdctl metrics: the same text through the control socket (for hosts without the endpoint).
     text = d.ctl("metrics")
     promtool_check(text, "evfdctl metrics")
-    if set(samples(text)) != set(samples(get(mport)[3])):
+    if set(metric_samples(text)) != set(metric_samples(get(mport)[3])):
         fail("evfdctl metrics and GET /metrics name different series")
     d.stop()
     print("ok exposition: promtool accepts it (a backend path with \", \\ and a non-UTF-8 byte escaped), 7 echo "
@@ -400,7 +390,7 @@ def case_scrapes_under_load():
         fail("too little happened: %d scrapes, %d round trips" % (scrapes["ok"], results["ok"]))
     end = time.time() + 20 * SLOW
     while time.time() < end:
-        s = samples(get(mport)[3])
+        s = metric_samples(get(mport)[3])
         if s['evfdd_connections_open{service="echo"}'] == 0:
             break
         time.sleep(0.1)

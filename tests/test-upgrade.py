@@ -27,9 +27,10 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 from evfddtest import (EVFDCTL, EVFDD, SCALE, TOP_BUILDDIR, Busy, DaemonLog, ThreadedServer, closed_by_peer,
-                       free_port, sanitizer_report)
+                       free_port, metric_samples, sanitizer_report)
 
 TMP = tempfile.mkdtemp(prefix="evfdd-upgrade-")   # 0700: evfdd executes only what sits in a safe directory
 # Sanitizer builds run everything several times slower: waits that only guard against a hang grow with it.
@@ -1723,10 +1724,14 @@ def case_corrupt_state():
 def case_usr2():
     """SIGUSR2 upgrades too: the count goes up, the other build runs, streams carry on."""
     s = Setup("usr2")
-    d = Daemon(s.conf())
+    mport = free_port()
+    d = Daemon(s.conf().replace("[evfdd]\n", "[evfdd]\nmetrics = 127.0.0.1:%d\n" % mport, 1))
     load = Load(s.addrs, 30)
     load.wait_progress("start")
     nconns = 30 + load.conns_per_addr()[s.addrs[2]]
+    m = scrape(mport, "before any upgrade")
+    if m.get("evfdd_upgrades_total") != 0 or any(k.startswith("evfdd_last_upgrade") for k in m):
+        fail("metrics before any upgrade: %s" % {k: v for k, v in m.items() if "upgrade" in k})
     for k in range(1, 4):
         at = len(d.text())
         to = OTHER[d.build]
@@ -1740,6 +1745,15 @@ def case_usr2():
             fail("SIGUSR2 %d: last_upgrade %s" % (k, last))
         if "SIGUSR2" not in d.text()[at:]:
             fail("SIGUSR2 %d: not logged:\n%s" % (k, d.text()[at:]))
+        # The metrics endpoint (bound again by the new image) says what Status says.
+        m = scrape(mport, "after SIGUSR2 %d" % k)
+        want = {"evfdd_upgrades_total": k, 'evfdd_last_upgrade_connections{result="kept"}': nconns,
+                'evfdd_last_upgrade_connections{result="lost"}': 0}
+        got = {name: m.get(name) for name in want}
+        pause = m.get("evfdd_last_upgrade_pause_seconds")
+        if got != want or pause is None or abs(pause * 1e6 - last["pause_usec"]) > 1:
+            fail("SIGUSR2 %d: metrics %s, pause %s s; expected %s and Status's pause_usec %d"
+                 % (k, got, pause, want, last["pause_usec"]))
         d.build = to
         load.wait_progress("SIGUSR2 %d" % k)
     load.finish("SIGUSR2 upgrades")
@@ -1747,6 +1761,15 @@ def case_usr2():
     d.stop()
     s.close()
     print("ok SIGUSR2 upgraded 3 times, alternating builds, every stream carried on", flush=True)
+
+
+def scrape(port, what):
+    """The metrics endpoint's samples."""
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=30) as r:
+            return metric_samples(r.read())
+    except OSError as e:
+        fail("%s: cannot read the metrics: %s" % (what, e))
 
 
 def case_full_cq():
