@@ -1772,6 +1772,89 @@ def scrape(port, what):
         fail("%s: cannot read the metrics: %s" % (what, e))
 
 
+PTRACE_CONT, PTRACE_O_TRACEEXEC, PTRACE_EVENT_EXEC = 7, 0x10, 4
+
+
+def case_signal_at_exec():
+    """A SIGHUP and a SIGUSR2 that arrive while evfdd is between images (sent while ptrace holds it at the
+    execve, before the new image has run a single instruction) are not lost and kill nothing: both signals'
+    default action is to end the process, so they wait, blocked, for the new image's handlers. Then the
+    new image reloads once, and upgrades once more, and every stream carries on."""
+    s = Setup("sigexec")
+    d = Daemon(s.conf())
+    load = Load(s.addrs, 20)
+    load.wait_progress("start")
+    before = d.status()
+    what = "SIGHUP and SIGUSR2 at the execve"
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    libc.ptrace.restype = ctypes.c_long
+    pid = d.proc.pid
+    scope = "/proc/sys/kernel/yama/ptrace_scope"
+    if (os.path.exists(scope) and open(scope).read().strip() == "3") or \
+            libc.ptrace(PTRACE_SEIZE, pid, None, ctypes.c_void_p(PTRACE_O_TRACEEXEC)) < 0:
+        print("skip signals at the execve: ptrace not permitted here", flush=True)
+        load.finish(what)
+        d.stop()
+        s.close()
+        return
+    at = len(d.text())
+    d.install(OTHER[d.build])
+    up = d.ctl_bg("upgrade")
+    end = time.time() + 60 * SLOW
+    try:
+        while True:
+            # Only the main thread is traced: it alone calls execve. Any signal it stops for goes on.
+            wpid, status = os.waitpid(pid, os.WNOHANG | WALL)
+            if wpid == 0:
+                if time.time() > end:
+                    fail("%s: evfdd never reached its execve:\n%s" % (what, d.text()[at:][-6000:]))
+                time.sleep(0.001)
+                continue
+            if not os.WIFSTOPPED(status):
+                fail("%s: evfdd ended (wait status %#x):\n%s" % (what, status, d.text()[at:][-6000:]))
+            if status >> 16 == PTRACE_EVENT_EXEC:
+                break
+            sig = os.WSTOPSIG(status)
+            libc.ptrace(PTRACE_CONT, pid, None, ctypes.c_void_p(0 if status >> 16 else sig))
+        # Held at the execve: the new image is loaded and has not run.
+        os.kill(pid, signal.SIGHUP)
+        os.kill(pid, signal.SIGUSR2)
+    finally:
+        if libc.ptrace(PTRACE_DETACH, pid, None, None) < 0:
+            print("PTRACE_DETACH of %d: %s" % (pid, os.strerror(ctypes.get_errno())), flush=True)
+    try:
+        u_out, u_err = up.communicate(timeout=120 * SLOW)
+    except subprocess.TimeoutExpired:
+        fail("%s: evfdctl upgrade did not finish:\n%s" % (what, d.text()[at:][-6000:]))
+    check_sanitizers(u_err, "evfdctl")
+    if d.proc.poll() is not None:
+        fail("%s: evfdd ended with %d (a signal's default action, if negative):\n%s"
+             % (what, d.proc.returncode, d.text()[at:][-6000:]))
+    m = UPGRADED.search(u_out)
+    if up.returncode != 0 or not m or int(m.group(2)) != pid:
+        fail("%s: evfdctl upgrade: exit %d, %r %r" % (what, up.returncode, u_out, u_err))
+    # The SIGUSR2 upgrades once more (the build now at the path, so from it to itself); the SIGHUP reloads.
+    st = d.wait_status(lambda st: st["upgrades"] == before["upgrades"] + 2 and st["reloads"] >= before["reloads"] + 1,
+                       what + ": the reload and the second upgrade")
+    last = st["last_upgrade"]
+    if last["from_version"] != VERSIONS[OTHER[d.build]] or last["lost"] or last["fallback"]:
+        fail("%s: the second upgrade: last_upgrade %s" % (what, last))
+    text = d.text()[at:]
+    if "SIGHUP" not in text or "SIGUSR2" not in text:
+        fail("%s: the signals were not logged:\n%s" % (what, text[-6000:]))
+    if st["pid"] != pid or d.proc.poll() is not None:
+        fail("%s: evfdd is not the same process any more" % what)
+    load.wait_progress(what)
+    load.finish(what)
+    expect_clean(d, ("echo", "uecho", "fwd", "pyfwd"), what)
+    d.stop()
+    s.close()
+    print("ok a SIGHUP and a SIGUSR2 sent while evfdd was held at its execve: the new image reloaded (reloads "
+          "%d -> %d) and upgraded again (upgrades %d -> %d), same pid, every stream carried on"
+          % (before["reloads"], st["reloads"], before["upgrades"], st["upgrades"]), flush=True)
+
+
 def case_full_cq():
     """Many connections on one ring: parking cancels every receive at once, and the completions overflow the
     completion queue (4 x 256 entries); every one is still collected and every connection carried. And nothing
@@ -1821,7 +1904,8 @@ def case_full_cq():
 
 CASES = (case_upgrade_streams, case_upgrade_changes_shape, case_upgrade_pending_reload, case_reload_during_upgrade,
          case_upgrade_during_move, case_half_closed, case_mid_connect, case_pending_bytes, case_idle_timer,
-         case_backend_state, case_upgrade_binary, case_refused, case_corrupt_state, case_usr2, case_full_cq)
+         case_backend_state, case_upgrade_binary, case_refused, case_corrupt_state, case_usr2, case_signal_at_exec,
+         case_full_cq)
 
 
 def main():
