@@ -636,6 +636,16 @@ static void carry_apply_counters(struct daemon *d, const struct evfdd_carry_stat
 	}
 }
 
+/* The Prometheus endpoint, where configured or activated. Returns 0 or a negative errno, after logging. */
+static int metrics_open(struct daemon *d)
+{
+	int fd = evfdd_listen_metrics_fd(d->plane.listen);
+
+	if (fd < 0 && d->plane.cfg->metrics.kind == EVFDD_ENDPOINT_NONE)
+		return 0;
+	return evfdd_metrics_start(&d->metrics, d->ev, fd, &d->plane.cfg->metrics, evfdd_prometheus_text, d);
+}
+
 static void carry_adopted(void *arg)
 {
 	struct daemon *d = arg;
@@ -667,6 +677,10 @@ static void carry_adopted(void *arg)
 	d->adopt = NULL;
 	d->nadopt = 0;
 	evfdd_takeover_clear(&d->take);
+	/* Unlike at a start, where it is fatal, a failure here would cost every connection just carried. */
+	if (metrics_open(d) < 0)
+		log_warnx("evfdd goes on without its metrics endpoint; once the cause above is fixed, evfdctl upgrade "
+			  "or systemctl restart starts it");
 	d->state = DAEMON_RUNNING;
 	evfdd_notify_ready(d, "running");
 	daemon_step(d);
@@ -987,7 +1001,7 @@ static int takeover(struct daemon *d, struct evfdd_inherit *in)
 
 static int run(struct daemon *d)
 {
-	int control_fd = -1, metrics_fd = -1, rc = EXIT_STARTUP;
+	int control_fd = -1, rc = EXIT_STARTUP;
 	struct evfdd_inherit in = { 0 };
 	char err[512];
 	sigset_t sigs;
@@ -1033,11 +1047,10 @@ static int run(struct daemon *d)
 	if (evfdd_listen_new(&d->plane.listen, d->plane.cfg, &in, d->take.listeners, d->take.nlisteners) < 0)
 		goto out;
 	control_fd = evfdd_listen_control_fd(d->plane.listen);
-	metrics_fd = evfdd_listen_metrics_fd(d->plane.listen);
 	if (control_open(d, control_fd) < 0)
 		goto out;
-	if ((metrics_fd >= 0 || d->plane.cfg->metrics.kind != EVFDD_ENDPOINT_NONE) &&
-	    evfdd_metrics_start(&d->metrics, d->ev, metrics_fd, &d->plane.cfg->metrics, evfdd_prometheus_text, d) < 0)
+	/* After an upgrade, the endpoint starts once the connections are taken over: they wait for nothing else. */
+	if (!d->take.st && metrics_open(d) < 0)
 		goto out;
 	if (evfdd_reload_initial(&d->plane, started, d, err, sizeof(err)) < 0) {
 		if (err[0])

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* The Prometheus endpoint over libmicrohttpd; see metrics.h. */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <microhttpd.h>
@@ -29,6 +30,60 @@ struct evfdd_metrics {
 	void *arg;
 };
 
+/*
+ * libmicrohttpd, loaded when the first endpoint starts rather than linked. Its constructor initialises
+ * GnuTLS (and with it libtasn1, nettle, gmp, p11-kit and more) although evfdd serves no TLS: measured, 2.6 ms
+ * of CPU at every start of evfdd, more than half of its start-up. An upgrade's connections wait for the new
+ * image's start-up, and an evfdd without metrics = should not pay it at all.
+ */
+static struct {
+	void *lib;
+	__typeof__(MHD_start_daemon) *start_daemon;
+	__typeof__(MHD_stop_daemon) *stop_daemon;
+	__typeof__(MHD_run) *run;
+	__typeof__(MHD_get_timeout) *get_timeout;
+	__typeof__(MHD_get_daemon_info) *get_daemon_info;
+	__typeof__(MHD_create_response_from_buffer) *create_response_from_buffer;
+	__typeof__(MHD_add_response_header) *add_response_header;
+	__typeof__(MHD_queue_response) *queue_response;
+	__typeof__(MHD_destroy_response) *destroy_response;
+} mhd;
+
+/* Loads libmicrohttpd once (main thread only). Returns 0, or -ENOENT after logging what to do. */
+static int metrics_load_mhd(void)
+{
+	void *lib;
+
+	if (mhd.lib)
+		return 0;
+	lib = dlopen(EVFDD_MHD_SONAME, RTLD_NOW | RTLD_LOCAL);
+	if (!lib) {
+		log_errx("metrics: cannot load %s (%s); install libmicrohttpd, or remove metrics = from [evfdd]",
+			 EVFDD_MHD_SONAME, dlerror());
+		return -ENOENT;
+	}
+#define MHD_SYM(field, name) \
+	if (!(*(void **)&mhd.field = dlsym(lib, name))) \
+		goto missing;
+	MHD_SYM(start_daemon, "MHD_start_daemon")
+	MHD_SYM(stop_daemon, "MHD_stop_daemon")
+	MHD_SYM(run, "MHD_run")
+	MHD_SYM(get_timeout, "MHD_get_timeout")
+	MHD_SYM(get_daemon_info, "MHD_get_daemon_info")
+	MHD_SYM(create_response_from_buffer, "MHD_create_response_from_buffer")
+	MHD_SYM(add_response_header, "MHD_add_response_header")
+	MHD_SYM(queue_response, "MHD_queue_response")
+	MHD_SYM(destroy_response, "MHD_destroy_response")
+#undef MHD_SYM
+	mhd.lib = lib;   /* never unloaded: its destructor would run at exit anyway */
+	return 0;
+missing:
+	log_errx("metrics: %s lacks a function evfdd needs (%s); install libmicrohttpd 0.9.71 or later",
+		 EVFDD_MHD_SONAME, dlerror());
+	dlclose(lib);
+	return -ENOENT;
+}
+
 static void metrics_log(void *cls, const char *fmt, va_list ap)
 {
 	char msg[512];
@@ -41,16 +96,16 @@ static void metrics_log(void *cls, const char *fmt, va_list ap)
 static enum MHD_Result metrics_reply(struct MHD_Connection *conn, unsigned status, const char *body,
 				     const char *allow)
 {
-	struct MHD_Response *r = MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_PERSISTENT);
+	struct MHD_Response *r = mhd.create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_PERSISTENT);
 	enum MHD_Result ret;
 
 	if (!r)
 		return MHD_NO;
-	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+	mhd.add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
 	if (allow)
-		MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
-	ret = MHD_queue_response(conn, status, r);
-	MHD_destroy_response(r);
+		mhd.add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+	ret = mhd.queue_response(conn, status, r);
+	mhd.destroy_response(r);
 	return ret;
 }
 
@@ -71,14 +126,14 @@ static enum MHD_Result metrics_request(void *cls, struct MHD_Connection *conn, c
 	text = m->text(m->arg, &len);
 	if (!text)
 		return metrics_reply(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n", NULL);
-	r = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+	r = mhd.create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
 	if (!r) {
 		free(text);
 		return MHD_NO;
 	}
-	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
-	ret = MHD_queue_response(conn, MHD_HTTP_OK, r);
-	MHD_destroy_response(r);
+	mhd.add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
+	ret = mhd.queue_response(conn, MHD_HTTP_OK, r);
+	mhd.destroy_response(r);
 	return ret;
 }
 
@@ -88,7 +143,7 @@ static void metrics_rearm(struct evfdd_metrics *m)
 	MHD_UNSIGNED_LONG_LONG ms;
 
 	ev_timer_stop(m->ev, &m->timer);
-	if (MHD_get_timeout(m->mhd, &ms) == MHD_YES) {
+	if (mhd.get_timeout(m->mhd, &ms) == MHD_YES) {
 		ev_timer_set(&m->timer, (double)ms / 1000.0, 0.);
 		ev_timer_start(m->ev, &m->timer);
 	}
@@ -98,7 +153,7 @@ static void metrics_io_cb(struct ev_loop *ev, ev_io *w, int revents)
 {
 	struct evfdd_metrics *m = w->data;
 
-	MHD_run(m->mhd);
+	mhd.run(m->mhd);
 	metrics_rearm(m);
 }
 
@@ -106,7 +161,7 @@ static void metrics_timer_cb(struct ev_loop *ev, ev_timer *w, int revents)
 {
 	struct evfdd_metrics *m = w->data;
 
-	MHD_run(m->mhd);
+	mhd.run(m->mhd);
 	metrics_rearm(m);
 }
 
@@ -185,6 +240,11 @@ int evfdd_metrics_start(struct evfdd_metrics **out, struct ev_loop *ev, int fd, 
 	m->arg = arg;
 	m->sp = (struct safepath)SAFEPATH_INIT;
 	m->file_fd = -1;
+	if (metrics_load_mhd() < 0) {
+		if (activated)
+			close(fd);
+		goto fail;
+	}
 	if (activated)
 		(void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 	else
@@ -192,7 +252,7 @@ int evfdd_metrics_start(struct evfdd_metrics **out, struct ev_loop *ev, int fd, 
 	if (fd < 0)
 		goto fail;
 	/* No thread of MHD's own: external mode with its epoll descriptor, watched here. MHD takes the fd. */
-	m->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL, metrics_request, m,
+	m->mhd = mhd.start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL, metrics_request, m,
 				  MHD_OPTION_EXTERNAL_LOGGER, metrics_log, m,   /* first, or MHD logs before it */
 				  MHD_OPTION_LISTEN_SOCKET, fd,
 				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)METRICS_MAX_CLIENTS,
@@ -202,7 +262,7 @@ int evfdd_metrics_start(struct evfdd_metrics **out, struct ev_loop *ev, int fd, 
 		log_errx("metrics: libmicrohttpd would not start on %s", activated ? "the activated socket" : ep->text);
 		goto fail;   /* it closed the socket */
 	}
-	info = MHD_get_daemon_info(m->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+	info = mhd.get_daemon_info(m->mhd, MHD_DAEMON_INFO_EPOLL_FD);
 	if (!info) {
 		log_errx("metrics: libmicrohttpd has no epoll descriptor");
 		goto fail;
@@ -234,7 +294,7 @@ void evfdd_metrics_free(struct evfdd_metrics *m)
 	if (m->mhd) {
 		ev_io_stop(m->ev, &m->io);
 		ev_timer_stop(m->ev, &m->timer);
-		MHD_stop_daemon(m->mhd);
+		mhd.stop_daemon(m->mhd);
 	}
 	/* Only the file we bound, and only if a newer instance has not replaced it since. */
 	if (m->file_fd >= 0 && fstat(m->file_fd, &st) == 0)

@@ -197,6 +197,14 @@ fi
 grep -q 'deb-systemd-invoke stop .*evfdd.service' "$ctl/prerm" || fail "prerm does not stop evfdd.service on removal"
 ok "maintainer scripts: sockets enabled, no stop or restart on upgrade, every unit stopped on removal"
 
+# libmicrohttpd is loaded with dlopen (daemon/metrics.c), which dpkg-shlibdeps cannot see: evfdd names it.
+mhd_so=$(sed -n 's/^#define EVFDD_MHD_SONAME "\(.*\)"$/\1/p' "$builddir/config.h")
+mhd_pkg=$(dpkg -S "*/$mhd_so" 2>/dev/null | sed -n '1s/[:,].*//p')
+[ -n "$mhd_so" ] && [ -n "$mhd_pkg" ] || fail "cannot tell which package holds libmicrohttpd ('$mhd_so', config.h)"
+grep -Eq "^Depends: (.*[ ,])?$mhd_pkg( |,|\$)" "$ctl/control" ||
+	fail "evfdd does not depend on $mhd_pkg, which holds $mhd_so (loaded with dlopen): add it to debian/control"
+ok "evfdd depends on $mhd_pkg, the package of $mhd_so that it loads with dlopen"
+
 # ---- libevfd0: the library and its symbols --------------------------------------------------------------
 lib=$(sed -n "s|^\(/usr/lib/$ma/libevfd\.so\.0\.[0-9.]*\)\$|\1|p" "$tmp/libevfd0.files")
 [ -n "$lib" ] || fail "libevfd0 holds no /usr/lib/$ma/libevfd.so.0.*"
