@@ -155,6 +155,15 @@ static void listen_apply_mode(struct evfdd_listener *l)
 	const char *path = l->key.addr.u.un.sun_path;
 	int r;
 
+	if (l->carried && l->key.kind == EVFDD_ENDPOINT_UNIX && l->mode != l->next_mode) {
+		/* The first configuration after the hand-over only says what the file has, presumably. */
+		if (l->mode != (mode_t)-1)
+			log_warnx("listen %s: socket_mode %04o is not applied: this socket came over from the previous "
+				  "evfdd, which hands on no handle on its file, and evfdd changes no mode through a path; "
+				  "it keeps its mode until evfdd is stopped and started", path, (unsigned)l->next_mode);
+		l->mode = l->next_mode;
+		return;
+	}
 	if (l->file_fd < 0 || l->mode == l->next_mode)
 		return;
 	r = safepath_chmod_fd(l->file_fd, l->next_mode);
@@ -247,6 +256,8 @@ static void listen_adopt_bound(struct evfdd_listen *ls, int fd)
 	}
 	l->key.addr.len = len;
 	l->key.kind = l->key.addr.u.sa.sa_family == AF_UNIX ? EVFDD_ENDPOINT_UNIX : EVFDD_ENDPOINT_INET;
+	l->carried = true;
+	l->mode = (mode_t)-1;            /* what the previous evfdd gave its file: not known here */
 	evfdd_addr_format(&l->key.addr, text, sizeof(text));
 	log_info("taking over the listening socket on %s (descriptor %d) from the previous evfdd", text, fd);
 	len = sizeof(v6only);

@@ -22,6 +22,7 @@ struct evfdd_listener {
 	mode_t mode;                     /* ... the mode it was given last */
 	mode_t next_mode;                /* ... and the one a reload being prepared asks for (main thread) */
 	bool activated;
+	bool carried;                    /* self-bound, carried over by an upgrade or a restart: no file_fd */
 	char *name;                      /* FileDescriptorName= of an activated socket */
 	struct evfdd_endpoint_key {      /* what a self-bound socket is bound to */
 		enum evfdd_endpoint_kind kind;
