@@ -1,19 +1,22 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """The load the end-to-end tests of reloads and upgrades (test-reload.py, test-upgrade.py) put through evfdd,
 and what checks it: long-lived streams with every byte checked against a pattern (Load), a client opening
-and closing connections without pause (Churn), a Python echo backend (Echo), single round trips, and a
-thread of evfdd frozen with ptrace (Frozen). Each test hands its own way of failing to use() first; its
+and closing connections without pause (Churn), a Python echo backend (Echo), single round trips; what evfdd
+says against what the clients saw (its counters, its loops and rings); and a thread of evfdd frozen with
+ptrace (Frozen). Each test hands its own way of failing to use() first; its
 clients join CLIENTS, which the test's failure stops."""
 import ctypes
 import errno
+import json
 import os
 import random
+import resource
 import selectors
 import socket
 import threading
 import time
 
-from evfddtest import SCALE, ThreadedServer
+from evfddtest import SCALE, ThreadedServer, sanitizer_report
 
 # Sanitizer builds run everything several times slower: waits that only guard against a hang grow with it.
 SLOW = 1 if SCALE == 1 else 3
@@ -365,6 +368,87 @@ class Echo(ThreadedServer):
             pass
         finally:
             c.close()
+
+
+# ---- what evfdd says, against what the clients saw -------------------------------------------------------
+
+def check_sanitizers(text, who="evfdd"):
+    if sanitizer_report(text):
+        fail("sanitizer report from %s:\n%s" % (who, text))
+
+
+def raise_nofile(want):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < min(hard, want):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, want), hard))
+
+
+def totals_consistent(svc):
+    """Every connection a service counted is open, closed, or ended for a reason."""
+    return svc["total"] == svc["open"] + svc["closed"] + sum(svc["ends"].values())
+
+
+def expect_counters(d, per_service, what):
+    """evfdd's counters agree with what the clients saw: @per_service maps a service to the connections its
+    clients (and evfdd's own forwards) opened, every one ended cleanly; waits for evfdd to close the last."""
+    end = time.time() + 30 * SLOW
+    while True:
+        svcs = {s["name"]: s for s in d.json("services")["services"]}
+        if all(svcs[n]["open"] == 0 for n in per_service) or time.time() > end:
+            break
+        time.sleep(0.05)
+    for name, opened in sorted(per_service.items()):
+        s = svcs[name]
+        bad = {k: v for k, v in s["ends"].items() if v}
+        if s["open"] or s["total"] != opened or s["closed"] != opened or bad or not totals_consistent(s):
+            fail("%s: [%s] counters disagree with the clients, which opened %d connections and saw every one "
+                 "end cleanly: open %d, total %d, closed %d, ends %s" % (what, name, opened, s["open"], s["total"],
+                                                                        s["closed"], bad or "none"))
+        if s["refused"] or s["connect_errors"] or s["aborted"]:
+            fail("%s: [%s] refused %d, connect_errors %d, aborted %d, all should be 0"
+                 % (what, name, s["refused"], s["connect_errors"], s["aborted"]))
+
+
+def topology_problem(loops, rings, workers, nrings):
+    """What is wrong with this picture after a reload to @workers loops and @nrings rings, or None."""
+    ids = {lp["id"] for lp in loops}
+    if len(loops) != workers:
+        return "%d loops listed, %d configured" % (len(loops), workers)
+    retiring = [lp for lp in loops if lp["state"] != "running"]
+    if retiring:
+        return "loop %s is %s" % (retiring[0]["id"], retiring[0]["state"])
+    orphans = [r for r in rings if r["loop"] not in ids]
+    if orphans:
+        return "ring %s is owned by loop %s, which is not in the loops list %s" % (orphans[0]["id"],
+                                                                                  orphans[0]["loop"], sorted(ids))
+    moving = [r for r in rings if r["state"] == "moving"]
+    if moving:
+        return "ring %s is still moving" % moving[0]["id"]
+    active = [r for r in rings if r["state"] == "running"]
+    if len(active) != nrings:
+        return "%d running rings, %d configured" % (len(active), nrings)
+    for lp in loops:
+        owned = sum(1 for r in rings if r["loop"] == lp["id"])
+        if lp["rings"] != owned:
+            return "loop %s says it owns %d rings, the rings list gives it %d" % (lp["id"], lp["rings"], owned)
+    per_loop = [sum(1 for r in active if r["loop"] == lp["id"]) for lp in loops]
+    if max(per_loop) - min(per_loop) > 1:
+        return "rings spread unevenly over the loops: %s" % per_loop
+    return None
+
+
+def wait_topology(d, workers, nrings, what, timeout=30):
+    """The loops and rings settle on the configuration; moves and retiring loops finish by themselves."""
+    end = time.time() + timeout * SLOW
+    while True:
+        loops, rings = d.json("loops")["loops"], d.json("rings")["rings"]
+        problem = topology_problem(loops, rings, workers, nrings)
+        if problem is None:
+            return loops, rings
+        if time.time() > end:
+            fail("%s: %s (still after %d s)\nloops: %s\nrings: %s" % (what, problem, timeout * SLOW,
+                                                                     json.dumps(loops), json.dumps(rings)))
+        time.sleep(0.02)
 
 
 PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207

@@ -9,7 +9,6 @@ import json
 import os
 import random
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -20,9 +19,10 @@ import threading
 import time
 
 import evfddload
-from evfddload import CLIENTS, SLOW, Churn, Frozen, Load, check_round_trip, connect, recv_exact
+from evfddload import (CLIENTS, SLOW, Churn, Frozen, Load, check_round_trip, check_sanitizers, connect, expect_counters,
+                       raise_nofile, recv_exact, wait_topology)
 from evfddtest import (EVFDCTL, EVFDD, SCALE, Busy, DaemonLog, ThreadedServer, closed_by_peer, expected_features,
-                       free_port, sanitizer_report)
+                       free_port)
 
 TMP = tempfile.mkdtemp(prefix="evfdd-reload-")
 DAEMONS = []
@@ -41,17 +41,6 @@ def fail(msg):
 
 
 evfddload.use(fail)
-
-
-def check_sanitizers(text, who="evfdd"):
-    if sanitizer_report(text):
-        fail("sanitizer report from %s:\n%s" % (who, text))
-
-
-def raise_nofile(want):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < min(hard, want):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, want), hard))
 
 
 class Daemon(DaemonLog):
@@ -166,28 +155,6 @@ def ensure_tools():
 
 # ---- what the clients saw -------------------------------------------------------------------------------
 
-def expect_counters(d, per_service, what):
-    """evfdd's own counters agree with what the clients saw: @per_service maps a service name to the number
-    of connections its clients (and evfdd's own forwards) opened, every one ended cleanly. Waits for the
-    last ones to be closed on evfdd's side."""
-    end = time.time() + 30 * SLOW
-    while True:
-        svcs = {s["name"]: s for s in d.json("services")["services"]}
-        if all(svcs[n]["open"] == 0 for n in per_service) or time.time() > end:
-            break
-        time.sleep(0.05)
-    for name, opened in sorted(per_service.items()):
-        s = svcs[name]
-        bad = {k: v for k, v in s["ends"].items() if v}
-        if s["open"] or s["total"] != opened or s["closed"] != opened or bad:
-            fail("%s: [%s] counters disagree with the clients, which opened %d connections and saw every one "
-                 "end cleanly: open %d, total %d, closed %d, ends %s" % (what, name, opened, s["open"],
-                                                                        s["total"], s["closed"], bad or "none"))
-        if s["refused"] or s["connect_errors"] or s["aborted"]:
-            fail("%s: [%s] refused %d, connect_errors %d, aborted %d, all should be 0"
-                 % (what, name, s["refused"], s["connect_errors"], s["aborted"]))
-
-
 class Backend(ThreadedServer):
     """A TCP backend that says who it is (one byte) on every connection, then echoes until EOF."""
 
@@ -269,52 +236,6 @@ def fields(msg):
 
 
 # ---- what evfdctl says about loops and rings -------------------------------------------------------------
-
-def topology(d):
-    return d.json("loops")["loops"], d.json("rings")["rings"]
-
-
-def topology_problem(loops, rings, workers, nrings):
-    """What is wrong with this picture after a reload to @workers loops and @nrings rings, or None."""
-    ids = {lp["id"] for lp in loops}
-    if len(loops) != workers:
-        return "%d loops listed, %d configured" % (len(loops), workers)
-    retiring = [lp for lp in loops if lp["state"] != "running"]
-    if retiring:
-        return "loop %s is %s" % (retiring[0]["id"], retiring[0]["state"])
-    orphans = [r for r in rings if r["loop"] not in ids]
-    if orphans:
-        return "ring %s is owned by loop %s, which is not in the loops list %s" % (orphans[0]["id"],
-                                                                                  orphans[0]["loop"], sorted(ids))
-    moving = [r for r in rings if r["state"] == "moving"]
-    if moving:
-        return "ring %s is still moving" % moving[0]["id"]
-    active = [r for r in rings if r["state"] == "running"]
-    if len(active) != nrings:
-        return "%d running rings, %d configured" % (len(active), nrings)
-    for lp in loops:
-        owned = sum(1 for r in rings if r["loop"] == lp["id"])
-        if lp["rings"] != owned:
-            return "loop %s says it owns %d rings, the rings list gives it %d" % (lp["id"], lp["rings"], owned)
-    per_loop = [sum(1 for r in active if r["loop"] == lp["id"]) for lp in loops]
-    if max(per_loop) - min(per_loop) > 1:
-        return "rings spread unevenly over the loops: %s" % per_loop
-    return None
-
-
-def wait_topology(d, workers, nrings, what, timeout=30):
-    """The loops and rings settle on the configuration; moves and retiring loops finish by themselves."""
-    end = time.time() + timeout * SLOW
-    while True:
-        loops, rings = topology(d)
-        problem = topology_problem(loops, rings, workers, nrings)
-        if problem is None:
-            return loops, rings
-        if time.time() > end:
-            fail("%s: %s (still after %d s)\nloops: %s\nrings: %s" % (what, problem, timeout * SLOW,
-                                                                     json.dumps(loops), json.dumps(rings)))
-        time.sleep(0.02)
-
 
 # ---- the cases --------------------------------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ import json
 import os
 import random
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -29,7 +28,8 @@ import urllib.request
 
 import evfddload
 from evfddload import (CLIENTS, PATTERN, PATTERN_LEN, PTRACE_DETACH, PTRACE_SEIZE, RECV_MAX, SLOW, WALL, Churn, Echo,
-                       Frozen, Load, check_round_trip, connect, recv_all, recv_exact)
+                       Frozen, Load, check_round_trip, check_sanitizers, connect, expect_counters, raise_nofile,
+                       recv_all, recv_exact, wait_topology)
 from evfddtest import (EVFDCTL, EVFDD, SCALE, TOP_BUILDDIR, Busy, DaemonLog, closed_by_peer, free_port,
                        metric_samples, sanitizer_report)
 
@@ -55,17 +55,6 @@ def skip(msg):
     print("SKIP: " + msg, flush=True)
     shutil.rmtree(TMP, ignore_errors=True)
     sys.exit(77)
-
-
-def check_sanitizers(text, who="evfdd"):
-    if sanitizer_report(text):
-        fail("sanitizer report from %s:\n%s" % (who, text))
-
-
-def raise_nofile(want):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < min(hard, want):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, want), hard))
 
 
 # ---- the two builds -----------------------------------------------------------------------------------
@@ -296,11 +285,6 @@ class Daemon(DaemonLog):
 
 # ---- what the clients saw -------------------------------------------------------------------------------
 
-def totals_consistent(svc):
-    """Every connection a service counted is open, closed, or ended for a reason."""
-    return svc["total"] == svc["open"] + svc["closed"] + sum(svc["ends"].values())
-
-
 def expect_clean(d, names, what):
     """Nothing abnormal counted so far for services @names: no end other than a clean close, no refusal."""
     svcs = d.services()
@@ -312,65 +296,7 @@ def expect_clean(d, names, what):
                  % (what, name, bad, s["refused"], s["connect_errors"], s["aborted"]))
 
 
-def expect_counters(d, per_service, what):
-    """evfdd's counters agree with what the clients saw: @per_service maps a service to the connections its
-    clients (and evfdd's own forwards) opened, every one ended cleanly; waits for evfdd to close the last."""
-    end = time.time() + 30 * SLOW
-    while True:
-        svcs = d.services()
-        if all(svcs[n]["open"] == 0 for n in per_service) or time.time() > end:
-            break
-        time.sleep(0.05)
-    for name, opened in sorted(per_service.items()):
-        s = svcs[name]
-        bad = {k: v for k, v in s["ends"].items() if v}
-        if s["open"] or s["total"] != opened or s["closed"] != opened or bad or not totals_consistent(s):
-            fail("%s: [%s] counters disagree with the clients, which opened %d connections and saw every one "
-                 "end cleanly: open %d, total %d, closed %d, ends %s" % (what, name, opened, s["open"], s["total"],
-                                                                        s["closed"], bad or "none"))
-        if s["refused"] or s["connect_errors"] or s["aborted"]:
-            fail("%s: [%s] refused %d, connect_errors %d, aborted %d, all should be 0"
-                 % (what, name, s["refused"], s["connect_errors"], s["aborted"]))
-
-
 # ---- loops and rings ------------------------------------------------------------------------------------
-
-def topology_problem(loops, rings, workers, nrings):
-    ids = {lp["id"] for lp in loops}
-    if len(loops) != workers:
-        return "%d loops listed, %d configured" % (len(loops), workers)
-    retiring = [lp for lp in loops if lp["state"] != "running"]
-    if retiring:
-        return "loop %s is %s" % (retiring[0]["id"], retiring[0]["state"])
-    orphans = [r for r in rings if r["loop"] not in ids]
-    if orphans:
-        return "ring %s is owned by loop %s, not in the loops list %s" % (orphans[0]["id"], orphans[0]["loop"],
-                                                                         sorted(ids))
-    moving = [r for r in rings if r["state"] == "moving"]
-    if moving:
-        return "ring %s is still moving" % moving[0]["id"]
-    active = [r for r in rings if r["state"] == "running"]
-    if len(active) != nrings:
-        return "%d running rings, %d configured" % (len(active), nrings)
-    for lp in loops:
-        owned = sum(1 for r in rings if r["loop"] == lp["id"])
-        if lp["rings"] != owned:
-            return "loop %s says it owns %d rings, the rings list gives it %d" % (lp["id"], lp["rings"], owned)
-    return None
-
-
-def wait_topology(d, workers, nrings, what, timeout=30):
-    end = time.time() + timeout * SLOW
-    while True:
-        loops, rings = d.json("loops")["loops"], d.json("rings")["rings"]
-        problem = topology_problem(loops, rings, workers, nrings)
-        if problem is None:
-            return loops, rings
-        if time.time() > end:
-            fail("%s: %s (still after %d s)\nloops: %s\nrings: %s" % (what, problem, timeout * SLOW,
-                                                                     json.dumps(loops), json.dumps(rings)))
-        time.sleep(0.02)
-
 
 # ---- a worker thread, to freeze (Frozen) and hold a reload or an upgrade half-way -----------------------
 
