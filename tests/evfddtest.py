@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """What the evfdd end-to-end tests (test-evfdd.py, test-control.py, test-reload.py) share: where the
-programs are, free ports, backends that serve each connection in a thread, and following evfdd's log:
-waiting for a line, spotting a sanitizer report.
+programs are, free ports, backends that serve each connection in a thread, following evfdd's log (waiting
+for a line, spotting a sanitizer report), and asking it through evfdctl (DaemonCtl).
 Each test keeps its own way of failing, which it hands to DaemonLog as `fail`."""
+import json
 import os
 import signal
 import socket
@@ -154,6 +155,57 @@ class DaemonLog:
         if rc != 0:
             self.fail("evfdd exited with %d after %s:\n%s" % (rc, sig, self.text()))
         return rc
+
+
+def with_control(conf, control):
+    """@conf with control = @control first in its [evfdd] section (which it gets if it has none)."""
+    head = "[evfdd]\ncontrol = %s\n" % control
+    return conf.replace("[evfdd]\n", head, 1) if "[evfdd]\n" in conf else head + conf
+
+
+class DaemonCtl(DaemonLog):
+    """A DaemonLog with a control socket (self.control) asked through evfdctl, and a configuration file
+    (self.path) the test rewrites."""
+
+    def write(self, conf):
+        """Replace the file as an editor would (rename), so evfdd never reads a half-written one."""
+        tmp = self.path + ".new"
+        with open(tmp, "w") as f:
+            f.write(conf)
+        os.replace(tmp, self.path)
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        """A graceful stop must end with exit status 0 and no sanitizer report."""
+        self.proc.send_signal(sig)
+        return self.wait_exit(sig, timeout)
+
+    def ctl(self, *args, timeout=30):
+        """evfdctl -s CONTROL ARGS..., its output as text; a sanitizer report from evfdctl fails."""
+        try:
+            out = subprocess.run([EVFDCTL, "-s", self.control] + list(args), capture_output=True, text=True,
+                                 timeout=timeout * self.slow)
+        except subprocess.TimeoutExpired:
+            self.fail("evfdctl %s did not answer within %d s:\n%s" % (" ".join(args), timeout * self.slow,
+                                                                      self.text()[-6000:]))
+        if sanitizer_report(out.stderr):
+            self.fail("sanitizer report from evfdctl:\n" + out.stderr)
+        return out
+
+    def json(self, *args):
+        out = self.ctl("--json", *args)
+        if out.returncode != 0:
+            self.fail("evfdctl --json %s: exit %d, %r\nevfdd's log:\n%s" % (" ".join(args), out.returncode,
+                                                                           out.stderr, self.text()[-6000:]))
+        try:
+            return json.loads(out.stdout)
+        except ValueError as e:
+            self.fail("evfdctl --json %s printed no JSON (%s): %r" % (" ".join(args), e, out.stdout))
+
+    def status(self):
+        return self.json("status")
+
+    def services(self):
+        return {s["name"]: s for s in self.json("services")["services"]}
 
 
 class Busy:

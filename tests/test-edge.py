@@ -17,7 +17,6 @@ import random
 import re
 import select
 import shutil
-import signal
 import socket
 import ssl
 import struct
@@ -28,7 +27,7 @@ import threading
 import time
 import traceback
 
-from evfddtest import EVFDCTL, EVFDD, SCALE, DaemonLog, closed_by_peer, free_port, sanitizer_report
+from evfddtest import EVFDCTL, EVFDD, SCALE, DaemonCtl, closed_by_peer, free_port, sanitizer_report, with_control
 
 TMP = tempfile.mkdtemp(prefix="evfdd-edge-")
 os.environ["RUNTIME_DIRECTORY"] = TMP
@@ -65,7 +64,7 @@ def check_sanitizers(text, who="evfdd"):
         fail("sanitizer report from %s:\n%s" % (who, text))
 
 
-class Daemon(DaemonLog):
+class Daemon(DaemonCtl):
     """evfdd on a configuration file of its own (a control socket of its own is added to [evfdd]); its stdout
     and stderr go to a file the checks read. @wrap runs it under another program (unshare ...), @env adds
     variables."""
@@ -88,41 +87,10 @@ class Daemon(DaemonLog):
             self.wait_log("ready")
 
     def write(self, conf):
-        head = "[evfdd]\ncontrol = %s\n" % self.control
-        conf = conf.replace("[evfdd]\n", head, 1) if "[evfdd]\n" in conf else head + conf
-        tmp = self.path + ".new"
-        with open(tmp, "w") as f:
-            f.write(conf)
-        os.replace(tmp, self.path)
+        super().write(with_control(conf, self.control))
 
     def fail(self, msg):
         fail(msg)
-
-    def stop(self, sig=signal.SIGTERM, timeout=30):
-        self.proc.send_signal(sig)
-        return self.wait_exit(sig, timeout)
-
-    def ctl(self, *args, timeout=30):
-        try:
-            out = subprocess.run([EVFDCTL, "-s", self.control] + list(args), capture_output=True, text=True,
-                                 timeout=timeout * SLOW)
-        except subprocess.TimeoutExpired:
-            fail("evfdctl %s did not answer within %d s:\n%s" % (" ".join(args), timeout * SLOW, self.text()))
-        check_sanitizers(out.stderr, "evfdctl")
-        return out
-
-    def json(self, *args):
-        out = self.ctl("--json", *args)
-        if out.returncode != 0:
-            fail("evfdctl --json %s: exit %d, %r\nevfdd's log:\n%s" % (" ".join(args), out.returncode, out.stderr,
-                                                                      self.text()[-4000:]))
-        try:
-            return json.loads(out.stdout)
-        except ValueError as e:
-            fail("evfdctl --json %s printed no JSON (%s): %r" % (" ".join(args), e, out.stdout))
-
-    def services(self):
-        return {s["name"]: s for s in self.json("services")["services"]}
 
     def backends(self, service):
         out = {}

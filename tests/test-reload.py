@@ -19,9 +19,9 @@ import threading
 import time
 
 import evfddload
-from evfddload import (CLIENTS, SLOW, Churn, Frozen, Load, check_round_trip, check_sanitizers, connect, expect_counters,
-                       raise_nofile, recv_exact, wait_topology)
-from evfddtest import (EVFDCTL, EVFDD, SCALE, Busy, DaemonLog, ThreadedServer, closed_by_peer, expected_features,
+from evfddload import (CLIENTS, SLOW, Churn, Frozen, Load, check_round_trip, connect, expect_counters, raise_nofile,
+                       recv_exact, wait_topology)
+from evfddtest import (EVFDCTL, EVFDD, SCALE, Busy, DaemonCtl, ThreadedServer, closed_by_peer, expected_features,
                        free_port)
 
 TMP = tempfile.mkdtemp(prefix="evfdd-reload-")
@@ -43,7 +43,7 @@ def fail(msg):
 evfddload.use(fail)
 
 
-class Daemon(DaemonLog):
+class Daemon(DaemonCtl):
     """evfdd on a configuration file that the test rewrites; its stderr is kept for the checks."""
 
     slow = SLOW
@@ -64,47 +64,11 @@ class Daemon(DaemonLog):
         if wait_ready:
             self.wait_log("ready")
 
-    def write(self, conf):
-        """Replace the file as an editor would (rename), so evfdd never reads a half-written one."""
-        tmp = self.path + ".new"
-        with open(tmp, "w") as f:
-            f.write(conf)
-        os.replace(tmp, self.path)
-
     def fail(self, msg):
         fail(msg)
 
     def hup(self):
         self.proc.send_signal(signal.SIGHUP)
-
-    def stop(self, sig=signal.SIGTERM, timeout=30):
-        """A graceful stop must end with exit status 0 and no sanitizer report."""
-        self.proc.send_signal(sig)
-        return self.wait_exit(sig, timeout)
-
-    # ---- the control socket, through evfdctl ----
-
-    def ctl(self, *args, timeout=30):
-        try:
-            out = subprocess.run([EVFDCTL, "-s", self.control] + list(args), capture_output=True, text=True,
-                                 timeout=timeout * SLOW)
-        except subprocess.TimeoutExpired:
-            fail("evfdctl %s did not answer within %d s:\n%s" % (" ".join(args), timeout * SLOW, self.text()))
-        check_sanitizers(out.stderr, "evfdctl")
-        return out
-
-    def json(self, what):
-        out = self.ctl("--json", what)
-        if out.returncode != 0:
-            fail("evfdctl --json %s: exit %d, %r\nevfdd's log:\n%s" % (what, out.returncode, out.stderr,
-                                                                      self.text()))
-        try:
-            return json.loads(out.stdout)
-        except ValueError as e:
-            fail("evfdctl --json %s printed no JSON (%s): %r" % (what, e, out.stdout))
-
-    def status(self):
-        return self.json("status")
 
     def reload(self, conf, timeout=60):
         """Rewrite the file, SIGHUP, wait until that reload has finished; returns the status afterwards."""

@@ -30,7 +30,7 @@ import evfddload
 from evfddload import (CLIENTS, PATTERN, PATTERN_LEN, PTRACE_DETACH, PTRACE_SEIZE, RECV_MAX, SLOW, WALL, Churn, Echo,
                        Frozen, Load, check_round_trip, check_sanitizers, connect, expect_counters, raise_nofile,
                        recv_all, recv_exact, wait_topology)
-from evfddtest import (EVFDCTL, EVFDD, SCALE, TOP_BUILDDIR, Busy, DaemonLog, closed_by_peer, free_port,
+from evfddtest import (EVFDCTL, EVFDD, SCALE, TOP_BUILDDIR, Busy, DaemonCtl, closed_by_peer, free_port,
                        metric_samples, sanitizer_report)
 
 TMP = tempfile.mkdtemp(prefix="evfdd-upgrade-")   # 0700: evfdd executes only what sits in a safe directory
@@ -113,7 +113,7 @@ def ensure_tools():
 UPGRADED = re.compile(r"upgraded to evfdd (\S+) \(pid (\d+)\): (\d+) connections? carried over in ([0-9.]+) ms")
 
 
-class Daemon(DaemonLog):
+class Daemon(DaemonCtl):
     """evfdd started as BINDIR/evfdd -c CONF from a private 0700 directory, on a configuration file the test
     rewrites. upgrade() puts the other build at that path first, so the two alternate."""
 
@@ -154,28 +154,8 @@ class Daemon(DaemonLog):
         os.chmod(tmp, mode)
         os.rename(tmp, self.exe)
 
-    def write(self, conf):
-        tmp = self.path + ".new"
-        with open(tmp, "w") as f:
-            f.write(conf)
-        os.replace(tmp, self.path)
-
     def fail(self, msg):
         fail(msg)
-
-    def stop(self, sig=signal.SIGTERM, timeout=30):
-        self.proc.send_signal(sig)
-        return self.wait_exit(sig, timeout)
-
-    def ctl(self, *args, timeout=30):
-        try:
-            out = subprocess.run([EVFDCTL, "-s", self.control] + list(args), capture_output=True, text=True,
-                                 timeout=timeout * SLOW)
-        except subprocess.TimeoutExpired:
-            fail("evfdctl %s did not answer within %d s:\n%s" % (" ".join(args), timeout * SLOW,
-                                                                 self.text()[-6000:]))
-        check_sanitizers(out.stderr, "evfdctl")
-        return out
 
     def ctl_bg(self, *args):
         """evfdctl started and left running: communicate() later."""
@@ -198,12 +178,6 @@ class Daemon(DaemonLog):
                 fail("evfdctl --json %s: exit %d, %r\nevfdd's log:\n%s" % (what, out.returncode, out.stderr,
                                                                           self.text()[-6000:]))
             time.sleep(0.05)
-
-    def status(self):
-        return self.json("status")
-
-    def services(self):
-        return {s["name"]: s for s in self.json("services")["services"]}
 
     def wait_status(self, pred, what, timeout=60):
         end = time.time() + timeout * SLOW
