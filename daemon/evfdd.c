@@ -1052,6 +1052,7 @@ static int run(struct daemon *d)
 	/* After an upgrade, the endpoint starts once the connections are taken over: they wait for nothing else. */
 	if (!d->take.st && metrics_open(d) < 0)
 		goto out;
+	d->plane.carried = d->take.st != NULL;
 	if (evfdd_reload_initial(&d->plane, started, d, err, sizeof(err)) < 0) {
 		if (err[0])
 			log_errx("%s", err);

@@ -173,6 +173,7 @@ struct evfdd_relay {
 	struct evfd_ring *ring;
 	struct io_uring_buf_ring *br;
 	unsigned char *pool;
+	uint64_t huge_at_ns;             /* when to ask for huge pages for the pool (CLOCK_MONOTONIC), or 0 */
 	unsigned nbufs, bufsz, mask;
 	bool bundle;                     /* receives may take several buffers */
 	size_t heap, heap_max;           /* bytes of slices copied out of the buffers, and the most allowed */
@@ -1699,9 +1700,10 @@ static void acceptor_add(struct evfdd_relay *rl, struct evfdd_relay_service *rs)
 	acceptor_arm(a);
 }
 
-/* ---- idle sweep ----------------------------------------------------------------------------------- */
+/* ---- idle sweep (and the pool's late huge pages) ----------------------------------------------------------------------------------- */
 
 static void tick_arm(struct evfdd_relay *rl);
+static void pool_ask_huge(struct evfdd_relay *rl);
 
 static void tick_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
 {
@@ -1711,6 +1713,8 @@ static void tick_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void
 
 	rl->pending--;
 	rl->tick_op = NULL;
+	if (rl->huge_at_ns && now >= rl->huge_at_ns)
+		pool_ask_huge(rl);
 	rl->hold++;
 	for (a = TAILQ_FIRST(&rl->accs); a && !rl->stopping && !rl->parking; a = anext) {
 		uint64_t idle = (uint64_t)a->svc->idle_timeout_ms * 1000000u;
@@ -1783,15 +1787,30 @@ static void services_drop(struct evfdd_relay_service *svcs, unsigned n)
  * pages, a keep-alive load's p99 stayed at 15-37 ms on the bench machine, against 3-6 ms on 2 MiB pages (and
  * 2-7 ms after dropping the 4 KiB pages). The cost: the pool becomes resident 2 MiB at a time, so a ring
  * with any traffic soon holds its whole pool, within the cap evfdd(8) states. MADV_HUGEPAGE is a hint:
- * without THP the pool is ordinary memory. */
-static unsigned char *pool_alloc(size_t size)
+ * without THP the pool is ordinary memory.
+ * A ring that starts with traffic waiting (the new image of an upgrade) asks later (@huge false, then
+ * pool_ask_huge): each first touch of a 2 MiB page blocks the ring's loop while the kernel finds, perhaps
+ * compacts, and clears 2 MiB, and right after an upgrade every ring walks its pool at once. On the bench,
+ * streams then stalled up to 92 ms against 33-43 ms on small pages; khugepaged makes huge pages of them
+ * afterwards, off the loop. */
+static unsigned char *pool_alloc(size_t size, bool huge)
 {
 	void *p;
 
 	if (size % POOL_HUGE_PAGE || posix_memalign(&p, POOL_HUGE_PAGE, size))
 		return malloc(size);
-	(void)madvise(p, size, MADV_HUGEPAGE);
+	if (huge)
+		(void)madvise(p, size, MADV_HUGEPAGE);
 	return p;
+}
+
+static void pool_ask_huge(struct evfdd_relay *rl)
+{
+	size_t size = (size_t)rl->nbufs * rl->bufsz;
+
+	rl->huge_at_ns = 0;
+	if (!(size % POOL_HUGE_PAGE) && !((uintptr_t)rl->pool % POOL_HUGE_PAGE))
+		(void)madvise(rl->pool, size, MADV_HUGEPAGE);
 }
 
 int evfdd_relay_start(struct evfd_ring *ring, struct evfdd_relay_service *svcs, unsigned nsvcs,
@@ -1824,7 +1843,9 @@ int evfdd_relay_start(struct evfd_ring *ring, struct evfdd_relay_service *svcs, 
 	err = -posix_memalign((void **)&rl->br, 4096, rl->nbufs * sizeof(struct io_uring_buf));
 	if (err)
 		goto fail;
-	rl->pool = pool_alloc((size_t)rl->nbufs * rl->bufsz);
+	rl->pool = pool_alloc((size_t)rl->nbufs * rl->bufsz, !p->huge_delay_ms);
+	if (p->huge_delay_ms)
+		rl->huge_at_ns = util_now_ns(CLOCK_MONOTONIC) + (uint64_t)p->huge_delay_ms * 1000000u;
 	rl->slot_bid = calloc(rl->nbufs, sizeof(*rl->slot_bid));
 	rl->bid_slot = calloc(rl->nbufs, sizeof(*rl->bid_slot));
 	if (!rl->pool || !rl->slot_bid || !rl->bid_slot) {

@@ -28,6 +28,8 @@ struct evfdd_relay_params {
 	unsigned buffers;                /* provided buffers per ring (a power of two, at most 32768) */
 	unsigned buffer_size;
 	bool bundle;                     /* the kernel has IORING_RECVSEND_BUNDLE: receives take several buffers */
+	unsigned huge_delay_ms;          /* > 0: the pool asks for huge pages only this long after the ring
+					  * starts (rings that start under load: see relay.c, pool_alloc) */
 	struct evfdd_relay_balance *balance;   /* or NULL */
 };
 

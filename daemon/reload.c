@@ -16,6 +16,7 @@
  * few requests per byte. */
 #define RELAY_BUFFERS 256
 #define RELAY_BUFFER_SIZE (64 * 1024)
+#define RELAY_HUGE_DELAY_MS 10000       /* after an upgrade, rings ask for huge pages this late (relay.c) */
 
 /* One reload in progress: what it will commit, and whom to tell. */
 struct reload_run {
@@ -176,6 +177,7 @@ int evfdd_reload_initial(struct evfdd_plane *p, void (*done)(void *arg, int err)
 	const struct evfdd_relay_params rp = {
 		.buffers = RELAY_BUFFERS, .buffer_size = RELAY_BUFFER_SIZE,
 		.bundle = p->features.on[EVFDD_FEATURE_RECV_BUNDLE],
+		.huge_delay_ms = p->carried ? RELAY_HUGE_DELAY_MS : 0,
 	};
 	unsigned ring_flags = p->features.on[EVFDD_FEATURE_COOP_TASKRUN] ? EVFD_RING_COOP_TASKRUN : 0;
 	struct evfdd_listener **lsts = calloc(p->cfg->nservices, sizeof(*lsts));

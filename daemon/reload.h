@@ -31,6 +31,8 @@ struct evfdd_plane {
 	unsigned nsvcs;
 	struct evfdd_workers *workers;
 	struct evfdd_features features;  /* what the data plane uses of io_uring (probed at start-up) */
+	bool carried;                    /* connections of the previous image wait to be adopted: rings start
+					  * under load */
 };
 
 struct evfdd_reload_error {
