@@ -156,7 +156,8 @@ static void listen_apply_mode(struct evfdd_listener *l)
 	int r;
 
 	if (l->carried && l->key.kind == EVFDD_ENDPOINT_UNIX && l->mode != l->next_mode) {
-		/* The first configuration after the hand-over only says what the file has, presumably. */
+		/* The first configuration after the hand-over is taken for what the file has: the previous
+		 * image gave it that mode, unless the file changed since (evfdd(8) says so). */
 		if (l->mode != (mode_t)-1)
 			log_warnx("listen %s: socket_mode %04o is not applied: this socket came over from the previous "
 				  "evfdd, which hands on no handle on its file, and evfdd changes no mode through a path; "

@@ -1700,7 +1700,7 @@ static void acceptor_add(struct evfdd_relay *rl, struct evfdd_relay_service *rs)
 	acceptor_arm(a);
 }
 
-/* ---- idle sweep (and the pool's late huge pages) ----------------------------------------------------------------------------------- */
+/* ---- idle sweep, and the pool's late huge pages --------------------------------------------------- */
 
 static void tick_arm(struct evfdd_relay *rl);
 static void pool_ask_huge(struct evfdd_relay *rl);
