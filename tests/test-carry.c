@@ -874,6 +874,26 @@ static void t_raw_counter(struct evfdd_carry_writer *w, const void *svc, size_t 
 	CHECK(rec_end(w, start) == 0, "rec_end");
 }
 
+
+/* Counter records the reader refuses: a NULL string stands for as many 'n' bytes as the length says. */
+struct bad_counter {
+	const char *svc;
+	size_t svclen;
+	const char *name;
+	size_t namelen;
+	const char *why, *what;
+};
+
+static const struct bad_counter bad_counters[] = {
+	{ "web", 3, "a\0b", 3, "record 0 (counter): name holds a NUL", "NUL in a name" },
+	{ "web", 3, "to\atal", 6, "record 0 (counter): name holds byte 0x07 at 2", "BEL in a name" },
+	{ "w b", 3, "total", 5, "service holds byte 0x20 at 1", "a blank in a service" },
+	{ "web", 3, "tot\xff", 4, "name holds byte 0xff at 3", "0xff in a name" },
+	{ "", 0, "total", 5, "service is empty", "an empty service" },
+	{ "web", 3, NULL, 32, "name is 32 bytes, at most 31", "a name as long as its field" },
+	{ NULL, 65, "total", 5, "service is 65 bytes, at most 64", "a service as long as its field" },
+};
+
 static void test_strings(void)
 {
 	struct evfdd_carry_counter k = { .service = "web", .name = "total" };
@@ -913,28 +933,14 @@ static void test_strings(void)
 	evfdd_carry_writer_free(w);
 
 	/* the reader */
-	w = t_writer(0);
-	t_raw_counter(w, "web", 3, "a\0b", 3);
-	t_refused(w, "record 0 (counter): name holds a NUL", "NUL in a name");
-	w = t_writer(0);
-	t_raw_counter(w, "web", 3, "to\atal", 6);
-	t_refused(w, "record 0 (counter): name holds byte 0x07 at 2", "BEL in a name");
-	w = t_writer(0);
-	t_raw_counter(w, "w b", 3, "total", 5);
-	t_refused(w, "service holds byte 0x20 at 1", "a blank in a service");
-	w = t_writer(0);
-	t_raw_counter(w, "web", 3, "tot\xff", 4);
-	t_refused(w, "name holds byte 0xff at 3", "0xff in a name");
-	w = t_writer(0);
-	t_raw_counter(w, "", 0, "total", 5);
-	t_refused(w, "service is empty", "an empty service");
 	memset(long_name, 'n', sizeof(long_name));
-	w = t_writer(0);
-	t_raw_counter(w, "web", 3, long_name, 32);
-	t_refused(w, "name is 32 bytes, at most 31", "a name as long as its field");
-	w = t_writer(0);
-	t_raw_counter(w, long_name, 65, "total", 5);
-	t_refused(w, "service is 65 bytes, at most 64", "a service as long as its field");
+	for (size_t i = 0; i < sizeof(bad_counters) / sizeof(bad_counters[0]); i++) {
+		const struct bad_counter *b = &bad_counters[i];
+
+		w = t_writer(0);
+		t_raw_counter(w, b->svc ? b->svc : long_name, b->svclen, b->name ? b->name : long_name, b->namelen);
+		t_refused(w, b->why, b->what);
+	}
 	w = t_writer(0);
 	t_raw_counter(w, "web", 3, long_name, 31);
 	fd = evfdd_carry_seal(w);
