@@ -870,22 +870,30 @@ carry_crash() {
 }
 
 # FileDescriptorStoreMax=0: a restart is a graceful stop and a start.
+# restart_stops WHAT PATTERN: two connections held open, then systemctl restart; evfdd ($pid) must log
+# PATTERN (after "evfdd[$pid]: ") and stop as for a stop, the held connections working until they end.
+# Sets pid and mark (the log's length before), for the caller's checks.
+restart_stops() {
+	hold_start 2 "$port" "$port_fwd"
+	pid=$(main_pid)
+	mark=$(log_lines)
+	start_limit_reset
+	sd --quiet restart --no-block evfdd.service
+	wait_for "evfdd (pid $pid) $1" log_has "^evfdd\[$pid\]: $2"
+	hold_cmd rt
+	[ "$hold_answer" = "ok=2 of 2" ] ||
+		fail "the connections open at the restart stopped working while evfdd was stopping ($1): $hold_answer"
+	hold_end
+}
+
 carry_no_store() {
 	local dropin="$XDG_CONFIG_HOME/systemd/user/evfdd.service.d" pid mark
 	mkdir -p "$dropin"
 	printf '[Service]\nFileDescriptorStoreMax=0\n' >"$dropin/no-store.conf"
 	sd daemon-reload
 	[ "$(prop evfdd.service FileDescriptorStoreMax)" = 0 ] || fail "the drop-in did not set FileDescriptorStoreMax=0"
-	hold_start 2 "$port" "$port_fwd"
-	pid=$(main_pid)
-	mark=$(log_lines)
-	start_limit_reset
-	sd --quiet restart --no-block evfdd.service
-	wait_for "evfdd (pid $pid) saying it cannot carry over" log_has \
-		"^evfdd\[$pid\]: notice: evfdd.service is restarting, but FileDescriptorStoreMax= is 0: connections cannot be carried over; stopping"
-	hold_cmd rt
-	[ "$hold_answer" = "ok=2 of 2" ] || fail "the connections open at the restart stopped working while evfdd was stopping: $hold_answer"
-	hold_end
+	restart_stops "saying it cannot carry over" \
+		"notice: evfdd.service is restarting, but FileDescriptorStoreMax= is 0: connections cannot be carried over; stopping"
 	wait_for "a new evfdd after the restart" replaced "$pid"
 	if log_since "$mark" | grep -E "restart:|carried over in"; then
 		fail "a restart with FileDescriptorStoreMax=0 carried connections over (lines above)"
@@ -904,16 +912,8 @@ carry_bad_config() {
 	local pid mark
 	cp "$conf" "$conf.keep"
 	printf '\n[broken\n' >>"$conf"
-	hold_start 2 "$port" "$port_fwd"
-	pid=$(main_pid)
-	mark=$(log_lines)
-	start_limit_reset
-	sd --quiet restart --no-block evfdd.service
-	wait_for "evfdd (pid $pid) refusing to carry over to a start that would fail" log_has \
-		"^evfdd\[$pid\]: warning: restart: the next start's binary .* does not accept the configuration or the state: .*; stopping as for a stop instead, nothing carried over"
-	hold_cmd rt
-	[ "$hold_answer" = "ok=2 of 2" ] || fail "the connections open at the refused restart stopped working while evfdd was stopping: $hold_answer"
-	hold_end
+	restart_stops "refusing to carry over to a start that would fail" \
+		"warning: restart: the next start's binary .* does not accept the configuration or the state: .*; stopping as for a stop instead, nothing carried over"
 	if log_since "$mark" | grep -E "descriptor store|carried over in"; then
 		fail "a restart to a broken configuration carried connections over (lines above)"
 	fi
