@@ -354,10 +354,17 @@ class Churn:
 
 
 class Echo(ThreadedServer):
-    """A Python echo backend: echoes until EOF, then half-closes and closes."""
+    """A Python echo backend: sends @greeting first if any (a backend saying who it is), echoes until EOF,
+    then half-closes and closes."""
+
+    def __init__(self, greeting=b""):
+        self.greeting = greeting
+        super().__init__()
 
     def _serve(self, c):
         try:
+            if self.greeting:
+                c.sendall(self.greeting)
             while True:
                 d = c.recv(65536)
                 if not d:

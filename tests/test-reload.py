@@ -19,10 +19,9 @@ import threading
 import time
 
 import evfddload
-from evfddload import (CLIENTS, SLOW, Churn, Frozen, Load, check_round_trip, connect, expect_counters, raise_nofile,
-                       recv_exact, wait_topology)
-from evfddtest import (EVFDCTL, EVFDD, SCALE, Busy, DaemonCtl, ThreadedServer, closed_by_peer, expected_features,
-                       free_port)
+from evfddload import (CLIENTS, SLOW, Churn, Echo, Frozen, Load, check_round_trip, connect, expect_counters,
+                       raise_nofile, recv_exact, wait_topology)
+from evfddtest import EVFDCTL, EVFDD, SCALE, Busy, DaemonCtl, closed_by_peer, expected_features, free_port
 
 TMP = tempfile.mkdtemp(prefix="evfdd-reload-")
 DAEMONS = []
@@ -118,28 +117,6 @@ def ensure_tools():
 
 
 # ---- what the clients saw -------------------------------------------------------------------------------
-
-class Backend(ThreadedServer):
-    """A TCP backend that says who it is (one byte) on every connection, then echoes until EOF."""
-
-    def __init__(self, tag):
-        self.tag = tag
-        super().__init__()
-
-    def _serve(self, c):
-        try:
-            c.sendall(self.tag)
-            while True:
-                d = c.recv(65536)
-                if not d:
-                    break
-                c.sendall(d)
-            c.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        finally:
-            c.close()
-
 
 def backend_of(addr):
     """Which backend a forward reaches now: the one byte it greets with."""
@@ -457,7 +434,7 @@ def service_counts(d, name):
 def case_services():
     """Add a service, remove one, change a forward target and an idle_timeout: new connections get the new
     configuration, old ones keep theirs and finish normally."""
-    a, b = Backend(b"A"), Backend(b"B")
+    a, b = Echo(b"A"), Echo(b"B")
     echo, fwd, gone, added = free_port(), free_port(), free_port(), free_port()
     ctl = os.path.join(TMP, "ctl-svc.sock")
     head = "[evfdd]\nworkers = 2\nrings = 4\ncontrol = %s\n" % ctl
@@ -550,7 +527,7 @@ def case_services():
 def case_bad_config():
     """A broken file on reload, and a valid one that cannot be applied, change nothing; both are reported
     in the log, to systemd and to evfdctl."""
-    a, b = Backend(b"A"), Backend(b"B")
+    a, b = Echo(b"A"), Echo(b"B")
     echo, fwd = free_port(), free_port()
     ctl = os.path.join(TMP, "ctl-bad.sock")
     notify = Notify()
@@ -636,7 +613,7 @@ def case_bad_config():
 def case_notify_order():
     """READY=1; per reload RELOADING=1 with MONOTONIC_USEC, then READY=1 and STATUS=; STOPPING=1 at the end.
     SIGHUPs sent during a reload are not lost: the last file is always in effect afterwards."""
-    a, b, c = Backend(b"A"), Backend(b"B"), Backend(b"C")
+    a, b, c = Echo(b"A"), Echo(b"B"), Echo(b"C")
     echo, fwd = free_port(), free_port()
     ctl = os.path.join(TMP, "ctl-notify.sock")
     notify = Notify()
@@ -705,11 +682,11 @@ def case_notify_order():
         while True:
             st = d.status()
             if (st["state"] == "running" and st["workers"] == 3 and len(d.json("loops")["loops"]) == 3
-                    and backend_of(("127.0.0.1", fwd)) == final.tag):
+                    and backend_of(("127.0.0.1", fwd)) == final.greeting):
                 break
             if time.time() > end:
                 fail("burst %d of SIGHUPs: the last file (workers 3, backend %s) is not in effect: status %s, "
-                     "backend %s\n%s" % (r + 1, final.tag, st, backend_of(("127.0.0.1", fwd)), d.text()[-3000:]))
+                     "backend %s\n%s" % (r + 1, final.greeting, st, backend_of(("127.0.0.1", fwd)), d.text()[-3000:]))
             time.sleep(0.05)
         wait_topology(d, 3, 4, "after burst %d of SIGHUPs" % (r + 1))
         if not st["last_reload"]["ok"]:
