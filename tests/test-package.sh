@@ -21,6 +21,8 @@
 # anew. About a minute on 2 CPUs (DEB_BUILD_OPTIONS=parallel=N). Skips (77) only off Debian (no dpkg); a
 # missing debhelper, lintian or dpkg-dev fails: tools/install-deps installs them.
 set -euo pipefail
+# No `CMD | grep -q` here: grep -q exits at the first match, CMD may die of SIGPIPE writing the rest, and
+# pipefail then fails the test at random (ldd did, in CI). grep ... >/dev/null reads to the end.
 
 srcdir=$(cd "${top_srcdir:-.}" && pwd)
 builddir=$(cd "${top_builddir:-.}" && pwd)
@@ -72,11 +74,11 @@ for m in $modules; do
 		fail "pkg-config knows no $m (configure.ac needs it): run tools/install-deps"
 	pkg=$(owner "$pcdir/$m.pc")
 	[ -n "$pkg" ] || fail "no package owns $pcdir/$m.pc"
-	printf '%s\n' "$build_deps" | grep -qx "$pkg" || missing="$missing $pkg($m)"
+	printf '%s\n' "$build_deps" | grep -x "$pkg" >/dev/null || missing="$missing $pkg($m)"
 done
 while IFS= read -r h; do
 	pkg=$(owner "/usr/include/$h")
-	[ -z "$pkg" ] || printf '%s\n' "$build_deps" | grep -qx "$pkg" || missing="$missing $pkg($h)"
+	[ -z "$pkg" ] || printf '%s\n' "$build_deps" | grep -x "$pkg" >/dev/null || missing="$missing $pkg($h)"
 done < <(sed -n 's/^AC_CHECK_HEADER(\[\([^]]*\)\].*/\1/p' "$srcdir/configure.ac")
 [ -z "$missing" ] || fail "debian/control's Build-Depends lacks:$missing (configure.ac needs them)"
 # shellcheck disable=SC2086 # the module names, one word each
@@ -225,7 +227,7 @@ diff -u "$tmp/sym.map" "$tmp/sym.deb" >"$tmp/sym.diff" || {
 	cat "$tmp/sym.diff"
 	fail "libevfd0's symbols file (+) differs from lib/libevfd.sym (-): add the new symbols to debian/libevfd0.symbols with the version that adds them"
 }
-head -n1 "$tmp/x-libevfd0/DEBIAN/symbols" | grep -qx 'libevfd.so.0 libevfd0 #MINVER#' ||
+head -n1 "$tmp/x-libevfd0/DEBIAN/symbols" | grep -x 'libevfd.so.0 libevfd0 #MINVER#' >/dev/null ||
 	fail "libevfd0's symbols file does not start with 'libevfd.so.0 libevfd0 #MINVER#'"
 ok "libevfd0: $(basename "$lib"), $(wc -l <"$tmp/sym.so") symbols and nodes (objdump -T) as lib/libevfd.sym and the symbols file give them"
 
@@ -273,9 +275,9 @@ else
 		installed=1
 		dpkg -i "${debs[@]}" >"$tmp/install.log" 2>&1 || { cat "$tmp/install.log"; fail "dpkg -i failed"; }
 		for p in evfdd libevfd0 libevfd-dev; do
-			dpkg-query -W -f='${Status}' "$p" | grep -qx 'install ok installed' || fail "$p is not installed"
+			dpkg-query -W -f='${Status}' "$p" | grep -x 'install ok installed' >/dev/null || fail "$p is not installed"
 		done
-		/usr/sbin/evfdd -V 2>&1 | grep -qF "$version" || fail "evfdd -V does not say $version"
+		/usr/sbin/evfdd -V 2>&1 | grep -F "$version" >/dev/null || fail "evfdd -V does not say $version"
 		out=$(/usr/sbin/evfdd -n -c /usr/share/doc/evfdd/examples/evfdd.conf 2>&1) ||
 			{ echo "$out"; fail "the installed evfdd rejects the example configuration"; }
 		if dpkg -S /etc/evfdd >/dev/null 2>&1; then fail "/etc/evfdd belongs to a package: $(dpkg -S /etc/evfdd)"; fi
@@ -290,7 +292,7 @@ else
 		# shellcheck disable=SC2046 # pkg-config's words
 		cc -o "$tmp/t" "$tmp/t.c" $(pkg-config --cflags --libs libevfd) >"$tmp/cc.log" 2>&1 ||
 			{ cat "$tmp/cc.log"; fail "a program does not build against libevfd-dev"; }
-		ldd "$tmp/t" | grep -Eq "libevfd\.so\.0 => (/usr)?/lib/$ma/libevfd\.so\.0 " ||
+		ldd "$tmp/t" | grep -E "libevfd\.so\.0 => (/usr)?/lib/$ma/libevfd\.so\.0 " >/dev/null ||
 			{ ldd "$tmp/t"; fail "the program does not link the installed libevfd.so.0"; }
 		"$tmp/t" || fail "the program built against libevfd-dev does not run"
 		# The same packages again: the maintainer scripts' upgrade path ($2 set).

@@ -21,6 +21,8 @@
 # under unshare and timeout, and afterwards kills whatever is left in that cgroup. Only the outer part
 # touches the host, and only that cgroup; everything else lives in the namespace's tmpfs.
 set -euo pipefail
+# No `CMD | grep -q` here: grep -q exits at the first match, CMD may die of SIGPIPE writing the rest, and
+# pipefail then fails the test at random (ldd did, in CI). grep ... >/dev/null reads to the end.
 
 builddir=$(cd "${top_builddir:-.}" && pwd)
 overall_timeout=${EVFDD_SYSTEMD_TEST_TIMEOUT:-420}	# seconds, for the whole inner part
@@ -643,7 +645,7 @@ render_units() {
 	grep -q "^ExecReload=+$builddir/daemon/evfdctl reload\$" "$s" || fail "evfdd.service: ExecReload= not as expected"
 	grep -q '^WatchdogSec=2s$' "$s" || fail "evfdd.service: no WatchdogSec="
 	grep -q 'DynamicUser=yes' "$s" || fail "evfdd.service: no DynamicUser=yes"
-	grep -A3 '^# added by the test' "$s" | grep -q "^StandardError=append:$log\$" ||
+	grep -A3 '^# added by the test' "$s" | grep "^StandardError=append:$log\$" >/dev/null ||
 		fail "evfdd.service: StandardError= not added to [Service]"
 	if [ "${#notes[@]}" -gt 0 ]; then printf 'note: %s\n' "${notes[@]}"; fi
 }
@@ -752,13 +754,13 @@ carry_under_load() {
 		newpid=$(main_pid)
 		if [ "$newpid" = "$pid" ] || [ "$newpid" = 0 ]; then fail "restart $i: evfdd's pid is $newpid"; fi
 		is_state evfdd.service active || fail "restart $i: evfdd.service is $(prop evfdd.service ActiveState)"
-		log_since "$mark" | grep -q "^evfdd\[$pid\]: notice: evfdd.service is restarting: carrying up to [0-9]* descriptors over" ||
+		log_since "$mark" | grep "^evfdd\[$pid\]: notice: evfdd.service is restarting: carrying up to [0-9]* descriptors over" >/dev/null ||
 			fail "restart $i: evfdd (pid $pid) did not carry its connections over; it logged:
 $(log_since "$mark" | grep "^evfdd\[$pid\]")"
-		log_since "$mark" | grep -q "^evfdd\[$pid\]: notice: restart: [0-9]* connections handed to systemd's file descriptor store" ||
+		log_since "$mark" | grep "^evfdd\[$pid\]: notice: restart: [0-9]* connections handed to systemd's file descriptor store" >/dev/null ||
 			fail "restart $i: evfdd (pid $pid) did not hand its connections to the store; it logged:
 $(log_since "$mark" | grep "^evfdd\[$pid\]")"
-		log_since "$mark" | grep -q "^evfdd\[$newpid\]: notice: restart $i from evfdd [^ ]*: [0-9]* connections carried over" ||
+		log_since "$mark" | grep "^evfdd\[$newpid\]: notice: restart $i from evfdd [^ ]*: [0-9]* connections carried over" >/dev/null ||
 			fail "restart $i: the new evfdd (pid $newpid) did not take the connections over; it logged:
 $(log_since "$mark" | grep "^evfdd\[$newpid\]")"
 		read -r pause up < <(st '"%d %s" % (d["last_upgrade"]["pause_usec"] // 1000, (d["upgrades"], d["last_upgrade"]["kind"],
@@ -979,9 +981,9 @@ $status"
 	[ -S "$control" ] || fail "no control socket at $control"
 	# evfdd serves the socket systemd made, not one it bound itself at the same path.
 	local ino
-	ino=$(awk -v p="$control" '$4 == "00010000" && $NF == p { print $7 }' /proc/net/unix | head -n 1)
+	ino=$(awk -v p="$control" '$4 == "00010000" && $NF == p { print $7; exit }' /proc/net/unix)
 	[ -n "$ino" ] || fail "no listening socket at $control in /proc/net/unix"
-	find "/proc/$pid0/fd" -lname "socket:\[$ino\]" | grep -q . ||
+	find "/proc/$pid0/fd" -lname "socket:\[$ino\]" | grep . >/dev/null ||
 		fail "evfdd (pid $pid0) does not hold the activated control socket (inode $ino)"
 	status=$("$builddir/daemon/evfdctl" -s "$control" status 2>&1) ||
 		fail "evfdctl -s $control status failed: $status"
