@@ -646,6 +646,30 @@ static int metrics_open(struct daemon *d)
 	return evfdd_metrics_start(&d->metrics, d->ev, fd, &d->plane.cfg->metrics, evfdd_prometheus_text, d);
 }
 
+/* An upgrade or a carried-over restart read the configuration again (a check had passed first), so what Status
+ * and the metrics show as the last reload is that reading, not an earlier reload's result that no longer
+ * describes the configuration in force (a failed one would keep an alert firing). */
+static void carry_last_reload(struct daemon *d, uint32_t kind)
+{
+	struct evfdd_reload_result r = { .ok = true };
+	char *summary = NULL;
+
+	if (asprintf(&summary, "%s %llu: the new image read %s: %u service%s, %u worker%s, %u ring%s",
+		     kind == EVFDD_CARRY_RESTART ? "restart" : "upgrade", (unsigned long long)d->upgrades,
+		     d->plane.cfg->source, d->plane.nsvcs, d->plane.nsvcs == 1 ? "" : "s", d->plane.cfg->workers,
+		     d->plane.cfg->workers == 1 ? "" : "s", d->plane.cfg->rings, d->plane.cfg->rings == 1 ? "" : "s") < 0) {
+		log_warnx("out of memory: Status goes on showing the reload before the %s",
+			  kind == EVFDD_CARRY_RESTART ? "restart" : "upgrade");
+		return;
+	}
+	r.summary = summary;
+	r.time_usec = util_now_us(CLOCK_REALTIME);
+	r.duration_usec = d->carried.pause_usec;
+	evfdd_reload_result_clear(&d->last);
+	d->last = r;
+	d->have_last = true;
+}
+
 static void carry_adopted(void *arg)
 {
 	struct daemon *d = arg;
@@ -673,6 +697,7 @@ static void carry_adopted(void *arg)
 		   EVFDD_CARRY_RESTART ? "restart" : "upgrade", (unsigned long long)d->upgrades, info->version,
 		   d->carried.connections, d->carried.connections == 1 ? "" : "s",
 		   (double)d->carried.pause_usec / 1000.0, d->carried.lost ? " (some were lost: see above)" : "");
+	carry_last_reload(d, info->kind);
 	free(d->adopt);
 	d->adopt = NULL;
 	d->nadopt = 0;

@@ -767,6 +767,9 @@ $(log_since "$mark" | grep "^evfdd\[$newpid\]")"
 			d["last_upgrade"]["lost"], d["last_upgrade"]["fallback"], d["last_upgrade"]["connections"] >= '"$streams"'))')
 		[ "$up" = "($i, 'restart', 0, '', True)" ] ||
 			fail "restart $i: evfdctl status says (upgrades, kind, lost, fallback, all $streams streams carried) $up; last_upgrade: $(st 'd["last_upgrade"]')"
+		# The restart read the configuration again: that reading is the last reload now.
+		[ "$(st 'd["last_reload"]["ok"], d["last_reload"]["summary"].startswith("restart '"$i"': the new image read ")')" = "(True, True)" ] ||
+			fail "restart $i: last_reload is $(st 'd["last_reload"]'), not the restart's reading of the configuration"
 		[ "$pause" -gt "$max_pause" ] && max_pause=$pause
 		# Nothing left behind: the new evfdd took its descriptors out of the store (FDSTOREREMOVE=1).
 		wait_for "restart $i: systemd's file descriptor store empty ($(store_count) left)" test "$(store_count)" = 0

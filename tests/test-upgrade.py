@@ -1289,6 +1289,16 @@ def case_usr2():
     m = scrape(mport, "before any upgrade")
     if m.get("evfdd_upgrades_total") != 0 or any(k.startswith("evfdd_last_upgrade") for k in m):
         fail("metrics before any upgrade: %s" % {k: v for k, v in m.items() if "upgrade" in k})
+    # A reload that failed, then the file mended without a reload: the upgrade reads it, and from then on
+    # the last reload is that reading, not the failure (which would keep an alert on it firing).
+    d.write(d_conf.replace("[evfdd]\n", "[evfdd]\nno_such_key = 1\n", 1))
+    if d.ctl("reload").returncode == 0:
+        fail("a reload of a configuration with an unknown key succeeded")
+    failed = d.status()
+    if failed["last_reload"]["ok"] or not any("no_such_key" in e for e in failed["last_reload"]["errors"]) or \
+            scrape(mport, "after a failed reload").get("evfdd_last_reload_success") != 0:
+        fail("a failed reload: last_reload %s" % failed["last_reload"])
+    d.write(d_conf)
     for k in range(1, 4):
         at = len(d.text())
         to = OTHER[d.build]
@@ -1311,6 +1321,15 @@ def case_usr2():
         if got != want or pause is None or abs(pause * 1e6 - last["pause_usec"]) > 1:
             fail("SIGUSR2 %d: metrics %s, pause %s s; expected %s and Status's pause_usec %d"
                  % (k, got, pause, want, last["pause_usec"]))
+        rl = st["last_reload"]
+        if not rl or not rl["ok"] or rl["errors"] or rl["time_usec"] < last["time_usec"] or \
+                not rl["summary"].startswith("upgrade %d: the new image read %s: 4 services" % (k, d.path)) or \
+                st["reloads"] != failed["reloads"] or m.get('evfdd_reloads_total{result="failed"}') != 1 or \
+                m.get("evfdd_last_reload_success") != 1 or \
+                m.get("evfdd_last_reload_timestamp_seconds") != rl["time_usec"] // 1000000:
+            fail("SIGUSR2 %d: last_reload %s, reloads %d (before: %d), metrics: failed reloads %s, success %s "
+                 "at %s" % (k, rl, st["reloads"], failed["reloads"], m.get('evfdd_reloads_total{result="failed"}'),
+                            m.get("evfdd_last_reload_success"), m.get("evfdd_last_reload_timestamp_seconds")))
         d.build = to
         load.wait_progress("SIGUSR2 %d" % k)
     # A Unix listener carried over has no handle on its file: a socket_mode changed now is not applied
@@ -1330,7 +1349,7 @@ def case_usr2():
     d.stop()
     s.close()
     print("ok SIGUSR2 upgraded 3 times, alternating builds, every stream carried on; the metrics say what Status "
-          "says; a socket_mode changed afterwards is not applied to the carried Unix listener, with a warning",
+          "says; after a failed reload, the last reload is the upgrade's reading of the mended file; a socket_mode changed afterwards is not applied to the carried Unix listener, with a warning",
           flush=True)
 
 
