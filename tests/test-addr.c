@@ -12,16 +12,7 @@
 #include <string.h>
 #include <sys/un.h>
 #include "../daemon/addr.h"
-
-#define CHECK(cond, ...)                                                                                 \
-	do {                                                                                             \
-		if (!(cond)) {                                                                           \
-			fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                  \
-			fprintf(stderr, __VA_ARGS__);                                                    \
-			fputc('\n', stderr);                                                             \
-			exit(1);                                                                         \
-		}                                                                                        \
-	} while (0)
+#include "testutil.h"
 
 static struct evfdd_sockaddr inet(const char *ip, unsigned port)
 {
@@ -31,12 +22,12 @@ static struct evfdd_sockaddr inet(const char *ip, unsigned port)
 	if (strchr(ip, ':')) {
 		a.u.in6.sin6_family = AF_INET6;
 		a.u.in6.sin6_port = htons((uint16_t)port);
-		CHECK(inet_pton(AF_INET6, ip, &a.u.in6.sin6_addr) == 1, "%s", ip);
+		TU_CHECK(inet_pton(AF_INET6, ip, &a.u.in6.sin6_addr) == 1, "%s", ip);
 		a.len = sizeof(a.u.in6);
 	} else {
 		a.u.in.sin_family = AF_INET;
 		a.u.in.sin_port = htons((uint16_t)port);
-		CHECK(inet_pton(AF_INET, ip, &a.u.in.sin_addr) == 1, "%s", ip);
+		TU_CHECK(inet_pton(AF_INET, ip, &a.u.in.sin_addr) == 1, "%s", ip);
 		a.len = sizeof(a.u.in);
 	}
 	return a;
@@ -58,8 +49,8 @@ static void expect_format_at(int line, const struct evfdd_sockaddr *a, const cha
 {
 	char out[EVFDD_ADDR_TEXT_MAX];
 
-	CHECK(evfdd_addr_format(a, out, sizeof(out)) == out, "line %d: returns out", line);
-	CHECK(strcmp(out, want) == 0, "line %d: \"%s\", want \"%s\"", line, out, want);
+	TU_CHECK(evfdd_addr_format(a, out, sizeof(out)) == out, "line %d: returns out", line);
+	TU_CHECK(strcmp(out, want) == 0, "line %d: \"%s\", want \"%s\"", line, out, want);
 }
 #define expect_format(a, want) expect_format_at(__LINE__, a, want)
 
@@ -68,20 +59,20 @@ static void test_unmap(void)
 	struct evfdd_sockaddr a = inet("::ffff:192.0.2.7", 443), b;
 
 	evfdd_addr_unmap(&a);
-	CHECK(a.u.sa.sa_family == AF_INET && a.len == sizeof(struct sockaddr_in), "family %d", a.u.sa.sa_family);
-	CHECK(ntohs(a.u.in.sin_port) == 443 && a.u.in.sin_addr.s_addr == htonl(0xc0000207), "address");
+	TU_CHECK(a.u.sa.sa_family == AF_INET && a.len == sizeof(struct sockaddr_in), "family %d", a.u.sa.sa_family);
+	TU_CHECK(ntohs(a.u.in.sin_port) == 443 && a.u.in.sin_addr.s_addr == htonl(0xc0000207), "address");
 	b = a;
 	evfdd_addr_unmap(&a);				/* IPv4 stays */
-	CHECK(memcmp(&a, &b, sizeof(a)) == 0, "IPv4 changed");
+	TU_CHECK(memcmp(&a, &b, sizeof(a)) == 0, "IPv4 changed");
 	static const char *const kept[] = { "::1", "2001:db8::1", "::192.0.2.7", "::ffff:0:192.0.2.7", "64:ff9b::1" };
 	for (size_t i = 0; i < sizeof(kept) / sizeof(kept[0]); i++) {
 		a = b = inet(kept[i], 80);
 		evfdd_addr_unmap(&a);
-		CHECK(memcmp(&a, &b, sizeof(a)) == 0, "%s changed", kept[i]);
+		TU_CHECK(memcmp(&a, &b, sizeof(a)) == 0, "%s changed", kept[i]);
 	}
 	a = b = unix_addr("/run/x", 7);
 	evfdd_addr_unmap(&a);
-	CHECK(memcmp(&a, &b, sizeof(a)) == 0, "Unix changed");
+	TU_CHECK(memcmp(&a, &b, sizeof(a)) == 0, "Unix changed");
 	printf("ok - unmap: ::ffff:a.b.c.d only, port kept\n");
 }
 
@@ -121,16 +112,16 @@ static void test_format(void)
 	big[0] = '/';
 	a = unix_addr(big, sizeof(a.u.un.sun_path));
 	evfdd_addr_format(&a, out, sizeof(out));
-	CHECK(strlen(out) == sizeof(a.u.un.sun_path) && out[0] == '/', "%zu", strlen(out));
+	TU_CHECK(strlen(out) == sizeof(a.u.un.sun_path) && out[0] == '/', "%zu", strlen(out));
 	a.len = sizeof(a.u);				/* a bogus length past sun_path */
 	evfdd_addr_format(&a, out, sizeof(out));
-	CHECK(strlen(out) == sizeof(a.u.un.sun_path), "%zu", strlen(out));
+	TU_CHECK(strlen(out) == sizeof(a.u.un.sun_path), "%zu", strlen(out));
 	/* an abstract name of 107 unprintable bytes: 429 bytes of text, truncated to the buffer */
 	memset(big, 0x01, sizeof(big));
 	big[0] = '\0';
 	a = unix_addr(big, sizeof(a.u.un.sun_path));
 	evfdd_addr_format(&a, out, sizeof(out));
-	CHECK(strlen(out) == sizeof(out) - 1 && strncmp(out, "@\\x01\\x01", 9) == 0, "%zu", strlen(out));
+	TU_CHECK(strlen(out) == sizeof(out) - 1 && strncmp(out, "@\\x01\\x01", 9) == 0, "%zu", strlen(out));
 
 	memset(&a, 0, sizeof(a));
 	a.u.sa.sa_family = AF_NETLINK;
@@ -142,19 +133,19 @@ static void test_format(void)
 	for (size_t cap = 1; cap <= strlen(whole) + 2; cap++) {
 		memset(out, '#', sizeof(out));
 		evfdd_addr_format(&a, out, cap);
-		CHECK(strlen(out) == (cap - 1 < strlen(whole) ? cap - 1 : strlen(whole)), "cap %zu: %s", cap, out);
-		CHECK(strncmp(out, whole, strlen(out)) == 0 && out[cap] == '#', "cap %zu", cap);
+		TU_CHECK(strlen(out) == (cap - 1 < strlen(whole) ? cap - 1 : strlen(whole)), "cap %zu: %s", cap, out);
+		TU_CHECK(strncmp(out, whole, strlen(out)) == 0 && out[cap] == '#', "cap %zu", cap);
 	}
 	a = unix_addr("\0\x01\x02", 3);
 	for (size_t cap = 1; cap <= 12; cap++) {
 		memset(out, '#', sizeof(out));
 		evfdd_addr_format(&a, out, cap);
-		CHECK(strlen(out) < cap && out[cap] == '#', "cap %zu: %s", cap, out);
-		CHECK(strncmp(out, "@\\x01\\x02", strlen(out)) == 0, "cap %zu: %s", cap, out);
+		TU_CHECK(strlen(out) < cap && out[cap] == '#', "cap %zu: %s", cap, out);
+		TU_CHECK(strncmp(out, "@\\x01\\x02", strlen(out)) == 0, "cap %zu: %s", cap, out);
 	}
 	out[0] = '#';
 	evfdd_addr_format(&a, out, 0);
-	CHECK(out[0] == '#', "cap 0 wrote");
+	TU_CHECK(out[0] == '#', "cap 0 wrote");
 	printf("ok - format: IPv4, IPv6 with scope, mapped, Unix paths, unnamed, abstract, escapes, truncation\n");
 }
 
@@ -164,10 +155,10 @@ static void expect_cidr_at(int line, const char *text, sa_family_t family, const
 	unsigned char want[16] = { 0 };
 	char err[256] = "";
 
-	CHECK(evfdd_cidr_parse(text, &c, err, sizeof(err)) == 0, "line %d: \"%s\": %s", line, text, err);
-	CHECK(inet_pton(family, addr, want) == 1, "line %d", line);
-	CHECK(c.family == family && c.prefix == prefix && memcmp(c.bytes, want, 16) == 0,
-	      "line %d: \"%s\": family %d prefix %u", line, text, c.family, c.prefix);
+	TU_CHECK(evfdd_cidr_parse(text, &c, err, sizeof(err)) == 0, "line %d: \"%s\": %s", line, text, err);
+	TU_CHECK(inet_pton(family, addr, want) == 1, "line %d", line);
+	TU_CHECK(c.family == family && c.prefix == prefix && memcmp(c.bytes, want, 16) == 0,
+	         "line %d: \"%s\": family %d prefix %u", line, text, c.family, c.prefix);
 }
 #define expect_cidr(text, family, addr, prefix) expect_cidr_at(__LINE__, text, family, addr, prefix)
 
@@ -177,9 +168,9 @@ static void expect_cidr_error_at(int line, const char *text, const char *want)
 	char err[512] = "";
 
 	memset(&c, 0x5a, sizeof(c));
-	CHECK(evfdd_cidr_parse(text, &c, err, sizeof(err)) == -EINVAL, "line %d: \"%s\" accepted", line, text);
-	CHECK(strcmp(err, want) == 0, "line %d: \"%s\"\n  want \"%s\"", line, err, want);
-	CHECK(c.prefix == 0x5a, "line %d: @out written on error", line);
+	TU_CHECK(evfdd_cidr_parse(text, &c, err, sizeof(err)) == -EINVAL, "line %d: \"%s\" accepted", line, text);
+	TU_CHECK(strcmp(err, want) == 0, "line %d: \"%s\"\n  want \"%s\"", line, err, want);
+	TU_CHECK(c.prefix == 0x5a, "line %d: @out written on error", line);
 }
 #define expect_cidr_error(text, want) expect_cidr_error_at(__LINE__, text, want)
 
@@ -234,9 +225,9 @@ static void test_cidr_parse(void)
 	expect_cidr_error("", "an empty address; write an address or a prefix such as 10.0.0.0/8");
 	expect_cidr_error("10.0.0.\n0", "an address or prefix has only printable characters; write e.g. "
 			  "10.0.0.0/8 or 2001:db8::/32");
-	CHECK(evfdd_cidr_parse(NULL, &c, NULL, 0) == -EINVAL, "NULL");
-	CHECK(evfdd_cidr_parse("x", &c, err, sizeof(err)) == -EINVAL && strlen(err) == 7, "truncated message");
-	CHECK(evfdd_cidr_parse("x", &c, NULL, 0) == -EINVAL, "no message buffer");
+	TU_CHECK(evfdd_cidr_parse(NULL, &c, NULL, 0) == -EINVAL, "NULL");
+	TU_CHECK(evfdd_cidr_parse("x", &c, err, sizeof(err)) == -EINVAL && strlen(err) == 7, "truncated message");
+	TU_CHECK(evfdd_cidr_parse("x", &c, NULL, 0) == -EINVAL, "no message buffer");
 	printf("ok - cidr_parse: prefixes, defaults, mapped, host bits, every error's message\n");
 }
 
@@ -244,7 +235,7 @@ static struct evfdd_cidr cidr(const char *text)
 {
 	struct evfdd_cidr c;
 
-	CHECK(evfdd_cidr_parse(text, &c, NULL, 0) == 0, "%s", text);
+	TU_CHECK(evfdd_cidr_parse(text, &c, NULL, 0) == 0, "%s", text);
 	return c;
 }
 
@@ -269,18 +260,18 @@ static void test_cidr_match(void)
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		a = inet(cases[i].ip, 1234);
-		CHECK(evfdd_cidr_match(list, 4, &a) == cases[i].in, "%s", cases[i].ip);
+		TU_CHECK(evfdd_cidr_match(list, 4, &a) == cases[i].in, "%s", cases[i].ip);
 	}
 	a = inet("10.1.1.1", 1);
-	CHECK(!evfdd_cidr_match(list, 0, &a), "empty list");
-	CHECK(!evfdd_cidr_match(list + 1, 3, &a), "list without 10/8");
+	TU_CHECK(!evfdd_cidr_match(list, 0, &a), "empty list");
+	TU_CHECK(!evfdd_cidr_match(list + 1, 3, &a), "list without 10/8");
 	/* the families stay apart: ::/0 is IPv6 only, 0.0.0.0/0 takes mapped clients too */
 	a = inet("::ffff:1.2.3.4", 1);
-	CHECK(evfdd_cidr_match(all, 1, &a) && !evfdd_cidr_match(all + 1, 1, &a), "mapped vs ::/0");
+	TU_CHECK(evfdd_cidr_match(all, 1, &a) && !evfdd_cidr_match(all + 1, 1, &a), "mapped vs ::/0");
 	a = inet("2001::1", 1);
-	CHECK(!evfdd_cidr_match(all, 1, &a) && evfdd_cidr_match(all + 1, 1, &a), "IPv6 vs 0.0.0.0/0");
+	TU_CHECK(!evfdd_cidr_match(all, 1, &a) && evfdd_cidr_match(all + 1, 1, &a), "IPv6 vs 0.0.0.0/0");
 	a = unix_addr("/run/x", 7);
-	CHECK(!evfdd_cidr_match(all, 2, &a), "Unix");
+	TU_CHECK(!evfdd_cidr_match(all, 2, &a), "Unix");
 	/* every prefix length on both sides of its boundary */
 	for (unsigned p = 1; p <= 32; p++) {
 		char text[32];
@@ -291,8 +282,8 @@ static void test_cidr_match(void)
 		c = cidr(text);
 		in.u.in.sin_addr.s_addr = htonl(0x80000000u | (p < 32 ? 0xffffffffu >> p : 0));
 		out.u.in.sin_addr.s_addr = htonl(0x80000000u ^ (0x80000000u >> (p - 1)));
-		CHECK(evfdd_cidr_match(&c, 1, &in), "/%u: last address", p);
-		CHECK(!evfdd_cidr_match(&c, 1, &out), "/%u: last prefix bit flipped", p);
+		TU_CHECK(evfdd_cidr_match(&c, 1, &in), "/%u: last address", p);
+		TU_CHECK(!evfdd_cidr_match(&c, 1, &out), "/%u: last prefix bit flipped", p);
 	}
 	for (unsigned p = 1; p < 128; p++) {
 		char text[64];
@@ -304,12 +295,12 @@ static void test_cidr_match(void)
 		for (unsigned bit = p; bit < 128; bit++)
 			in.u.in6.sin6_addr.s6_addr[bit / 8] |= (unsigned char)(0x80 >> (bit % 8));
 		out.u.in6.sin6_addr.s6_addr[p / 8] |= (unsigned char)(0x80 >> (p % 8));
-		CHECK(evfdd_cidr_match(&c, 1, &in), "/%u: last address", p);
+		TU_CHECK(evfdd_cidr_match(&c, 1, &in), "/%u: last address", p);
 		if (p > 1)
-			CHECK(evfdd_cidr_match(&c, 1, &out), "/%u: inside", p);
+			TU_CHECK(evfdd_cidr_match(&c, 1, &out), "/%u: inside", p);
 		out = inet("8000::", 0);
 		out.u.in6.sin6_addr.s6_addr[(p - 1) / 8] ^= (unsigned char)(0x80 >> ((p - 1) % 8));
-		CHECK(!evfdd_cidr_match(&c, 1, &out), "/%u: last prefix bit flipped", p);
+		TU_CHECK(!evfdd_cidr_match(&c, 1, &out), "/%u: last prefix bit flipped", p);
 	}
 	printf("ok - cidr_match: boundaries of every prefix length, mapped clients, families apart, Unix\n");
 }
@@ -321,29 +312,29 @@ static void test_source_key(void)
 
 	a = inet("192.0.2.7", 1);
 	b = inet("::ffff:192.0.2.7", 2);
-	CHECK(evfdd_addr_source_key(&a, &k1) && evfdd_addr_source_key(&b, &k2), "IPv4");
-	CHECK(memcmp(&k1, &k2, sizeof(k1)) == 0, "mapped and IPv4 differ");
-	CHECK(memcmp(k1.b, "\x04\xc0\x00\x02\x07\0\0\0\0", 9) == 0, "layout");
+	TU_CHECK(evfdd_addr_source_key(&a, &k1) && evfdd_addr_source_key(&b, &k2), "IPv4");
+	TU_CHECK(memcmp(&k1, &k2, sizeof(k1)) == 0, "mapped and IPv4 differ");
+	TU_CHECK(memcmp(k1.b, "\x04\xc0\x00\x02\x07\0\0\0\0", 9) == 0, "layout");
 	b = inet("192.0.2.8", 1);
-	CHECK(evfdd_addr_source_key(&b, &k2) && memcmp(&k1, &k2, sizeof(k1)) != 0, "/32");
+	TU_CHECK(evfdd_addr_source_key(&b, &k2) && memcmp(&k1, &k2, sizeof(k1)) != 0, "/32");
 
 	a = inet("2001:db8:1:2:aaaa::1", 1);
 	b = inet("2001:db8:1:2:bbbb:cccc:dddd:eeee", 2);
-	CHECK(evfdd_addr_source_key(&a, &k1) && evfdd_addr_source_key(&b, &k2), "IPv6");
-	CHECK(memcmp(&k1, &k2, sizeof(k1)) == 0, "same /64 differs");
-	CHECK(memcmp(k1.b, "\x06\x20\x01\x0d\xb8\x00\x01\x00\x02", 9) == 0, "layout");
+	TU_CHECK(evfdd_addr_source_key(&a, &k1) && evfdd_addr_source_key(&b, &k2), "IPv6");
+	TU_CHECK(memcmp(&k1, &k2, sizeof(k1)) == 0, "same /64 differs");
+	TU_CHECK(memcmp(k1.b, "\x06\x20\x01\x0d\xb8\x00\x01\x00\x02", 9) == 0, "layout");
 	b = inet("2001:db8:1:3::1", 1);
-	CHECK(evfdd_addr_source_key(&b, &k2) && memcmp(&k1, &k2, sizeof(k1)) != 0, "other /64");
+	TU_CHECK(evfdd_addr_source_key(&b, &k2) && memcmp(&k1, &k2, sizeof(k1)) != 0, "other /64");
 	/* an IPv6 /64 that starts like an IPv4 key still differs by the tag */
 	a = inet("c000:0207::", 1);
 	b = inet("192.0.2.7", 1);
-	CHECK(evfdd_addr_source_key(&a, &k1) && evfdd_addr_source_key(&b, &k2) && memcmp(&k1, &k2, 9) != 0,
-	      "tag");
+	TU_CHECK(evfdd_addr_source_key(&a, &k1) && evfdd_addr_source_key(&b, &k2) && memcmp(&k1, &k2, 9) != 0,
+	         "tag");
 
 	a = unix_addr("/run/x", 7);
 	memset(&k1, 0xee, sizeof(k1));
-	CHECK(!evfdd_addr_source_key(&a, &k1), "Unix");
-	CHECK(memcmp(k1.b, "\0\0\0\0\0\0\0\0\0", 9) == 0, "Unix key not zeroed");
+	TU_CHECK(!evfdd_addr_source_key(&a, &k1), "Unix");
+	TU_CHECK(memcmp(k1.b, "\0\0\0\0\0\0\0\0\0", 9) == 0, "Unix key not zeroed");
 	printf("ok - source_key: IPv4 /32, IPv6 /64, mapped as IPv4, Unix none\n");
 }
 

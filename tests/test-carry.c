@@ -25,16 +25,7 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
-
-#define CHECK(cond, ...)                                                                                 \
-	do {                                                                                             \
-		if (!(cond)) {                                                                           \
-			fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                  \
-			fprintf(stderr, __VA_ARGS__);                                                    \
-			fputc('\n', stderr);                                                             \
-			exit(1);                                                                         \
-		}                                                                                        \
-	} while (0)
+#include "testutil.h"
 
 #define WHY_LEN 256
 
@@ -56,9 +47,9 @@ static unsigned char *t_bytes(struct evfdd_carry_writer *w, size_t *n)
 	/* What the writer flushed to its memfd, then what its buffer holds. */
 	*n = w->flushed + w->out.len;
 	b = malloc(*n);
-	CHECK(b, "malloc");
+	TU_CHECK(b, "malloc");
 	if (w->memfd >= 0)
-		CHECK(pread(w->memfd, b, w->flushed, 0) == (ssize_t)w->flushed, "pread");
+		TU_CHECK(pread(w->memfd, b, w->flushed, 0) == (ssize_t)w->flushed, "pread");
 	memcpy(b + w->flushed, w->out.b, w->out.len);
 	header_fill(b, *n - HDR_LEN, carry_checksum(b + HDR_LEN, *n - HDR_LEN));
 	return b;
@@ -79,7 +70,7 @@ static int t_open_bytes(const void *b, size_t n, struct evfdd_carry_state **st, 
 	static const unsigned char none[1];
 	int fd = seal_bytes(n ? b : none, n), r;
 
-	CHECK(fd >= 0, "seal_bytes: %s", strerror(-fd));
+	TU_CHECK(fd >= 0, "seal_bytes: %s", strerror(-fd));
 	r = evfdd_carry_open(fd, st, why, WHY_LEN);
 	close(fd);
 	return r;
@@ -105,11 +96,11 @@ static uint64_t t_touch(const struct evfdd_carry_state *st)
 		} d[] = { { c->pre, c->pre_len }, { c->init, c->init_len }, { c->up.data, c->up.len },
 			  { c->down.data, c->down.len } };
 
-		CHECK(c->cfd >= 0 && (size_t)c->cfd < evfdd_carry_nfds(st), "cfd %d", c->cfd);
-		CHECK(c->bfd == -1 || (c->bfd >= 0 && (size_t)c->bfd < evfdd_carry_nfds(st)), "bfd %d", c->bfd);
-		CHECK(c->peer.len <= sizeof(c->peer.u) && c->local.len <= sizeof(c->local.u), "addresses");
+		TU_CHECK(c->cfd >= 0 && (size_t)c->cfd < evfdd_carry_nfds(st), "cfd %d", c->cfd);
+		TU_CHECK(c->bfd == -1 || (c->bfd >= 0 && (size_t)c->bfd < evfdd_carry_nfds(st)), "bfd %d", c->bfd);
+		TU_CHECK(c->peer.len <= sizeof(c->peer.u) && c->local.len <= sizeof(c->local.u), "addresses");
 		for (size_t k = 0; k < sizeof(d) / sizeof(d[0]); k++) {
-			CHECK(d[k].p && d[k].p >= lo && d[k].p + d[k].n <= hi, "data %zu outside the mapping", k);
+			TU_CHECK(d[k].p && d[k].p >= lo && d[k].p + d[k].n <= hi, "data %zu outside the mapping", k);
 			for (uint32_t j = 0; j < d[k].n; j++)
 				sum += d[k].p[j];
 		}
@@ -126,12 +117,12 @@ static struct evfdd_sockaddr t_inet(const char *text, uint16_t port)
 	memset(&a, 0, sizeof(a));
 	if (strchr(text, ':')) {
 		a.u.in6.sin6_family = AF_INET6;
-		CHECK(inet_pton(AF_INET6, text, &a.u.in6.sin6_addr) == 1, "%s", text);
+		TU_CHECK(inet_pton(AF_INET6, text, &a.u.in6.sin6_addr) == 1, "%s", text);
 		a.u.in6.sin6_port = htons(port);
 		a.len = sizeof(a.u.in6);
 	} else {
 		a.u.in.sin_family = AF_INET;
-		CHECK(inet_pton(AF_INET, text, &a.u.in.sin_addr) == 1, "%s", text);
+		TU_CHECK(inet_pton(AF_INET, text, &a.u.in.sin_addr) == 1, "%s", text);
 		a.u.in.sin_port = htons(port);
 		a.len = sizeof(a.u.in);
 	}
@@ -157,7 +148,7 @@ static unsigned char *t_pattern(size_t n, unsigned seed)
 {
 	unsigned char *p = malloc(n ? n : 1);
 
-	CHECK(p, "malloc");
+	TU_CHECK(p, "malloc");
 	for (size_t i = 0; i < n; i++)
 		p[i] = (unsigned char)(i * 131 + seed + (i >> 9));
 	return p;
@@ -206,31 +197,31 @@ static bool t_same(const void *a, const void *b, size_t n)
 
 static void t_conn_eq(const struct evfdd_carry_conn *a, const struct evfdd_carry_conn *b, size_t i)
 {
-	CHECK(strcmp(a->service, b->service) == 0, "conn %zu service", i);
-	CHECK(strcmp(a->backend, b->backend) == 0, "conn %zu backend", i);
-	CHECK(a->route == b->route && strcmp(a->route_name, b->route_name) == 0, "conn %zu route", i);
-	CHECK(a->stage == b->stage, "conn %zu stage", i);
-	CHECK(a->cfd == b->cfd && a->bfd == b->bfd, "conn %zu fds %d %d / %d %d", i, a->cfd, a->bfd, b->cfd,
-	      b->bfd);
-	CHECK(a->start_ns == b->start_ns && a->last_ns == b->last_ns, "conn %zu times", i);
-	CHECK(a->bytes_up == b->bytes_up && a->bytes_down == b->bytes_down, "conn %zu bytes", i);
-	CHECK(a->peer.len == b->peer.len && t_same(&a->peer.u, &b->peer.u, a->peer.len), "conn %zu peer", i);
-	CHECK(a->local.len == b->local.len && t_same(&a->local.u, &b->local.u, a->local.len),
-	      "conn %zu local", i);
-	CHECK(a->src_counted == b->src_counted, "conn %zu src_counted", i);
-	CHECK(a->pre_state == b->pre_state && a->pre_used == b->pre_used, "conn %zu pre_state", i);
-	CHECK(a->pre_deadline_ns == b->pre_deadline_ns, "conn %zu pre_deadline_ns", i);
-	CHECK(a->pre_len == b->pre_len && t_same(a->pre, b->pre, a->pre_len), "conn %zu pre", i);
-	CHECK(a->init_len == b->init_len && a->init_off == b->init_off && a->init_hdr == b->init_hdr &&
-	      t_same(a->init, b->init, a->init_len), "conn %zu init", i);
-	CHECK(a->flushing == b->flushing && a->dead == b->dead && a->flush_end_ns == b->flush_end_ns,
-	      "conn %zu flush", i);
-	CHECK(a->rst_client == b->rst_client && a->rst_backend == b->rst_backend, "conn %zu rst", i);
-	CHECK(a->up.eof == b->up.eof && a->up.clean_eof == b->up.clean_eof && a->up.done == b->up.done &&
-	      a->up.len == b->up.len && t_same(a->up.data, b->up.data, a->up.len), "conn %zu up", i);
-	CHECK(a->down.eof == b->down.eof && a->down.clean_eof == b->down.clean_eof && a->down.done == b->down.done &&
-	      a->down.len == b->down.len && t_same(a->down.data, b->down.data, a->down.len), "conn %zu down",
-	      i);
+	TU_CHECK(strcmp(a->service, b->service) == 0, "conn %zu service", i);
+	TU_CHECK(strcmp(a->backend, b->backend) == 0, "conn %zu backend", i);
+	TU_CHECK(a->route == b->route && strcmp(a->route_name, b->route_name) == 0, "conn %zu route", i);
+	TU_CHECK(a->stage == b->stage, "conn %zu stage", i);
+	TU_CHECK(a->cfd == b->cfd && a->bfd == b->bfd, "conn %zu fds %d %d / %d %d", i, a->cfd, a->bfd, b->cfd,
+	         b->bfd);
+	TU_CHECK(a->start_ns == b->start_ns && a->last_ns == b->last_ns, "conn %zu times", i);
+	TU_CHECK(a->bytes_up == b->bytes_up && a->bytes_down == b->bytes_down, "conn %zu bytes", i);
+	TU_CHECK(a->peer.len == b->peer.len && t_same(&a->peer.u, &b->peer.u, a->peer.len), "conn %zu peer", i);
+	TU_CHECK(a->local.len == b->local.len && t_same(&a->local.u, &b->local.u, a->local.len),
+	         "conn %zu local", i);
+	TU_CHECK(a->src_counted == b->src_counted, "conn %zu src_counted", i);
+	TU_CHECK(a->pre_state == b->pre_state && a->pre_used == b->pre_used, "conn %zu pre_state", i);
+	TU_CHECK(a->pre_deadline_ns == b->pre_deadline_ns, "conn %zu pre_deadline_ns", i);
+	TU_CHECK(a->pre_len == b->pre_len && t_same(a->pre, b->pre, a->pre_len), "conn %zu pre", i);
+	TU_CHECK(a->init_len == b->init_len && a->init_off == b->init_off && a->init_hdr == b->init_hdr &&
+	         t_same(a->init, b->init, a->init_len), "conn %zu init", i);
+	TU_CHECK(a->flushing == b->flushing && a->dead == b->dead && a->flush_end_ns == b->flush_end_ns,
+	         "conn %zu flush", i);
+	TU_CHECK(a->rst_client == b->rst_client && a->rst_backend == b->rst_backend, "conn %zu rst", i);
+	TU_CHECK(a->up.eof == b->up.eof && a->up.clean_eof == b->up.clean_eof && a->up.done == b->up.done &&
+	         a->up.len == b->up.len && t_same(a->up.data, b->up.data, a->up.len), "conn %zu up", i);
+	TU_CHECK(a->down.eof == b->down.eof && a->down.clean_eof == b->down.clean_eof && a->down.done == b->down.done &&
+	         a->down.len == b->down.len && t_same(a->down.data, b->down.data, a->down.len), "conn %zu down",
+	         i);
 }
 
 /* @w's state (the seal skipped: its checks are what is under test) must be refused with -EPROTO and a reason
@@ -245,9 +236,9 @@ static void t_refused(struct evfdd_carry_writer *w, const char *want, const char
 
 	b = t_bytes(w, &n);
 	r = t_open_bytes(b, n, &st, why);
-	CHECK(r == -EPROTO, "%s: open gave %d (%s), want -EPROTO", what, r, why);
-	CHECK(st == NULL, "%s: *out set on failure", what);
-	CHECK(strstr(why, want), "%s: why \"%s\" does not say \"%s\"", what, why, want);
+	TU_CHECK(r == -EPROTO, "%s: open gave %d (%s), want -EPROTO", what, r, why);
+	TU_CHECK(st == NULL, "%s: *out set on failure", what);
+	TU_CHECK(strstr(why, want), "%s: why \"%s\" does not say \"%s\"", what, why, want);
 	free(b);
 	evfdd_carry_writer_free(w);
 }
@@ -258,9 +249,9 @@ static struct evfdd_carry_writer *t_writer(int nfds)
 	struct evfdd_carry_writer *w;
 	int32_t idx;
 
-	CHECK(evfdd_carry_writer_new(&w) == 0, "writer_new");
+	TU_CHECK(evfdd_carry_writer_new(&w) == 0, "writer_new");
 	for (int i = 0; i < nfds; i++)
-		CHECK(evfdd_carry_put_fd(w, i % 3, &idx) == 0 && idx == i, "put_fd %d", i);
+		TU_CHECK(evfdd_carry_put_fd(w, i % 3, &idx) == 0 && idx == i, "put_fd %d", i);
 	return w;
 }
 
@@ -271,7 +262,7 @@ static void t_raw_fd(struct evfdd_carry_writer *w, int32_t fd, uint64_t ino)
 	size_t start = rec_begin(w, REC_FD);
 
 	enc_fd(&w->out, &f);
-	CHECK(rec_end(w, start) == 0, "rec_end");
+	TU_CHECK(rec_end(w, start) == 0, "rec_end");
 }
 
 static void t_raw_conn(struct evfdd_carry_writer *w, const struct evfdd_carry_conn *c)
@@ -279,7 +270,7 @@ static void t_raw_conn(struct evfdd_carry_writer *w, const struct evfdd_carry_co
 	size_t start = rec_begin(w, REC_CONN);
 
 	enc_conn(&w->out, c);
-	CHECK(rec_end(w, start) == 0, "rec_end");
+	TU_CHECK(rec_end(w, start) == 0, "rec_end");
 }
 
 /* ---- the checksum ----------------------------------------------------------------------------------- */
@@ -300,14 +291,14 @@ static void test_checksum(void)
 	double best = 1e9;
 	volatile uint64_t sink = 0;
 
-	CHECK(carry_checksum("", 0) == 0xEF46DB3751D8E999ull, "XXH64 of nothing");
-	CHECK(carry_checksum("abc", 3) == 0x44BC2CF5AD770999ull, "XXH64 of abc");
+	TU_CHECK(carry_checksum("", 0) == 0xEF46DB3751D8E999ull, "XXH64 of nothing");
+	TU_CHECK(carry_checksum("abc", 3) == 0x44BC2CF5AD770999ull, "XXH64 of abc");
 	for (size_t off = 0; off < 8; off++) {	/* and at every alignment */
 		for (size_t i = 0; i < 200; i++)
 			b[off + i] = (unsigned char)(i * 7 + 3);
 		for (size_t k = 0; k < sizeof(want) / sizeof(want[0]); k++)
-			CHECK(carry_checksum(b + off, want[k].n) == want[k].h, "XXH64 of %zu bytes at offset %zu",
-			      want[k].n, off);
+			TU_CHECK(carry_checksum(b + off, want[k].n) == want[k].h, "XXH64 of %zu bytes at offset %zu",
+			         want[k].n, off);
 	}
 
 	big = t_pattern(n, 5);
@@ -354,8 +345,8 @@ static void test_round_trip(void)
 	int32_t idx;
 
 	strcpy(info.version, "0.9.1 (git 0c9b140)");
-	CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0, "socketpair: %m");
-	CHECK(pipe(pp) == 0, "pipe: %m");
+	TU_CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0, "socketpair: %m");
+	TU_CHECK(pipe(pp) == 0, "pipe: %m");
 	fds[0] = sv[0];
 	fds[1] = sv[1];
 	fds[2] = pp[0];
@@ -364,7 +355,7 @@ static void test_round_trip(void)
 	fds[5] = socket(AF_INET6, SOCK_STREAM, 0);
 	if (fds[5] < 0)
 		fds[5] = socket(AF_UNIX, SOCK_DGRAM, 0);
-	CHECK(fds[4] >= 0 && fds[5] >= 0, "socket: %m");
+	TU_CHECK(fds[4] >= 0 && fds[5] >= 0, "socket: %m");
 
 	/* relaying, with 1 MiB received from the client and not yet sent, on indexes 0 and 1 put after it */
 	conns[0] = t_conn(0, 1);
@@ -412,95 +403,95 @@ static void test_round_trip(void)
 	conns[2].down.data = NULL;
 
 	/* records in mixed order: a connection before the descriptors it names, info in the middle */
-	CHECK(evfdd_carry_writer_new(&w) == 0, "writer_new");
-	CHECK(evfdd_carry_put_counter(w, &counters[0]) == 0, "put_counter");
-	CHECK(evfdd_carry_put_conn(w, &conns[0]) == 0, "put_conn 0");
+	TU_CHECK(evfdd_carry_writer_new(&w) == 0, "writer_new");
+	TU_CHECK(evfdd_carry_put_counter(w, &counters[0]) == 0, "put_counter");
+	TU_CHECK(evfdd_carry_put_conn(w, &conns[0]) == 0, "put_conn 0");
 	for (int i = 0; i < 4; i++)
-		CHECK(evfdd_carry_put_fd(w, fds[i], &idx) == 0 && idx == i, "put_fd %d: %d", i, idx);
-	CHECK(evfdd_carry_put_info(w, &info) == 0, "put_info");
-	CHECK(evfdd_carry_put_backend(w, &backends[0]) == 0, "put_backend 0");
-	CHECK(evfdd_carry_put_conn(w, &conns[1]) == 0, "put_conn 1");
-	CHECK(evfdd_carry_put_counter(w, &counters[1]) == 0, "put_counter");
-	CHECK(evfdd_carry_put_conn(w, &conns[2]) == 0, "put_conn 2");
+		TU_CHECK(evfdd_carry_put_fd(w, fds[i], &idx) == 0 && idx == i, "put_fd %d: %d", i, idx);
+	TU_CHECK(evfdd_carry_put_info(w, &info) == 0, "put_info");
+	TU_CHECK(evfdd_carry_put_backend(w, &backends[0]) == 0, "put_backend 0");
+	TU_CHECK(evfdd_carry_put_conn(w, &conns[1]) == 0, "put_conn 1");
+	TU_CHECK(evfdd_carry_put_counter(w, &counters[1]) == 0, "put_counter");
+	TU_CHECK(evfdd_carry_put_conn(w, &conns[2]) == 0, "put_conn 2");
 	for (int i = 4; i < 6; i++)
-		CHECK(evfdd_carry_put_fd(w, fds[i], &idx) == 0 && idx == i, "put_fd %d: %d", i, idx);
-	CHECK(evfdd_carry_put_backend(w, &backends[1]) == 0, "put_backend 1");
-	CHECK(evfdd_carry_put_counter(w, &counters[2]) == 0, "put_counter");
-	CHECK(evfdd_carry_writer_nfds(w) == 6, "writer_nfds %zu", evfdd_carry_writer_nfds(w));
+		TU_CHECK(evfdd_carry_put_fd(w, fds[i], &idx) == 0 && idx == i, "put_fd %d: %d", i, idx);
+	TU_CHECK(evfdd_carry_put_backend(w, &backends[1]) == 0, "put_backend 1");
+	TU_CHECK(evfdd_carry_put_counter(w, &counters[2]) == 0, "put_counter");
+	TU_CHECK(evfdd_carry_writer_nfds(w) == 6, "writer_nfds %zu", evfdd_carry_writer_nfds(w));
 	for (size_t i = 0; i < 6; i++)
-		CHECK(evfdd_carry_writer_fd(w, i) == fds[i], "writer_fd %zu", i);
-	CHECK(evfdd_carry_writer_fd(w, 6) < 0, "writer_fd past the table");
+		TU_CHECK(evfdd_carry_writer_fd(w, i) == fds[i], "writer_fd %zu", i);
+	TU_CHECK(evfdd_carry_writer_fd(w, 6) < 0, "writer_fd past the table");
 
 	memfd = evfdd_carry_seal(w);
-	CHECK(memfd >= 0, "seal: %s", strerror(-memfd));
-	CHECK(lseek(memfd, 0, SEEK_CUR) == 0, "the memfd is not at its start");
-	CHECK(fcntl(memfd, F_GETFD) & FD_CLOEXEC, "the memfd is not close-on-exec");
+	TU_CHECK(memfd >= 0, "seal: %s", strerror(-memfd));
+	TU_CHECK(lseek(memfd, 0, SEEK_CUR) == 0, "the memfd is not at its start");
+	TU_CHECK(fcntl(memfd, F_GETFD) & FD_CLOEXEC, "the memfd is not close-on-exec");
 	evfdd_carry_writer_free(w);
 	free(mib);	/* the state holds its own copy */
 
 	/* sealed: nothing can change it, not even its seals */
 	seals = fcntl(memfd, F_GET_SEALS);
-	CHECK(seals == (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE), "seals 0x%x", seals);
+	TU_CHECK(seals == (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE), "seals 0x%x", seals);
 	errno = 0;
-	CHECK(write(memfd, "x", 1) == -1 && errno == EPERM, "write to the state: errno %d", errno);
+	TU_CHECK(write(memfd, "x", 1) == -1 && errno == EPERM, "write to the state: errno %d", errno);
 	errno = 0;
-	CHECK(pwrite(memfd, "x", 1, 40) == -1 && errno == EPERM, "pwrite to the state: errno %d", errno);
+	TU_CHECK(pwrite(memfd, "x", 1, 40) == -1 && errno == EPERM, "pwrite to the state: errno %d", errno);
 	errno = 0;
-	CHECK(ftruncate(memfd, 0) == -1 && errno == EPERM, "ftruncate to 0: errno %d", errno);
+	TU_CHECK(ftruncate(memfd, 0) == -1 && errno == EPERM, "ftruncate to 0: errno %d", errno);
 	errno = 0;
-	CHECK(ftruncate(memfd, 1 << 30) == -1 && errno == EPERM, "ftruncate up: errno %d", errno);
+	TU_CHECK(ftruncate(memfd, 1 << 30) == -1 && errno == EPERM, "ftruncate up: errno %d", errno);
 	errno = 0;
-	CHECK(fcntl(memfd, F_ADD_SEALS, F_SEAL_WRITE) == -1 && errno == EPERM, "add a seal: errno %d", errno);
-	CHECK(mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0) == MAP_FAILED, "writable mapping");
-	CHECK(evfdd_carry_is_state(memfd), "is_state of a state");
+	TU_CHECK(fcntl(memfd, F_ADD_SEALS, F_SEAL_WRITE) == -1 && errno == EPERM, "add a seal: errno %d", errno);
+	TU_CHECK(mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0) == MAP_FAILED, "writable mapping");
+	TU_CHECK(evfdd_carry_is_state(memfd), "is_state of a state");
 
 	r = evfdd_carry_open(memfd, &st, why, sizeof(why));
-	CHECK(r == 0, "open: %d (%s)", r, why);
-	CHECK(fcntl(memfd, F_GETFD) >= 0, "open closed the memfd");
+	TU_CHECK(r == 0, "open: %d (%s)", r, why);
+	TU_CHECK(fcntl(memfd, F_GETFD) >= 0, "open closed the memfd");
 	close(memfd);	/* the mapping stays */
 
 	{
 		const struct evfdd_carry_info *i = evfdd_carry_info(st);
 
-		CHECK(i->kind == info.kind && i->upgrades == info.upgrades && i->time_usec == info.time_usec &&
-		      i->mono_ns == info.mono_ns && i->reloads == info.reloads &&
-		      i->reloads_failed == info.reloads_failed && strcmp(i->version, info.version) == 0,
-		      "info differs");
+		TU_CHECK(i->kind == info.kind && i->upgrades == info.upgrades && i->time_usec == info.time_usec &&
+		         i->mono_ns == info.mono_ns && i->reloads == info.reloads &&
+		         i->reloads_failed == info.reloads_failed && strcmp(i->version, info.version) == 0,
+		         "info differs");
 	}
-	CHECK(evfdd_carry_nfds(st) == 6, "nfds %zu", evfdd_carry_nfds(st));
+	TU_CHECK(evfdd_carry_nfds(st) == 6, "nfds %zu", evfdd_carry_nfds(st));
 	for (size_t i = 0; i < 6; i++) {
 		const struct evfdd_carry_fd *f = evfdd_carry_fd(st, i);
 		struct stat sb;
 
-		CHECK(fstat(fds[i], &sb) == 0, "fstat");
-		CHECK(f->fd == fds[i], "fd %zu is %d, want %d", i, f->fd, fds[i]);
-		CHECK(f->dev == (uint64_t)sb.st_dev && f->ino == (uint64_t)sb.st_ino, "fd %zu identity", i);
+		TU_CHECK(fstat(fds[i], &sb) == 0, "fstat");
+		TU_CHECK(f->fd == fds[i], "fd %zu is %d, want %d", i, f->fd, fds[i]);
+		TU_CHECK(f->dev == (uint64_t)sb.st_dev && f->ino == (uint64_t)sb.st_ino, "fd %zu identity", i);
 	}
-	CHECK(evfdd_carry_fd(st, 6) == NULL, "fd past the table");
-	CHECK(evfdd_carry_ncounters(st) == 3, "ncounters %zu", evfdd_carry_ncounters(st));
+	TU_CHECK(evfdd_carry_fd(st, 6) == NULL, "fd past the table");
+	TU_CHECK(evfdd_carry_ncounters(st) == 3, "ncounters %zu", evfdd_carry_ncounters(st));
 	for (size_t i = 0; i < 3; i++) {
 		const struct evfdd_carry_counter *c = evfdd_carry_counter(st, i);
 
-		CHECK(strcmp(c->service, counters[i].service) == 0 && strcmp(c->name, counters[i].name) == 0 &&
-		      c->value == counters[i].value, "counter %zu", i);
+		TU_CHECK(strcmp(c->service, counters[i].service) == 0 && strcmp(c->name, counters[i].name) == 0 &&
+		         c->value == counters[i].value, "counter %zu", i);
 	}
-	CHECK(evfdd_carry_nbackends(st) == 2, "nbackends %zu", evfdd_carry_nbackends(st));
+	TU_CHECK(evfdd_carry_nbackends(st) == 2, "nbackends %zu", evfdd_carry_nbackends(st));
 	for (size_t i = 0; i < 2; i++) {
 		const struct evfdd_carry_backend *b = evfdd_carry_backend(st, i), *e = &backends[i];
 
-		CHECK(strcmp(b->service, e->service) == 0 && strcmp(b->name, e->name) == 0, "backend %zu names", i);
-		CHECK(b->drained == e->drained && b->down == e->down && b->connections == e->connections &&
-		      b->connect_failures == e->connect_failures && b->bytes_up == e->bytes_up &&
-		      b->bytes_down == e->bytes_down && b->state_changes == e->state_changes &&
-		      b->last_change_usec == e->last_change_usec, "backend %zu values", i);
+		TU_CHECK(strcmp(b->service, e->service) == 0 && strcmp(b->name, e->name) == 0, "backend %zu names", i);
+		TU_CHECK(b->drained == e->drained && b->down == e->down && b->connections == e->connections &&
+		         b->connect_failures == e->connect_failures && b->bytes_up == e->bytes_up &&
+		         b->bytes_down == e->bytes_down && b->state_changes == e->state_changes &&
+		         b->last_change_usec == e->last_change_usec, "backend %zu values", i);
 	}
-	CHECK(evfdd_carry_nconns(st) == 3, "nconns %zu", evfdd_carry_nconns(st));
+	TU_CHECK(evfdd_carry_nconns(st) == 3, "nconns %zu", evfdd_carry_nconns(st));
 	mib = t_pattern(1u << 20, 9);
 	conns[0].up.data = mib;
 	for (size_t i = 0; i < 3; i++)
 		t_conn_eq(evfdd_carry_conn(st, i), &conns[i], i);
-	CHECK(evfdd_carry_conn(st, 3) == NULL && evfdd_carry_counter(st, 3) == NULL &&
-	      evfdd_carry_backend(st, 2) == NULL, "past the end");
+	TU_CHECK(evfdd_carry_conn(st, 3) == NULL && evfdd_carry_counter(st, 3) == NULL &&
+	         evfdd_carry_backend(st, 2) == NULL, "past the end");
 	t_touch(st);
 	evfdd_carry_close(st);
 	evfdd_carry_close(NULL);
@@ -519,19 +510,19 @@ static void test_empty(void)
 	char why[WHY_LEN];
 	int fd;
 
-	CHECK(evfdd_carry_writer_new(&w) == 0, "writer_new");
+	TU_CHECK(evfdd_carry_writer_new(&w) == 0, "writer_new");
 	fd = evfdd_carry_seal(w);
-	CHECK(fd >= 0, "seal: %d", fd);
+	TU_CHECK(fd >= 0, "seal: %d", fd);
 	evfdd_carry_writer_free(w);
 	evfdd_carry_writer_free(NULL);
-	CHECK(lseek(fd, 0, SEEK_END) == HDR_LEN, "an empty state is its header");
-	CHECK(evfdd_carry_open(fd, &st, why, sizeof(why)) == 0, "open: %s", why);
-	CHECK(memcmp(evfdd_carry_info(st), &zero, sizeof(zero)) == 0, "info not zeroed");
-	CHECK(evfdd_carry_nfds(st) == 0 && evfdd_carry_ncounters(st) == 0 && evfdd_carry_nbackends(st) == 0 &&
-	      evfdd_carry_nconns(st) == 0, "not empty");
+	TU_CHECK(lseek(fd, 0, SEEK_END) == HDR_LEN, "an empty state is its header");
+	TU_CHECK(evfdd_carry_open(fd, &st, why, sizeof(why)) == 0, "open: %s", why);
+	TU_CHECK(memcmp(evfdd_carry_info(st), &zero, sizeof(zero)) == 0, "info not zeroed");
+	TU_CHECK(evfdd_carry_nfds(st) == 0 && evfdd_carry_ncounters(st) == 0 && evfdd_carry_nbackends(st) == 0 &&
+	         evfdd_carry_nconns(st) == 0, "not empty");
 	evfdd_carry_close(st);
 	/* and a NULL @why is fine */
-	CHECK(evfdd_carry_open(fd, &st, NULL, 0) == 0, "open without why");
+	TU_CHECK(evfdd_carry_open(fd, &st, NULL, 0) == 0, "open without why");
 	evfdd_carry_close(st);
 	close(fd);
 }
@@ -550,64 +541,64 @@ static void test_not_sealed(void)
 	size_t n;
 	int fd, pp[2], r;
 
-	CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn");
+	TU_CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn");
 	b = t_bytes(w, &n);
 	evfdd_carry_writer_free(w);
 
 	for (size_t k = 0; k < sizeof(seal_sets) / sizeof(seal_sets[0]); k++) {
 		fd = memfd_create("not-sealed", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-		CHECK(fd >= 0, "memfd_create: %m");
-		CHECK(write_all(fd, b, n) == 0, "write");
+		TU_CHECK(fd >= 0, "memfd_create: %m");
+		TU_CHECK(write_all(fd, b, n) == 0, "write");
 		if (seal_sets[k])
-			CHECK(fcntl(fd, F_ADD_SEALS, seal_sets[k]) == 0, "F_ADD_SEALS: %m");
+			TU_CHECK(fcntl(fd, F_ADD_SEALS, seal_sets[k]) == 0, "F_ADD_SEALS: %m");
 		r = evfdd_carry_open(fd, &st, why, sizeof(why));
-		CHECK(r == -EPROTO && strstr(why, "not sealed"), "seals 0x%x: %d (%s)", seal_sets[k], r, why);
-		CHECK(!evfdd_carry_is_state(fd) || (seal_sets[k] & F_SEAL_WRITE), "is_state with seals 0x%x",
-		      seal_sets[k]);
+		TU_CHECK(r == -EPROTO && strstr(why, "not sealed"), "seals 0x%x: %d (%s)", seal_sets[k], r, why);
+		TU_CHECK(!evfdd_carry_is_state(fd) || (seal_sets[k] & F_SEAL_WRITE), "is_state with seals 0x%x",
+		         seal_sets[k]);
 		close(fd);
 	}
 	/* F_SEAL_SEAL is not required: the other three are what keep the bytes still */
 	fd = memfd_create("sealed", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	CHECK(fd >= 0 && write_all(fd, b, n) == 0, "memfd");
-	CHECK(fcntl(fd, F_ADD_SEALS, SEALS) == 0, "F_ADD_SEALS: %m");
-	CHECK(evfdd_carry_open(fd, &st, why, sizeof(why)) == 0, "sealed without F_SEAL_SEAL: %s", why);
+	TU_CHECK(fd >= 0 && write_all(fd, b, n) == 0, "memfd");
+	TU_CHECK(fcntl(fd, F_ADD_SEALS, SEALS) == 0, "F_ADD_SEALS: %m");
+	TU_CHECK(evfdd_carry_open(fd, &st, why, sizeof(why)) == 0, "sealed without F_SEAL_SEAL: %s", why);
 	evfdd_carry_close(st);
 	close(fd);
 
 	/* a memfd that cannot be sealed has F_SEAL_SEAL from the start, and nothing else */
 	fd = memfd_create("no-sealing", MFD_CLOEXEC);
-	CHECK(fd >= 0 && write_all(fd, b, n) == 0, "memfd");
+	TU_CHECK(fd >= 0 && write_all(fd, b, n) == 0, "memfd");
 	r = evfdd_carry_open(fd, &st, why, sizeof(why));
-	CHECK(r == -EPROTO && strstr(why, "not sealed"), "memfd without sealing: %d (%s)", r, why);
+	TU_CHECK(r == -EPROTO && strstr(why, "not sealed"), "memfd without sealing: %d (%s)", r, why);
 	close(fd);
 
 	/* a regular file, a pipe: no seals at all */
 	fd = mkstemp(tmpl);
-	CHECK(fd >= 0, "mkstemp: %m");
+	TU_CHECK(fd >= 0, "mkstemp: %m");
 	unlink(tmpl);
-	CHECK(write_all(fd, b, n) == 0, "write");
+	TU_CHECK(write_all(fd, b, n) == 0, "write");
 	r = evfdd_carry_open(fd, &st, why, sizeof(why));
-	CHECK(r == -EPROTO && why[0], "a file: %d (%s)", r, why);	/* on tmpfs it has F_SEAL_SEAL alone */
-	CHECK(!evfdd_carry_is_state(fd), "is_state of a file");
+	TU_CHECK(r == -EPROTO && why[0], "a file: %d (%s)", r, why);	/* on tmpfs it has F_SEAL_SEAL alone */
+	TU_CHECK(!evfdd_carry_is_state(fd), "is_state of a file");
 	close(fd);
-	CHECK(pipe(pp) == 0, "pipe");
+	TU_CHECK(pipe(pp) == 0, "pipe");
 	r = evfdd_carry_open(pp[0], &st, why, sizeof(why));
-	CHECK(r == -EPROTO, "a pipe: %d (%s)", r, why);
-	CHECK(!evfdd_carry_is_state(pp[0]), "is_state of a pipe");
+	TU_CHECK(r == -EPROTO, "a pipe: %d (%s)", r, why);
+	TU_CHECK(!evfdd_carry_is_state(pp[0]), "is_state of a pipe");
 	close(pp[0]);
 	close(pp[1]);
 	/* a closed descriptor */
-	CHECK(evfdd_carry_open(pp[0], &st, why, sizeof(why)) == -EBADF, "closed fd");
-	CHECK(!evfdd_carry_is_state(pp[0]), "is_state of a closed fd");
+	TU_CHECK(evfdd_carry_open(pp[0], &st, why, sizeof(why)) == -EBADF, "closed fd");
+	TU_CHECK(!evfdd_carry_is_state(pp[0]), "is_state of a closed fd");
 	/* sealed, but not a state */
 	fd = seal_bytes((const unsigned char *)"EVFDDSX\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", 40);
-	CHECK(fd >= 0, "seal_bytes");
-	CHECK(!evfdd_carry_is_state(fd), "is_state without the magic");
+	TU_CHECK(fd >= 0, "seal_bytes");
+	TU_CHECK(!evfdd_carry_is_state(fd), "is_state without the magic");
 	r = evfdd_carry_open(fd, &st, why, sizeof(why));
-	CHECK(r == -EPROTO && strstr(why, "magic"), "no magic: %d (%s)", r, why);
+	TU_CHECK(r == -EPROTO && strstr(why, "magic"), "no magic: %d (%s)", r, why);
 	close(fd);
 	fd = seal_bytes(b, 7);
-	CHECK(!evfdd_carry_is_state(fd), "is_state of 7 bytes");
+	TU_CHECK(!evfdd_carry_is_state(fd), "is_state of 7 bytes");
 	close(fd);
 	free(b);
 }
@@ -627,11 +618,11 @@ static unsigned char *t_small(size_t *n, size_t *bounds, size_t *nbounds)
 
 	c2.local = t_inet("::1", 443);
 	c2.peer = t_unix("/x");
-	CHECK(evfdd_carry_put_info(w, &info) == 0, "put_info");
-	CHECK(evfdd_carry_put_counter(w, &k) == 0, "put_counter");
-	CHECK(evfdd_carry_put_backend(w, &be) == 0, "put_backend");
-	CHECK(evfdd_carry_put_conn(w, &c1) == 0, "put_conn");
-	CHECK(evfdd_carry_put_conn(w, &c2) == 0, "put_conn");
+	TU_CHECK(evfdd_carry_put_info(w, &info) == 0, "put_info");
+	TU_CHECK(evfdd_carry_put_counter(w, &k) == 0, "put_counter");
+	TU_CHECK(evfdd_carry_put_backend(w, &be) == 0, "put_backend");
+	TU_CHECK(evfdd_carry_put_conn(w, &c1) == 0, "put_conn");
+	TU_CHECK(evfdd_carry_put_conn(w, &c2) == 0, "put_conn");
 	b = t_bytes(w, n);
 	evfdd_carry_writer_free(w);
 	*nbounds = 0;
@@ -652,9 +643,9 @@ static void test_damage(void)
 	char why[WHY_LEN];
 	int r;
 
-	CHECK(d, "malloc");
-	CHECK(nbounds == 9 && bounds[nbounds - 1] == n, "%zu record bounds", nbounds);
-	CHECK(t_open_bytes(b, n, &st, why) == 0, "the small state: %s", why);
+	TU_CHECK(d, "malloc");
+	TU_CHECK(nbounds == 9 && bounds[nbounds - 1] == n, "%zu record bounds", nbounds);
+	TU_CHECK(t_open_bytes(b, n, &st, why) == 0, "the small state: %s", why);
 	evfdd_carry_close(st);
 
 	/* every single-byte change, of the header or the payload, refused */
@@ -663,9 +654,9 @@ static void test_damage(void)
 			memcpy(d, b, n);
 			d[i] ^= flips[f];
 			r = t_open_bytes(d, n, &st, why);
-			CHECK(r == -EPROTO || (r == -EPROTONOSUPPORT && i >= 8 && i < 12),
-			      "byte %zu ^ 0x%02x: %d (%s)", i, flips[f], r, why);
-			CHECK(i < HDR_LEN || strstr(why, "checksum"), "byte %zu ^ 0x%02x: why %s", i, flips[f], why);
+			TU_CHECK(r == -EPROTO || (r == -EPROTONOSUPPORT && i >= 8 && i < 12),
+			         "byte %zu ^ 0x%02x: %d (%s)", i, flips[f], r, why);
+			TU_CHECK(i < HDR_LEN || strstr(why, "checksum"), "byte %zu ^ 0x%02x: why %s", i, flips[f], why);
 		}
 	}
 
@@ -676,26 +667,26 @@ static void test_damage(void)
 			d[i] ^= flips[f];
 			t_mend(d, n);
 			r = t_open_bytes(d, n, &st, why);
-			CHECK(r == 0 || r == -EPROTO, "byte %zu ^ 0x%02x mended: %d (%s)", i, flips[f], r, why);
+			TU_CHECK(r == 0 || r == -EPROTO, "byte %zu ^ 0x%02x mended: %d (%s)", i, flips[f], r, why);
 			if (r == 0) {
 				t_touch(st);
 				evfdd_carry_close(st);
 				read_whole++;
 			} else {
-				CHECK(strncmp(why, "record ", 7) == 0 || strncmp(why, "fd ", 3) == 0,
-				      "byte %zu: why \"%s\"", i, why);
+				TU_CHECK(strncmp(why, "record ", 7) == 0 || strncmp(why, "fd ", 3) == 0,
+				         "byte %zu: why \"%s\"", i, why);
 				refused++;
 			}
 		}
 	}
 	printf("damage: %zu changes of the small state's records refused, %zu read (a value changed)\n", refused,
 	       read_whole);
-	CHECK(refused > read_whole / 4, "few changes refused");
+	TU_CHECK(refused > read_whole / 4, "few changes refused");
 
 	/* every truncation refused; with the header mended, only those at a record's end read */
 	for (size_t len = 0; len < n; len++) {
 		r = t_open_bytes(b, len, &st, why);
-		CHECK(r == -EPROTO, "truncated to %zu: %d (%s)", len, r, why);
+		TU_CHECK(r == -EPROTO, "truncated to %zu: %d (%s)", len, r, why);
 		if (len < HDR_LEN)
 			continue;
 		memcpy(d, b, len);
@@ -705,7 +696,7 @@ static void test_damage(void)
 		for (size_t k = 0; k < nbounds; k++)
 			bound = bound || bounds[k] == len;
 		r = t_open_bytes(d, len, &st, why);
-		CHECK(bound ? r == 0 : r == -EPROTO, "truncated to %zu, mended: %d (%s)", len, r, why);
+		TU_CHECK(bound ? r == 0 : r == -EPROTO, "truncated to %zu, mended: %d (%s)", len, r, why);
 		if (r == 0) {
 			t_touch(st);
 			evfdd_carry_close(st);
@@ -724,29 +715,29 @@ static void test_version(void)
 	uint32_t v, hl;
 	int r;
 
-	CHECK(evfdd_carry_version_ok(EVFDD_CARRY_VERSION) && evfdd_carry_version_ok(EVFDD_CARRY_MIN_VERSION),
-	      "version_ok of what is read");
-	CHECK(!evfdd_carry_version_ok(EVFDD_CARRY_MIN_VERSION - 1) &&
-	      !evfdd_carry_version_ok(EVFDD_CARRY_VERSION + 1) && !evfdd_carry_version_ok(0) &&
-	      !evfdd_carry_version_ok(~0ul) && !evfdd_carry_version_ok(UINT32_MAX), "version_ok outside");
+	TU_CHECK(evfdd_carry_version_ok(EVFDD_CARRY_VERSION) && evfdd_carry_version_ok(EVFDD_CARRY_MIN_VERSION),
+	         "version_ok of what is read");
+	TU_CHECK(!evfdd_carry_version_ok(EVFDD_CARRY_MIN_VERSION - 1) &&
+	         !evfdd_carry_version_ok(EVFDD_CARRY_VERSION + 1) && !evfdd_carry_version_ok(0) &&
+	         !evfdd_carry_version_ok(~0ul) && !evfdd_carry_version_ok(UINT32_MAX), "version_ok outside");
 	for (int k = 0; k < 2; k++) {
 		uint32_t bad = k ? EVFDD_CARRY_VERSION + 1 : EVFDD_CARRY_MIN_VERSION - 1;
 
 		v = htole32(bad);
 		memcpy(b + 8, &v, 4);
 		r = t_open_bytes(b, n, &st, why);
-		CHECK(r == -EPROTONOSUPPORT, "version %u: %d (%s)", bad, r, why);
+		TU_CHECK(r == -EPROTONOSUPPORT, "version %u: %d (%s)", bad, r, why);
 		snprintf(want, sizeof(want), "version %u is %s", bad, k ? "newer" : "older");
-		CHECK(strstr(why, want), "version %u: why \"%s\"", bad, why);
+		TU_CHECK(strstr(why, want), "version %u: why \"%s\"", bad, why);
 		snprintf(want, sizeof(want), "(%d to %d)", EVFDD_CARRY_MIN_VERSION, EVFDD_CARRY_VERSION);
-		CHECK(strstr(why, want), "version %u: why \"%s\" has no range", bad, why);
+		TU_CHECK(strstr(why, want), "version %u: why \"%s\" has no range", bad, why);
 	}
 	v = htole32(EVFDD_CARRY_VERSION);
 	memcpy(b + 8, &v, 4);
 	hl = htole32(24);
 	memcpy(b + 12, &hl, 4);
 	r = t_open_bytes(b, n, &st, why);
-	CHECK(r == -EPROTO && strstr(why, "header length 24"), "header length 24: %d (%s)", r, why);
+	TU_CHECK(r == -EPROTO && strstr(why, "header length 24"), "header length 24: %d (%s)", r, why);
 	free(b);
 }
 
@@ -760,18 +751,18 @@ static void test_unknown_type(void)
 	size_t start;
 	int fd;
 
-	CHECK(evfdd_carry_writer_new(&w) == 0, "writer_new");
+	TU_CHECK(evfdd_carry_writer_new(&w) == 0, "writer_new");
 	start = rec_begin(w, 999);
 	put_u64(&w->out, 0x1234);
 	buf_put(&w->out, "whatever a later version adds", 29);
-	CHECK(rec_end(w, start) == 0, "rec_end");
-	CHECK(evfdd_carry_put_fd(w, 0, NULL) == 0, "put_fd");
+	TU_CHECK(rec_end(w, start) == 0, "rec_end");
+	TU_CHECK(evfdd_carry_put_fd(w, 0, NULL) == 0, "put_fd");
 	start = rec_begin(w, 0);	/* empty, of type 0 */
-	CHECK(rec_end(w, start) == 0, "rec_end");
-	CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn");
+	TU_CHECK(rec_end(w, start) == 0, "rec_end");
+	TU_CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn");
 	start = rec_begin(w, 0xffff);
 	put_u8(&w->out, 7);
-	CHECK(rec_end(w, start) == 0, "rec_end");
+	TU_CHECK(rec_end(w, start) == 0, "rec_end");
 	w->out.b[start + 2] = 1;	/* (only to see the reason name the type) */
 	{
 		unsigned char *b;
@@ -780,18 +771,18 @@ static void test_unknown_type(void)
 		struct evfdd_carry_state *st2;
 
 		b = t_bytes(w, &n);
-		CHECK(t_open_bytes(b, n, &st2, why2) == -EPROTO &&
-		      strstr(why2, "record 4 (type 65535): reserved is 1, not 0"), "unknown type's reason: %s", why2);
+		TU_CHECK(t_open_bytes(b, n, &st2, why2) == -EPROTO &&
+		         strstr(why2, "record 4 (type 65535): reserved is 1, not 0"), "unknown type's reason: %s", why2);
 		free(b);
 	}
 	w->out.b[start + 2] = 0;
-	CHECK(evfdd_carry_put_fd(w, 1, NULL) == 0, "put_fd");
+	TU_CHECK(evfdd_carry_put_fd(w, 1, NULL) == 0, "put_fd");
 	fd = evfdd_carry_seal(w);
-	CHECK(fd >= 0, "seal: %d", fd);
+	TU_CHECK(fd >= 0, "seal: %d", fd);
 	evfdd_carry_writer_free(w);
-	CHECK(evfdd_carry_open(fd, &st, why, sizeof(why)) == 0, "unknown records: %s", why);
-	CHECK(evfdd_carry_nfds(st) == 2 && evfdd_carry_nconns(st) == 1, "counts");
-	CHECK(evfdd_carry_fd(st, 0)->fd == 0 && evfdd_carry_fd(st, 1)->fd == 1, "fd table");
+	TU_CHECK(evfdd_carry_open(fd, &st, why, sizeof(why)) == 0, "unknown records: %s", why);
+	TU_CHECK(evfdd_carry_nfds(st) == 2 && evfdd_carry_nconns(st) == 1, "counts");
+	TU_CHECK(evfdd_carry_fd(st, 0)->fd == 0 && evfdd_carry_fd(st, 1)->fd == 1, "fd table");
 	t_conn_eq(evfdd_carry_conn(st, 0), &c, 0);
 	evfdd_carry_close(st);
 	close(fd);
@@ -806,39 +797,39 @@ static void test_fd_indexes(void)
 	/* past the table: the seal refuses, the reader too */
 	w = t_writer(2);
 	c = t_conn(0, 2);
-	CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn (indexes are checked at the seal)");
-	CHECK(evfdd_carry_seal(w) == -EINVAL, "seal with bfd past the table");
+	TU_CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn (indexes are checked at the seal)");
+	TU_CHECK(evfdd_carry_seal(w) == -EINVAL, "seal with bfd past the table");
 	t_refused(w, "record 2 (connection): bfd is fd index 2, past the table's 2", "bfd past the table");
 	w = t_writer(0);
 	c = t_conn(0, -1);
-	CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn");
-	CHECK(evfdd_carry_seal(w) == -EINVAL, "seal with no table");
+	TU_CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn");
+	TU_CHECK(evfdd_carry_seal(w) == -EINVAL, "seal with no table");
 	t_refused(w, "cfd is fd index 0, past the table's 0", "no table");
 	/* twice in one connection */
 	w = t_writer(2);
 	c = t_conn(1, 1);
-	CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn");
-	CHECK(evfdd_carry_seal(w) == -EINVAL, "seal with cfd == bfd");
+	TU_CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn");
+	TU_CHECK(evfdd_carry_seal(w) == -EINVAL, "seal with cfd == bfd");
 	t_refused(w, "cfd and bfd are both fd index 1", "cfd == bfd");
 	/* by two connections, either way round */
 	w = t_writer(3);
 	c = t_conn(0, 1);
-	CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn");
+	TU_CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn");
 	c = t_conn(2, 0);
-	CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn");
-	CHECK(evfdd_carry_seal(w) == -EINVAL, "seal with an index shared");
+	TU_CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn");
+	TU_CHECK(evfdd_carry_seal(w) == -EINVAL, "seal with an index shared");
 	t_refused(w, "record 4 (connection): bfd's fd index 0 is record 3's too", "shared bfd");
 	w = t_writer(3);
 	c = t_conn(2, -1);
-	CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn");
+	TU_CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn");
 	c = t_conn(2, 1);
-	CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn");
-	CHECK(evfdd_carry_seal(w) == -EINVAL, "seal with an index shared");
+	TU_CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn");
+	TU_CHECK(evfdd_carry_seal(w) == -EINVAL, "seal with an index shared");
 	t_refused(w, "cfd's fd index 2 is record 3's too", "shared cfd");
 	/* a descriptor twice in the table */
 	w = t_writer(3);
-	CHECK(evfdd_carry_put_fd(w, 1, NULL) == 0, "put_fd");
-	CHECK(evfdd_carry_seal(w) == -EINVAL, "seal with an fd twice");
+	TU_CHECK(evfdd_carry_put_fd(w, 1, NULL) == 0, "put_fd");
+	TU_CHECK(evfdd_carry_seal(w) == -EINVAL, "seal with an fd twice");
 	t_refused(w, "fd 1 is in the table twice (indexes 1 and 3)", "fd twice");
 	/* the reader's own: a negative descriptor, a negative index, more than the table may hold */
 	w = t_writer(1);
@@ -854,7 +845,7 @@ static void test_fd_indexes(void)
 	c.cfd = -1;
 	t_raw_conn(w, &c);
 	t_refused(w, "cfd is -1", "cfd -1");
-	CHECK(evfdd_carry_writer_new(&w) == 0, "writer_new");
+	TU_CHECK(evfdd_carry_writer_new(&w) == 0, "writer_new");
 	for (uint32_t i = 0; i <= EVFDD_CARRY_MAX_FDS; i++)
 		t_raw_fd(w, (int32_t)i, i);
 	t_refused(w, "record 1048576 (fd): more than 1048576 descriptors", "too many fds");
@@ -871,7 +862,7 @@ static void t_raw_counter(struct evfdd_carry_writer *w, const void *svc, size_t 
 	put_u16(&w->out, (unsigned)namelen);
 	buf_put(&w->out, name, namelen);
 	put_u64(&w->out, 1);
-	CHECK(rec_end(w, start) == 0, "rec_end");
+	TU_CHECK(rec_end(w, start) == 0, "rec_end");
 }
 
 
@@ -905,31 +896,31 @@ static void test_strings(void)
 	int fd;
 
 	/* the writer */
-	CHECK(evfdd_carry_writer_new(&w) == 0, "writer_new");
-	CHECK(evfdd_carry_put_counter(w, &k) == 0, "a good counter");
+	TU_CHECK(evfdd_carry_writer_new(&w) == 0, "writer_new");
+	TU_CHECK(evfdd_carry_put_counter(w, &k) == 0, "a good counter");
 	memset(k.name, 'a', sizeof(k.name));
-	CHECK(evfdd_carry_put_counter(w, &k) == -EINVAL, "a name without its NUL");
+	TU_CHECK(evfdd_carry_put_counter(w, &k) == -EINVAL, "a name without its NUL");
 	strcpy(k.name, "to\x01tal");
-	CHECK(evfdd_carry_put_counter(w, &k) == -EINVAL, "a control character");
+	TU_CHECK(evfdd_carry_put_counter(w, &k) == -EINVAL, "a control character");
 	strcpy(k.name, "to tal");
-	CHECK(evfdd_carry_put_counter(w, &k) == -EINVAL, "a blank in a name");
+	TU_CHECK(evfdd_carry_put_counter(w, &k) == -EINVAL, "a blank in a name");
 	strcpy(k.name, "tot\x80");
-	CHECK(evfdd_carry_put_counter(w, &k) == -EINVAL, "a byte past ASCII in a name");
+	TU_CHECK(evfdd_carry_put_counter(w, &k) == -EINVAL, "a byte past ASCII in a name");
 	strcpy(k.name, "total");
 	k.service[0] = '\0';
-	CHECK(evfdd_carry_put_counter(w, &k) == -EINVAL, "an empty service");
-	CHECK(evfdd_carry_put_backend(w, &be) == 0, "a backend's Unix path with a blank and UTF-8");
+	TU_CHECK(evfdd_carry_put_counter(w, &k) == -EINVAL, "an empty service");
+	TU_CHECK(evfdd_carry_put_backend(w, &be) == 0, "a backend's Unix path with a blank and UTF-8");
 	strcpy(be.name, "/run/a\tb");
-	CHECK(evfdd_carry_put_backend(w, &be) == -EINVAL, "a tab in a backend's name");
+	TU_CHECK(evfdd_carry_put_backend(w, &be) == -EINVAL, "a tab in a backend's name");
 	be.name[0] = '\0';
-	CHECK(evfdd_carry_put_backend(w, &be) == -EINVAL, "an empty backend name");
-	CHECK(evfdd_carry_put_info(w, &info) == 0, "a version with a blank");
+	TU_CHECK(evfdd_carry_put_backend(w, &be) == -EINVAL, "an empty backend name");
+	TU_CHECK(evfdd_carry_put_info(w, &info) == 0, "a version with a blank");
 	evfdd_carry_writer_free(w);
-	CHECK(evfdd_carry_writer_new(&w) == 0, "writer_new");
+	TU_CHECK(evfdd_carry_writer_new(&w) == 0, "writer_new");
 	strcpy(info.version, "1.0\x7f");
-	CHECK(evfdd_carry_put_info(w, &info) == -EINVAL, "DEL in the version");
+	TU_CHECK(evfdd_carry_put_info(w, &info) == -EINVAL, "DEL in the version");
 	memset(info.version, 'v', sizeof(info.version));
-	CHECK(evfdd_carry_put_info(w, &info) == -EINVAL, "a version without its NUL");
+	TU_CHECK(evfdd_carry_put_info(w, &info) == -EINVAL, "a version without its NUL");
 	evfdd_carry_writer_free(w);
 
 	/* the reader */
@@ -944,7 +935,7 @@ static void test_strings(void)
 	w = t_writer(0);
 	t_raw_counter(w, "web", 3, long_name, 31);
 	fd = evfdd_carry_seal(w);
-	CHECK(fd >= 0, "the longest name: %d", fd);
+	TU_CHECK(fd >= 0, "the longest name: %d", fd);
 	close(fd);
 	evfdd_carry_writer_free(w);
 	w = t_writer(2);
@@ -1042,13 +1033,13 @@ static void test_records(void)
 	/* framing */
 	w = t_writer(1);
 	start = rec_begin(w, REC_COUNTER);
-	CHECK(rec_end(w, start) == 0, "rec_end");
+	TU_CHECK(rec_end(w, start) == 0, "rec_end");
 	w->out.b[start + 2] = 1;
 	t_refused(w, "record 1 (counter): reserved is 1, not 0", "reserved");
 	w = t_writer(1);
 	start = rec_begin(w, REC_CONN);
 	put_u32(&w->out, 0);
-	CHECK(rec_end(w, start) == 0, "rec_end");
+	TU_CHECK(rec_end(w, start) == 0, "rec_end");
 	w->out.b[start + 4] = 5;
 	t_refused(w, "record 1 (connection): length 5 past the end (4 bytes left)", "length past the end");
 	w = t_writer(1);
@@ -1061,41 +1052,41 @@ static void test_records(void)
 	put_str(&w->out, "total");
 	put_u64(&w->out, 5);
 	put_u8(&w->out, 0);
-	CHECK(rec_end(w, start) == 0, "rec_end");
+	TU_CHECK(rec_end(w, start) == 0, "rec_end");
 	t_refused(w, "record 0 (counter): 1 bytes past its last field", "trailing byte");
 	w = t_writer(0);
 	start = rec_begin(w, REC_COUNTER);
 	put_str(&w->out, "web");
 	put_str(&w->out, "total");
 	put_u32(&w->out, 5);
-	CHECK(rec_end(w, start) == 0, "rec_end");
+	TU_CHECK(rec_end(w, start) == 0, "rec_end");
 	t_refused(w, "record 0 (counter): ends inside value (8 bytes wanted, 4 left)", "a short counter");
 	w = t_writer(0);
 	start = rec_begin(w, REC_FD);
 	put_i32(&w->out, 3);
 	put_u64(&w->out, 1);
-	CHECK(rec_end(w, start) == 0, "rec_end");
+	TU_CHECK(rec_end(w, start) == 0, "rec_end");
 	t_refused(w, "record 0 (fd): ends inside ino", "a short fd");
 	/* info: once, of a known kind */
 	w = t_writer(0);
-	CHECK(evfdd_carry_put_info(w, &info) == 0, "put_info");
-	CHECK(evfdd_carry_put_info(w, &info) == -EINVAL, "a second put_info");
+	TU_CHECK(evfdd_carry_put_info(w, &info) == 0, "put_info");
+	TU_CHECK(evfdd_carry_put_info(w, &info) == -EINVAL, "a second put_info");
 	start = rec_begin(w, REC_INFO);
 	enc_info(&w->out, &info);
-	CHECK(rec_end(w, start) == 0, "rec_end");
+	TU_CHECK(rec_end(w, start) == 0, "rec_end");
 	t_refused(w, "record 1 (info): a second info record", "two infos");
 	info.kind = 3;
 	w = t_writer(0);
-	CHECK(evfdd_carry_put_info(w, &info) == -EINVAL, "put_info of kind 3");
+	TU_CHECK(evfdd_carry_put_info(w, &info) == -EINVAL, "put_info of kind 3");
 	start = rec_begin(w, REC_INFO);
 	enc_info(&w->out, &info);
-	CHECK(rec_end(w, start) == 0, "rec_end");
+	TU_CHECK(rec_end(w, start) == 0, "rec_end");
 	t_refused(w, "kind 3 is neither", "kind 3");
 	/* booleans are 0 or 1 */
 	w = t_writer(0);
 	start = rec_begin(w, REC_BACKEND);
 	enc_backend(&w->out, &be);
-	CHECK(rec_end(w, start) == 0, "rec_end");
+	TU_CHECK(rec_end(w, start) == 0, "rec_end");
 	w->out.b[start + REC_HDR + 2 + 3 + 2 + 1] = 2;	/* drained */
 	t_refused(w, "record 0 (backend): drained is 2, not 0 or 1", "a bool of 2");
 	w = t_writer(2);
@@ -1112,7 +1103,7 @@ static void test_records(void)
 		if (!want)
 			break;
 		w = t_writer(2);
-		CHECK(evfdd_carry_put_conn(w, &k) == -EINVAL, "put_conn of case %d (%s)", i, want);
+		TU_CHECK(evfdd_carry_put_conn(w, &k) == -EINVAL, "put_conn of case %d (%s)", i, want);
 		t_raw_conn(w, &k);
 		t_refused(w, want, want);
 	}
@@ -1150,43 +1141,43 @@ static void test_writer(void)
 	int pp[2], fd;
 	size_t len;
 
-	CHECK(pipe(pp) == 0, "pipe");
+	TU_CHECK(pipe(pp) == 0, "pipe");
 	close(pp[1]);
-	CHECK(evfdd_carry_put_fd(w, -1, NULL) == -EBADF, "put_fd(-1)");
-	CHECK(evfdd_carry_put_fd(w, pp[1], NULL) == -EBADF, "put_fd of a closed fd");
+	TU_CHECK(evfdd_carry_put_fd(w, -1, NULL) == -EBADF, "put_fd(-1)");
+	TU_CHECK(evfdd_carry_put_fd(w, pp[1], NULL) == -EBADF, "put_fd of a closed fd");
 	close(pp[0]);
 	len = w->out.len;
 	c.up.len = EVFDD_CARRY_MAX_DATA + 1;
 	c.up.data = small;	/* never read: refused first */
-	CHECK(evfdd_carry_put_conn(w, &c) == -EINVAL, "up past the limit");
+	TU_CHECK(evfdd_carry_put_conn(w, &c) == -EINVAL, "up past the limit");
 	c = t_conn(0, 1);
 	c.init = NULL;
-	CHECK(evfdd_carry_put_conn(w, &c) == -EINVAL, "init of 7 bytes at NULL");
+	TU_CHECK(evfdd_carry_put_conn(w, &c) == -EINVAL, "init of 7 bytes at NULL");
 	c = t_conn(0, 1);
 	c.pre_len = 0;
 	c.pre_used = 0;
 	c.pre = NULL;
-	CHECK(evfdd_carry_put_conn(w, &c) == 0, "no pre, at NULL");
-	CHECK(w->out.len > len, "nothing written");
+	TU_CHECK(evfdd_carry_put_conn(w, &c) == 0, "no pre, at NULL");
+	TU_CHECK(w->out.len > len, "nothing written");
 	len = w->out.len;
 	c = t_conn(0, 1);
 	memset(c.service, 's', sizeof(c.service));
-	CHECK(evfdd_carry_put_conn(w, &c) == -EINVAL, "a service without its NUL");
-	CHECK(w->out.len == len && evfdd_carry_writer_nfds(w) == 2, "a refused put left something");
+	TU_CHECK(evfdd_carry_put_conn(w, &c) == -EINVAL, "a service without its NUL");
+	TU_CHECK(w->out.len == len && evfdd_carry_writer_nfds(w) == 2, "a refused put left something");
 	fd = evfdd_carry_seal(w);
-	CHECK(fd >= 0, "seal: %d", fd);
+	TU_CHECK(fd >= 0, "seal: %d", fd);
 	/* a seal again gives the same state */
 	{
 		int fd2 = evfdd_carry_seal(w);
 
-		CHECK(fd2 >= 0, "a second seal: %d", fd2);
-		CHECK(lseek(fd2, 0, SEEK_END) == lseek(fd, 0, SEEK_END), "a second seal differs");
+		TU_CHECK(fd2 >= 0, "a second seal: %d", fd2);
+		TU_CHECK(lseek(fd2, 0, SEEK_END) == lseek(fd, 0, SEEK_END), "a second seal differs");
 		close(fd2);
 	}
 	evfdd_carry_writer_free(w);
-	CHECK(evfdd_carry_open(fd, &st, why, sizeof(why)) == 0, "open: %s", why);
-	CHECK(evfdd_carry_nconns(st) == 1 && evfdd_carry_conn(st, 0)->pre_len == 0 && evfdd_carry_conn(st, 0)->pre,
-	      "an empty pre is not NULL once read");
+	TU_CHECK(evfdd_carry_open(fd, &st, why, sizeof(why)) == 0, "open: %s", why);
+	TU_CHECK(evfdd_carry_nconns(st) == 1 && evfdd_carry_conn(st, 0)->pre_len == 0 && evfdd_carry_conn(st, 0)->pre,
+	         "an empty pre is not NULL once read");
 	evfdd_carry_close(st);
 	close(fd);
 }
@@ -1208,14 +1199,14 @@ static void test_big(void)
 	c.down.len = (uint32_t)half;
 	c.down.data = down;
 	t0 = t_now_ns();
-	CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn");
+	TU_CHECK(evfdd_carry_put_conn(w, &c) == 0, "put_conn");
 	fd = evfdd_carry_seal(w);
-	CHECK(fd >= 0, "seal: %d", fd);
+	TU_CHECK(fd >= 0, "seal: %d", fd);
 	t1 = t_now_ns();
-	CHECK(evfdd_carry_open(fd, &st, why, sizeof(why)) == 0, "open: %s", why);
+	TU_CHECK(evfdd_carry_open(fd, &st, why, sizeof(why)) == 0, "open: %s", why);
 	t2 = t_now_ns();
-	CHECK(memcmp(evfdd_carry_conn(st, 0)->up.data, up, half) == 0 &&
-	      memcmp(evfdd_carry_conn(st, 0)->down.data, down, half) == 0, "64 MiB differ");
+	TU_CHECK(memcmp(evfdd_carry_conn(st, 0)->up.data, up, half) == 0 &&
+	         memcmp(evfdd_carry_conn(st, 0)->down.data, down, half) == 0, "64 MiB differ");
 	printf("64 MiB state: put and seal %.1f ms, open %.1f ms (slower under sanitizers)\n", (double)(t1 - t0) / 1e6,
 	       (double)(t2 - t1) / 1e6);
 	evfdd_carry_close(st);

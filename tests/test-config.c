@@ -19,16 +19,7 @@
 #include <syslog.h>
 #include <unistd.h>
 #include "../daemon/config.h"
-
-#define CHECK(cond, ...)                                                                                 \
-	do {                                                                                             \
-		if (!(cond)) {                                                                           \
-			fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                  \
-			fprintf(stderr, __VA_ARGS__);                                                    \
-			fputc('\n', stderr);                                                             \
-			exit(1);                                                                         \
-		}                                                                                        \
-	} while (0)
+#include "testutil.h"
 
 static char tmpdir[] = "/tmp/evfdd-test-config.XXXXXX";
 static char path[256];		/* the file last written */
@@ -41,9 +32,9 @@ static const char *write_bytes(const void *data, size_t len)
 
 	snprintf(path, sizeof(path), "%s/t%d.conf", tmpdir, ++nfiles);
 	f = fopen(path, "w");
-	CHECK(f, "fopen %s: %s", path, strerror(errno));
-	CHECK(fwrite(data, 1, len, f) == len, "fwrite");
-	CHECK(fclose(f) == 0, "fclose");
+	TU_CHECK(f, "fopen %s: %s", path, strerror(errno));
+	TU_CHECK(fwrite(data, 1, len, f) == len, "fwrite");
+	TU_CHECK(fclose(f) == 0, "fclose");
 	return path;
 }
 
@@ -82,21 +73,21 @@ static void expect_errors_at(int line, const char *text, ...)
 	rc = evfdd_config_load(write_text(text), &cfg, &errs);
 	if (rc != -1 || cfg != NULL)
 		dump(&errs);
-	CHECK(rc == -EINVAL && cfg == NULL, "test at line %d: load returned %d", line, rc);
+	TU_CHECK(rc == -EINVAL && cfg == NULL, "test at line %d: load returned %d", line, rc);
 	va_start(ap, text);
 	while ((want = va_arg(ap, const char *))) {
 		expand(want, exp, sizeof(exp));
 		if (i >= errs.count || strcmp(errs.list[i].message, exp) != 0) {
 			dump(&errs);
-			CHECK(0, "test at line %d: error %zu: want\n    %s", line, i, exp);
+			TU_CHECK(0, "test at line %d: error %zu: want\n    %s", line, i, exp);
 		}
-		CHECK(strcmp(errs.list[i].file, path) == 0, "file %s", errs.list[i].file);
+		TU_CHECK(strcmp(errs.list[i].file, path) == 0, "file %s", errs.list[i].file);
 		i++;
 	}
 	va_end(ap);
 	if (i != errs.count)
 		dump(&errs);
-	CHECK(i == errs.count, "test at line %d: %zu errors, expected %zu", line, errs.count, i);
+	TU_CHECK(i == errs.count, "test at line %d: %zu errors, expected %zu", line, errs.count, i);
 	evfdd_config_errors_free(&errs);
 }
 #define expect_errors(...) expect_errors_at(__LINE__, __VA_ARGS__, (const char *)NULL)
@@ -110,8 +101,8 @@ static struct evfdd_config *expect_ok_at(int line, const char *text)
 	rc = evfdd_config_load(write_text(text), &cfg, &errs);
 	if (rc != 0)
 		dump(&errs);
-	CHECK(rc == 0 && cfg, "test at line %d: load failed", line);
-	CHECK(errs.count == 0 && errs.omitted == 0, "errors on success");
+	TU_CHECK(rc == 0 && cfg, "test at line %d: load failed", line);
+	TU_CHECK(errs.count == 0 && errs.omitted == 0, "errors on success");
 	evfdd_config_errors_free(&errs);
 	return cfg;
 }
@@ -126,49 +117,49 @@ static unsigned online_cpus(void)
 
 static void check_service_defaults(const struct evfdd_service *s)
 {
-	CHECK(s->max_connections == 10000, "%u", s->max_connections);
-	CHECK(s->connect_timeout_ms == 5000, "%u", s->connect_timeout_ms);
-	CHECK(s->idle_timeout_ms == 3600000, "%u", s->idle_timeout_ms);
-	CHECK(s->backlog == 511, "%d", s->backlog);
-	CHECK(s->tcp_nodelay, "tcp_nodelay");
-	CHECK(s->socket_mode == 0666, "%o", (unsigned)s->socket_mode);
-	CHECK(s->balance == EVFDD_BALANCE_ROUND_ROBIN && s->retries == 2 && s->fall == 3 && s->rise == 2, "balance");
-	CHECK(s->down_time_ms == 10000 && s->health_interval_ms == 2000 && s->resolve_interval_ms == 0, "health");
-	CHECK(s->check == EVFDD_CHECK_NONE && !s->check_send && !s->check_expect, "check");
+	TU_CHECK(s->max_connections == 10000, "%u", s->max_connections);
+	TU_CHECK(s->connect_timeout_ms == 5000, "%u", s->connect_timeout_ms);
+	TU_CHECK(s->idle_timeout_ms == 3600000, "%u", s->idle_timeout_ms);
+	TU_CHECK(s->backlog == 511, "%d", s->backlog);
+	TU_CHECK(s->tcp_nodelay, "tcp_nodelay");
+	TU_CHECK(s->socket_mode == 0666, "%o", (unsigned)s->socket_mode);
+	TU_CHECK(s->balance == EVFDD_BALANCE_ROUND_ROBIN && s->retries == 2 && s->fall == 3 && s->rise == 2, "balance");
+	TU_CHECK(s->down_time_ms == 10000 && s->health_interval_ms == 2000 && s->resolve_interval_ms == 0, "health");
+	TU_CHECK(s->check == EVFDD_CHECK_NONE && !s->check_send && !s->check_expect, "check");
 	for (size_t i = 0; i < s->nbackends; i++)
-		CHECK(s->backends[i].weight == 1 && s->backends[i].maxconn == 0 && !s->backends[i].backup, "options");
+		TU_CHECK(s->backends[i].weight == 1 && s->backends[i].maxconn == 0 && !s->backends[i].backup, "options");
 }
 
 static void check_inet4(const struct evfdd_endpoint *ep, const char *addr, unsigned port)
 {
 	char buf[64];
 
-	CHECK(ep->kind == EVFDD_ENDPOINT_INET && ep->naddrs == 1, "kind %d naddrs %zu", ep->kind, ep->naddrs);
-	CHECK(ep->addrs[0].u.sa.sa_family == AF_INET && ep->addrs[0].len == sizeof(struct sockaddr_in), "family");
+	TU_CHECK(ep->kind == EVFDD_ENDPOINT_INET && ep->naddrs == 1, "kind %d naddrs %zu", ep->kind, ep->naddrs);
+	TU_CHECK(ep->addrs[0].u.sa.sa_family == AF_INET && ep->addrs[0].len == sizeof(struct sockaddr_in), "family");
 	inet_ntop(AF_INET, &ep->addrs[0].u.in.sin_addr, buf, sizeof(buf));
-	CHECK(strcmp(buf, addr) == 0, "%s", buf);
-	CHECK(ntohs(ep->addrs[0].u.in.sin_port) == port, "port %u", ntohs(ep->addrs[0].u.in.sin_port));
+	TU_CHECK(strcmp(buf, addr) == 0, "%s", buf);
+	TU_CHECK(ntohs(ep->addrs[0].u.in.sin_port) == port, "port %u", ntohs(ep->addrs[0].u.in.sin_port));
 }
 
 static void check_inet6(const struct evfdd_endpoint *ep, const char *addr, unsigned port, bool v6only)
 {
 	char buf[64];
 
-	CHECK(ep->kind == EVFDD_ENDPOINT_INET && ep->naddrs == 1, "kind %d naddrs %zu", ep->kind, ep->naddrs);
-	CHECK(ep->addrs[0].u.sa.sa_family == AF_INET6 && ep->addrs[0].len == sizeof(struct sockaddr_in6),
-	      "family");
+	TU_CHECK(ep->kind == EVFDD_ENDPOINT_INET && ep->naddrs == 1, "kind %d naddrs %zu", ep->kind, ep->naddrs);
+	TU_CHECK(ep->addrs[0].u.sa.sa_family == AF_INET6 && ep->addrs[0].len == sizeof(struct sockaddr_in6),
+	         "family");
 	inet_ntop(AF_INET6, &ep->addrs[0].u.in6.sin6_addr, buf, sizeof(buf));
-	CHECK(strcmp(buf, addr) == 0, "%s", buf);
-	CHECK(ntohs(ep->addrs[0].u.in6.sin6_port) == port, "port");
-	CHECK(ep->v6only == v6only, "v6only %d", ep->v6only);
+	TU_CHECK(strcmp(buf, addr) == 0, "%s", buf);
+	TU_CHECK(ntohs(ep->addrs[0].u.in6.sin6_port) == port, "port");
+	TU_CHECK(ep->v6only == v6only, "v6only %d", ep->v6only);
 }
 
 static void check_unix(const struct evfdd_endpoint *ep, const char *p)
 {
-	CHECK(ep->kind == EVFDD_ENDPOINT_UNIX && ep->naddrs == 1, "kind %d", ep->kind);
-	CHECK(ep->addrs[0].u.un.sun_family == AF_UNIX, "family");
-	CHECK(strcmp(ep->addrs[0].u.un.sun_path, p) == 0, "%s", ep->addrs[0].u.un.sun_path);
-	CHECK(ep->addrs[0].len == offsetof(struct sockaddr_un, sun_path) + strlen(p) + 1, "len");
+	TU_CHECK(ep->kind == EVFDD_ENDPOINT_UNIX && ep->naddrs == 1, "kind %d", ep->kind);
+	TU_CHECK(ep->addrs[0].u.un.sun_family == AF_UNIX, "family");
+	TU_CHECK(strcmp(ep->addrs[0].u.un.sun_path, p) == 0, "%s", ep->addrs[0].u.un.sun_path);
+	TU_CHECK(ep->addrs[0].len == offsetof(struct sockaddr_un, sun_path) + strlen(p) + 1, "len");
 }
 
 /* ---- the embedded default and the example --------------------------------------------------------- */
@@ -177,18 +168,18 @@ static void check_default_config(const struct evfdd_config *cfg)
 {
 	const struct evfdd_service *echo, *fwd;
 
-	CHECK(cfg->nservices == 2, "%zu", cfg->nservices);
+	TU_CHECK(cfg->nservices == 2, "%zu", cfg->nservices);
 	echo = evfdd_config_service(cfg, "echo");
 	fwd = evfdd_config_service(cfg, "forward");
-	CHECK(echo && fwd, "services");
+	TU_CHECK(echo && fwd, "services");
 	check_inet4(&echo->listen, "127.0.0.1", 7777);
-	CHECK(echo->backends[0].ep.kind == EVFDD_ENDPOINT_ECHO && echo->backends[0].ep.naddrs == 0, "echo");
+	TU_CHECK(echo->backends[0].ep.kind == EVFDD_ENDPOINT_ECHO && echo->backends[0].ep.naddrs == 0, "echo");
 	check_inet4(&fwd->listen, "127.0.0.1", 7778);
 	check_inet4(&fwd->backends[0].ep, "127.0.0.1", 7777);
 	check_service_defaults(echo);
 	check_service_defaults(fwd);
-	CHECK(cfg->log_level == LOG_INFO, "level");
-	CHECK(cfg->workers == online_cpus() && cfg->rings == 2 * cfg->workers, "workers");
+	TU_CHECK(cfg->log_level == LOG_INFO, "level");
+	TU_CHECK(cfg->workers == online_cpus() && cfg->rings == 2 * cfg->workers, "workers");
 }
 
 static void test_embedded_default(void)
@@ -196,16 +187,16 @@ static void test_embedded_default(void)
 	struct evfdd_config_errors errs;
 	struct evfdd_config *cfg;
 
-	CHECK(evfdd_config_load(NULL, &cfg, &errs) == 0, "load");
-	CHECK(errs.count == 0, "errors");
-	CHECK(strcmp(cfg->source, EVFDD_CONFIG_DEFAULT_NAME) == 0, "%s", cfg->source);
+	TU_CHECK(evfdd_config_load(NULL, &cfg, &errs) == 0, "load");
+	TU_CHECK(errs.count == 0, "errors");
+	TU_CHECK(strcmp(cfg->source, EVFDD_CONFIG_DEFAULT_NAME) == 0, "%s", cfg->source);
 	check_default_config(cfg);
 	evfdd_config_free(cfg);
 	evfdd_config_errors_free(&errs);
 
 	/* the same text through the string entry point; errs may be NULL */
-	CHECK(evfdd_config_load_string(evfdd_config_default_text, "x", &cfg, NULL) == 0, "load_string");
-	CHECK(strcmp(cfg->source, "x") == 0, "source");
+	TU_CHECK(evfdd_config_load_string(evfdd_config_default_text, "x", &cfg, NULL) == 0, "load_string");
+	TU_CHECK(strcmp(cfg->source, "x") == 0, "source");
 	check_default_config(cfg);
 	evfdd_config_free(cfg);
 }
@@ -221,13 +212,13 @@ static void test_example_file(void)
 	snprintf(p, sizeof(p), "%s/conf/evfdd.conf", top ? top : ".");
 	if (evfdd_config_load(p, &cfg, &errs) != 0) {
 		dump(&errs);
-		CHECK(0, "%s does not load", p);
+		TU_CHECK(0, "%s does not load", p);
 	}
 	/* the example shows the defaults: [evfdd] and [web] must carry exactly them */
-	CHECK(cfg->workers == online_cpus() && cfg->rings == 2 * cfg->workers, "workers");
-	CHECK(cfg->control == NULL && cfg->log_level == LOG_INFO && cfg->shutdown_timeout_ms == 10000, "globals");
+	TU_CHECK(cfg->workers == online_cpus() && cfg->rings == 2 * cfg->workers, "workers");
+	TU_CHECK(cfg->control == NULL && cfg->log_level == LOG_INFO && cfg->shutdown_timeout_ms == 10000, "globals");
 	web = evfdd_config_service(cfg, "web");
-	CHECK(web, "no [web]");
+	TU_CHECK(web, "no [web]");
 	check_service_defaults(web);
 	check_inet4(&web->listen, "127.0.0.1", 8080);
 	check_inet4(&web->backends[0].ep, "127.0.0.1", 8000);
@@ -243,36 +234,36 @@ static void test_defaults(void)
 	const struct evfdd_service *s;
 
 	cfg = expect_ok("[s]\nforward = echo\n");
-	CHECK(cfg->workers == online_cpus(), "workers %u", cfg->workers);
-	CHECK(cfg->rings == 2 * cfg->workers, "rings %u", cfg->rings);
-	CHECK(cfg->control == NULL, "control");
-	CHECK(cfg->log_level == LOG_INFO, "log_level");
-	CHECK(cfg->shutdown_timeout_ms == 10000, "shutdown");
-	CHECK(cfg->nservices == 1 && strcmp(cfg->source, path) == 0, "source");
+	TU_CHECK(cfg->workers == online_cpus(), "workers %u", cfg->workers);
+	TU_CHECK(cfg->rings == 2 * cfg->workers, "rings %u", cfg->rings);
+	TU_CHECK(cfg->control == NULL, "control");
+	TU_CHECK(cfg->log_level == LOG_INFO, "log_level");
+	TU_CHECK(cfg->shutdown_timeout_ms == 10000, "shutdown");
+	TU_CHECK(cfg->nservices == 1 && strcmp(cfg->source, path) == 0, "source");
 	s = &cfg->services[0];
-	CHECK(strcmp(s->name, "s") == 0 && s->line == 1, "name");
-	CHECK(s->listen.kind == EVFDD_ENDPOINT_NONE && s->listen.naddrs == 0 && !s->listen.text, "listen");
-	CHECK(strcmp(s->backends[0].ep.text, "echo") == 0, "text");
+	TU_CHECK(strcmp(s->name, "s") == 0 && s->line == 1, "name");
+	TU_CHECK(s->listen.kind == EVFDD_ENDPOINT_NONE && s->listen.naddrs == 0 && !s->listen.text, "listen");
+	TU_CHECK(strcmp(s->backends[0].ep.text, "echo") == 0, "text");
 	check_service_defaults(s);
 	evfdd_config_free(cfg);
 
 	/* rings follows workers when not given; an explicit value stands */
 	cfg = expect_ok("[evfdd]\nworkers = 3\n[s]\nforward = echo\n");
-	CHECK(cfg->workers == 3 && cfg->rings == 6, "%u %u", cfg->workers, cfg->rings);
+	TU_CHECK(cfg->workers == 3 && cfg->rings == 6, "%u %u", cfg->workers, cfg->rings);
 	evfdd_config_free(cfg);
 	cfg = expect_ok("[evfdd]\nrings = 1\nworkers = 256\n[s]\nforward = echo\n");
-	CHECK(cfg->workers == 256 && cfg->rings == 1, "%u %u", cfg->workers, cfg->rings);
+	TU_CHECK(cfg->workers == 256 && cfg->rings == 1, "%u %u", cfg->workers, cfg->rings);
 	evfdd_config_free(cfg);
 
 	cfg = expect_ok("[evfdd]\nworkers=1\nrings=4096\ncontrol=/run/evfdd/ctl\nlog_level=debug\n"
 			"shutdown_timeout=0\n[s]\nforward=echo\nmax_connections=1\nconnect_timeout=1ms\n"
 			"idle_timeout=0\nbacklog=65535\ntcp_nodelay=no\n");
-	CHECK(cfg->workers == 1 && cfg->rings == 4096, "counts");
-	CHECK(strcmp(cfg->control, "/run/evfdd/ctl") == 0, "control");
-	CHECK(cfg->log_level == LOG_DEBUG && cfg->shutdown_timeout_ms == 0, "level");
+	TU_CHECK(cfg->workers == 1 && cfg->rings == 4096, "counts");
+	TU_CHECK(strcmp(cfg->control, "/run/evfdd/ctl") == 0, "control");
+	TU_CHECK(cfg->log_level == LOG_DEBUG && cfg->shutdown_timeout_ms == 0, "level");
 	s = &cfg->services[0];
-	CHECK(s->max_connections == 1 && s->connect_timeout_ms == 1 && s->idle_timeout_ms == 0, "svc");
-	CHECK(s->backlog == 65535 && !s->tcp_nodelay, "svc");
+	TU_CHECK(s->max_connections == 1 && s->connect_timeout_ms == 1 && s->idle_timeout_ms == 0, "svc");
+	TU_CHECK(s->backlog == 65535 && !s->tcp_nodelay, "svc");
 	evfdd_config_free(cfg);
 
 	/* every log level name */
@@ -285,7 +276,7 @@ static void test_defaults(void)
 
 		snprintf(text, sizeof(text), "[evfdd]\nlog_level = %s\n[s]\nforward = echo\n", levels[i].name);
 		cfg = expect_ok(text);
-		CHECK(cfg->log_level == levels[i].level, "%s", levels[i].name);
+		TU_CHECK(cfg->log_level == levels[i].level, "%s", levels[i].name);
 		evfdd_config_free(cfg);
 	}
 }
@@ -302,7 +293,7 @@ static void test_durations(void)
 	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
 		snprintf(text, sizeof(text), "[s]\nforward = echo\nidle_timeout = %s\n", ok[i].v);
 		cfg = expect_ok(text);
-		CHECK(cfg->services[0].idle_timeout_ms == ok[i].ms, "%s: %u", ok[i].v, cfg->services[0].idle_timeout_ms);
+		TU_CHECK(cfg->services[0].idle_timeout_ms == ok[i].ms, "%s: %u", ok[i].v, cfg->services[0].idle_timeout_ms);
 		evfdd_config_free(cfg);
 	}
 	expect_errors("[s]\nforward = echo\nidle_timeout = 721h\n",
@@ -336,11 +327,11 @@ static void test_numbers_and_booleans(void)
 	for (size_t i = 0; i < 6; i++) {
 		snprintf(text, sizeof(text), "[s]\nforward = echo\ntcp_nodelay = %s\n", yes[i]);
 		cfg = expect_ok(text);
-		CHECK(cfg->services[0].tcp_nodelay, "%s", yes[i]);
+		TU_CHECK(cfg->services[0].tcp_nodelay, "%s", yes[i]);
 		evfdd_config_free(cfg);
 		snprintf(text, sizeof(text), "[s]\nforward = echo\ntcp_nodelay = %s\n", no[i]);
 		cfg = expect_ok(text);
-		CHECK(!cfg->services[0].tcp_nodelay, "%s", no[i]);
+		TU_CHECK(!cfg->services[0].tcp_nodelay, "%s", no[i]);
 		evfdd_config_free(cfg);
 	}
 	expect_errors("[s]\nforward = echo\ntcp_nodelay = maybe\n",
@@ -363,7 +354,7 @@ static void test_numbers_and_booleans(void)
 
 	cfg = expect_ok("[s]\nlisten = /run/s.sock\nsocket_mode = 0660\nforward = echo\n"
 			"[t]\nlisten = /run/t.sock\nsocket_mode = 600\nforward = echo\n");
-	CHECK(cfg->services[0].socket_mode == 0660 && cfg->services[1].socket_mode == 0600, "mode");
+	TU_CHECK(cfg->services[0].socket_mode == 0660 && cfg->services[1].socket_mode == 0600, "mode");
 	evfdd_config_free(cfg);
 	expect_errors("[s]\nlisten = /run/s.sock\nsocket_mode = 0888\nforward = echo\n"
 		      "[t]\nlisten = /run/t.sock\nsocket_mode = 01777\nforward = echo\n",
@@ -393,7 +384,7 @@ static void test_addresses(void)
 	s = evfdd_config_service(cfg, "a");
 	check_inet6(&s->listen, "::", 80, true);
 	check_inet6(&s->backends[0].ep, "::1", 8080, true);
-	CHECK(strcmp(s->listen.text, "[::]:80") == 0 && strcmp(s->backends[0].ep.text, "[::1]:8080") == 0, "text");
+	TU_CHECK(strcmp(s->listen.text, "[::]:80") == 0 && strcmp(s->backends[0].ep.text, "[::1]:8080") == 0, "text");
 	s = evfdd_config_service(cfg, "b");
 	check_inet6(&s->listen, "::", 81, false);	/* "*": one dual-stack socket */
 	check_inet6(&s->backends[0].ep, "2001:db8::1", 1, true);
@@ -402,15 +393,15 @@ static void test_addresses(void)
 	check_inet4(&s->backends[0].ep, "192.0.2.1", 65535);
 	s = evfdd_config_service(cfg, "d");
 	check_inet6(&s->listen, "fe80::1", 83, true);
-	CHECK(s->listen.addrs[0].u.in6.sin6_scope_id == if_nametoindex("lo"), "scope");
+	TU_CHECK(s->listen.addrs[0].u.in6.sin6_scope_id == if_nametoindex("lo"), "scope");
 	check_unix(&s->backends[0].ep, "/run/backend.sock");
 	s = evfdd_config_service(cfg, "e");
 	check_unix(&s->listen, "/run/evfdd/e.sock");
 	s = evfdd_config_service(cfg, "f");
-	CHECK(s->backends[0].ep.kind == EVFDD_ENDPOINT_INET && s->backends[0].ep.naddrs >= 1, "localhost");
+	TU_CHECK(s->backends[0].ep.kind == EVFDD_ENDPOINT_INET && s->backends[0].ep.naddrs >= 1, "localhost");
 	for (size_t i = 0; i < s->backends[0].ep.naddrs; i++)
-		CHECK(ntohs(s->backends[0].ep.addrs[i].u.in.sin_port) == 85, "port");	/* same offset in in6 */
-	CHECK(evfdd_config_service(cfg, "g") == NULL, "lookup");
+		TU_CHECK(ntohs(s->backends[0].ep.addrs[i].u.in.sin_port) == 85, "port");	/* same offset in in6 */
+	TU_CHECK(evfdd_config_service(cfg, "g") == NULL, "lookup");
 	evfdd_config_free(cfg);
 
 	expect_errors("[s]\nlisten = 127.0.0.1:99999\nforward = 127.0.0.1:0\n",
@@ -479,18 +470,18 @@ static void test_edge(void)
 			"proxy_timeout = 250ms\nallow = 0.0.0.0/0\ndeny = 10.1.0.0/16\nmax_connections_per_source = 9\n"
 			"tcp_keepalive = 60s,10s,5\ntcp_user_timeout = 30s\nsource = 127.0.0.2\naccess_log = yes\n");
 	s = &cfg->services[0];
-	CHECK(s->nroutes == 3 && !strcmp(s->routes[0].name, "a.example") && !strcmp(s->routes[1].name, "*.b.example") &&
-	      !strcmp(s->routes[2].name, "c.example"), "routes");
-	CHECK(s->routes[0].nbackends == 2 && s->routes[0].backends[1].weight == 3 && s->sni_default.nbackends == 1,
-	      "route backends");
+	TU_CHECK(s->nroutes == 3 && !strcmp(s->routes[0].name, "a.example") && !strcmp(s->routes[1].name, "*.b.example") &&
+	         !strcmp(s->routes[2].name, "c.example"), "routes");
+	TU_CHECK(s->routes[0].nbackends == 2 && s->routes[0].backends[1].weight == 3 && s->sni_default.nbackends == 1,
+	         "route backends");
 	/* every route's backends are the service's, once each */
-	CHECK(s->nbackends == 4, "%zu backends in the union", s->nbackends);
-	CHECK(s->send_proxy == 2 && s->accept_proxy && s->nproxy_from == 3 && s->proxy_timeout_ms == 250, "proxy");
-	CHECK(s->nallow == 1 && s->ndeny == 1 && s->max_per_source == 9, "rules");
-	CHECK(s->tcp_keepalive && s->keepalive_idle_s == 60 && s->keepalive_intvl_s == 10 && s->keepalive_cnt == 5 &&
-	      s->tcp_user_timeout_ms == 30000, "tcp options");
-	CHECK(s->has_source && s->source.u.sa.sa_family == AF_INET && s->access_log, "source, access_log");
-	CHECK(s->edge_text && strstr(s->edge_text, "sni_route=c.example=127.0.0.1:3\n"), "edge_text");
+	TU_CHECK(s->nbackends == 4, "%zu backends in the union", s->nbackends);
+	TU_CHECK(s->send_proxy == 2 && s->accept_proxy && s->nproxy_from == 3 && s->proxy_timeout_ms == 250, "proxy");
+	TU_CHECK(s->nallow == 1 && s->ndeny == 1 && s->max_per_source == 9, "rules");
+	TU_CHECK(s->tcp_keepalive && s->keepalive_idle_s == 60 && s->keepalive_intvl_s == 10 && s->keepalive_cnt == 5 &&
+	         s->tcp_user_timeout_ms == 30000, "tcp options");
+	TU_CHECK(s->has_source && s->source.u.sa.sa_family == AF_INET && s->access_log, "source, access_log");
+	TU_CHECK(s->edge_text && strstr(s->edge_text, "sni_route=c.example=127.0.0.1:3\n"), "edge_text");
 	evfdd_config_free(cfg);
 
 	expect_errors("[s]\nlisten = 127.0.0.1:9\nforward = 127.0.0.1:1\nsend_proxy = v3\naccept_proxy = yes\n",
@@ -533,27 +524,27 @@ static void test_backends(void)
 			"fall = 1\nrise = 100\ndown_time = 1h\nhealth_check = send:PING\\r\\n expect:+PONG\\x20ok\n"
 			"health_interval = 100ms\nresolve_interval = 1s\n");
 	s = &cfg->services[0];
-	CHECK(s->nbackends == 4, "%zu backends", s->nbackends);
+	TU_CHECK(s->nbackends == 4, "%zu backends", s->nbackends);
 	check_inet4(&s->backends[0].ep, "127.0.0.1", 1);
 	check_inet4(&s->backends[1].ep, "127.0.0.1", 2);
-	CHECK(s->backends[1].weight == 3 && s->backends[1].maxconn == 7 && !s->backends[1].backup, "options");
+	TU_CHECK(s->backends[1].weight == 3 && s->backends[1].maxconn == 7 && !s->backends[1].backup, "options");
 	check_unix(&s->backends[2].ep, "/run/a b,c\"d");
-	CHECK(s->backends[2].backup && s->backends[2].weight == 1, "backup");
-	CHECK(strcmp(s->backends[2].ep.text, "/run/a b,c\"d") == 0, "name of a quoted path");
+	TU_CHECK(s->backends[2].backup && s->backends[2].weight == 1, "backup");
+	TU_CHECK(strcmp(s->backends[2].ep.text, "/run/a b,c\"d") == 0, "name of a quoted path");
 	check_inet6(&s->backends[3].ep, "::1", 3, true);
-	CHECK(strcmp(s->forward_text, "127.0.0.1:1 127.0.0.1:2,weight=3,maxconn=7 \"/run/a b,c\\\"d\",backup\t[::1]:3")
-	      == 0, "forward_text %s", s->forward_text);
-	CHECK(s->balance == EVFDD_BALANCE_SOURCE_HASH && s->retries == 0 && s->fall == 1 && s->rise == 100, "keys");
-	CHECK(s->down_time_ms == 3600000 && s->health_interval_ms == 100 && s->resolve_interval_ms == 1000, "times");
-	CHECK(s->check == EVFDD_CHECK_EXCHANGE && s->check_send_len == 6 && !memcmp(s->check_send, "PING\r\n", 6) &&
-	      s->check_expect_len == 8 && !memcmp(s->check_expect, "+PONG ok", 8), "check strings");
-	CHECK(!s->backends[0].host && !s->backends[2].host, "numeric: nothing to re-resolve");
+	TU_CHECK(strcmp(s->forward_text, "127.0.0.1:1 127.0.0.1:2,weight=3,maxconn=7 \"/run/a b,c\\\"d\",backup\t[::1]:3")
+	         == 0, "forward_text %s", s->forward_text);
+	TU_CHECK(s->balance == EVFDD_BALANCE_SOURCE_HASH && s->retries == 0 && s->fall == 1 && s->rise == 100, "keys");
+	TU_CHECK(s->down_time_ms == 3600000 && s->health_interval_ms == 100 && s->resolve_interval_ms == 1000, "times");
+	TU_CHECK(s->check == EVFDD_CHECK_EXCHANGE && s->check_send_len == 6 && !memcmp(s->check_send, "PING\r\n", 6) &&
+	         s->check_expect_len == 8 && !memcmp(s->check_expect, "+PONG ok", 8), "check strings");
+	TU_CHECK(!s->backends[0].host && !s->backends[2].host, "numeric: nothing to re-resolve");
 	evfdd_config_free(cfg);
 	cfg = expect_ok("[s]\nforward = localhost:9\nbalance = random-two\nhealth_check = connect\n");
-	CHECK(cfg->services[0].backends[0].host && !strcmp(cfg->services[0].backends[0].host, "localhost") &&
-	      !strcmp(cfg->services[0].backends[0].port, "9"), "a name is kept for re-resolution");
-	CHECK(cfg->services[0].balance == EVFDD_BALANCE_RANDOM_TWO && cfg->services[0].check == EVFDD_CHECK_CONNECT,
-	      "keys");
+	TU_CHECK(cfg->services[0].backends[0].host && !strcmp(cfg->services[0].backends[0].host, "localhost") &&
+	         !strcmp(cfg->services[0].backends[0].port, "9"), "a name is kept for re-resolution");
+	TU_CHECK(cfg->services[0].balance == EVFDD_BALANCE_RANDOM_TWO && cfg->services[0].check == EVFDD_CHECK_CONNECT,
+	         "keys");
 	evfdd_config_free(cfg);
 
 	/* every new key's errors name the file, line, section and key */
@@ -600,7 +591,7 @@ static void test_resolution_failure(void)
 
 	/* .invalid never resolves (RFC 6761); the message carries whatever the resolver says */
 	rc = getaddrinfo("backend.invalid", "80", &hints, &res);
-	CHECK(rc != 0, "backend.invalid resolved");
+	TU_CHECK(rc != 0, "backend.invalid resolved");
 	snprintf(want, sizeof(want), "F:3: [web] forward: \"backend.invalid:80\": cannot resolve "
 		 "\"backend.invalid\": %s; check the name or use an IP address",
 		 rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
@@ -650,11 +641,11 @@ static void test_structure_errors(void)
 	expect_errors("[evfdd]\ncontrol = run/ctl\n[ok]\nforward = echo\n",
 		      "F:2: [evfdd] control: \"run/ctl\": relative path; Unix socket paths must be absolute");
 	cfg = expect_ok("[evfdd]\ncontrol =\n[ok]\nforward = echo\n");
-	CHECK(cfg->control == NULL, "empty control");
-	CHECK(cfg->upgrade_binary == NULL, "upgrade_binary by default");
+	TU_CHECK(cfg->control == NULL, "empty control");
+	TU_CHECK(cfg->upgrade_binary == NULL, "upgrade_binary by default");
 	evfdd_config_free(cfg);
 	cfg = expect_ok("[evfdd]\nupgrade_binary = /usr/sbin/evfdd\n[ok]\nforward = echo\n");
-	CHECK(cfg->upgrade_binary && strcmp(cfg->upgrade_binary, "/usr/sbin/evfdd") == 0, "upgrade_binary");
+	TU_CHECK(cfg->upgrade_binary && strcmp(cfg->upgrade_binary, "/usr/sbin/evfdd") == 0, "upgrade_binary");
 	evfdd_config_free(cfg);
 	expect_errors("[evfdd]\nupgrade_binary = sbin/evfdd\n[ok]\nforward = echo\n",
 		      "F:2: [evfdd] upgrade_binary: \"sbin/evfdd\": not an absolute path (at most 4095 bytes); give the "
@@ -669,8 +660,8 @@ static void test_structure_errors(void)
 	name[64] = '\0';
 	snprintf(text, sizeof(text), "[%s]\nforward = echo\n[A-z_0.9]\nforward = echo\n", name);
 	cfg = expect_ok(text);
-	CHECK(strcmp(cfg->services[0].name, name) == 0, "64-byte name");
-	CHECK(strcmp(cfg->services[1].name, "A-z_0.9") == 0, "name");
+	TU_CHECK(strcmp(cfg->services[0].name, name) == 0, "64-byte name");
+	TU_CHECK(strcmp(cfg->services[1].name, "A-z_0.9") == 0, "name");
 	evfdd_config_free(cfg);
 	strcat(name, "n");
 	snprintf(text, sizeof(text), "[%s]\nforward = echo\n", name);
@@ -689,7 +680,7 @@ static void test_too_many_services(void)
 	char *text = malloc(size);
 	char want[256];
 
-	CHECK(text, "malloc");
+	TU_CHECK(text, "malloc");
 	for (int i = 0; i < 1030; i++)
 		len += (size_t)snprintf(text + len, size - len, "[s%d]\nforward = echo\n", i);
 	/* the 1025th section starts on line 2 * 1024 + 1 */
@@ -725,10 +716,10 @@ static void test_syntax_errors(void)
 	 * comments after a header; line numbers stay right */
 	cfg = expect_ok("\xef\xbb\xbf; comment\r\n[web] ; the web\r\n\tlisten = 127.0.0.1:80 ; inline\r\n"
 			"    forward: echo\r\n# hash comment\n\n   [b]   \nforward=echo\n");
-	CHECK(cfg->nservices == 2, "%zu", cfg->nservices);
+	TU_CHECK(cfg->nservices == 2, "%zu", cfg->nservices);
 	check_inet4(&cfg->services[0].listen, "127.0.0.1", 80);
-	CHECK(cfg->services[0].backends[0].ep.kind == EVFDD_ENDPOINT_ECHO, "forward: echo");
-	CHECK(cfg->services[0].line == 2 && cfg->services[1].line == 7, "lines");
+	TU_CHECK(cfg->services[0].backends[0].ep.kind == EVFDD_ENDPOINT_ECHO, "forward: echo");
+	TU_CHECK(cfg->services[0].line == 2 && cfg->services[1].line == 7, "lines");
 	evfdd_config_free(cfg);
 	/* a '#' after a value is part of it */
 	expect_errors("[web]\nforward = echo # the echo\n",
@@ -755,7 +746,7 @@ static void test_bounded_input(void)
 	 * count); comments may be longer; later line numbers stay right */
 	snprintf(text, sizeof(text), "[web]\nforward = echo\n  backlog = %0187d \r\n;%0400d\n", 1, 0);
 	cfg = expect_ok(text);
-	CHECK(cfg->services[0].backlog == 1, "%d", cfg->services[0].backlog);
+	TU_CHECK(cfg->services[0].backlog == 1, "%d", cfg->services[0].backlog);
 	evfdd_config_free(cfg);
 	snprintf(text, sizeof(text), "[web]\nforward = echo\nbacklog = %0188d\n", 1);
 	expect_errors(text, "F:3: line too long (198 bytes, at most 197); shorten it");
@@ -765,61 +756,61 @@ static void test_bounded_input(void)
 
 	/* NUL bytes */
 	static const char nul[] = "[web]\nforward = echo\nlisten = 1\0002\nbacklog = x\n";
-	CHECK(evfdd_config_load(write_bytes(nul, sizeof(nul) - 1), &cfg, &errs) == -EINVAL, "NUL accepted");
-	CHECK(errs.count == 2, "%zu", errs.count);
+	TU_CHECK(evfdd_config_load(write_bytes(nul, sizeof(nul) - 1), &cfg, &errs) == -EINVAL, "NUL accepted");
+	TU_CHECK(errs.count == 2, "%zu", errs.count);
 	snprintf(want, sizeof(want), "%s:3: NUL byte; the file must be text", path);
-	CHECK(strcmp(errs.list[0].message, want) == 0, "%s", errs.list[0].message);
-	CHECK(errs.list[0].line == 3 && !errs.list[0].section && !errs.list[0].key, "fields");
-	CHECK(errs.list[1].line == 4, "line after NUL: %u", errs.list[1].line);
+	TU_CHECK(strcmp(errs.list[0].message, want) == 0, "%s", errs.list[0].message);
+	TU_CHECK(errs.list[0].line == 3 && !errs.list[0].section && !errs.list[0].key, "fields");
+	TU_CHECK(errs.list[1].line == 4, "line after NUL: %u", errs.list[1].line);
 	evfdd_config_errors_free(&errs);
-	CHECK(evfdd_config_load_buffer(nul, sizeof(nul) - 1, "mem", 0, &cfg, &errs) == -EINVAL, "buffer");
-	CHECK(strcmp(errs.list[0].message, "mem:3: NUL byte; the file must be text") == 0, "%s",
-	      errs.list[0].message);
+	TU_CHECK(evfdd_config_load_buffer(nul, sizeof(nul) - 1, "mem", 0, &cfg, &errs) == -EINVAL, "buffer");
+	TU_CHECK(strcmp(errs.list[0].message, "mem:3: NUL byte; the file must be text") == 0, "%s",
+	         errs.list[0].message);
 	evfdd_config_errors_free(&errs);
 
 	/* larger than 1 MiB: refused before parsing; exactly 1 MiB is read */
 	big = malloc(EVFDD_CONFIG_MAX_FILE + 2);
-	CHECK(big, "malloc");
+	TU_CHECK(big, "malloc");
 	memset(big, '\n', EVFDD_CONFIG_MAX_FILE + 1);
 	memcpy(big, "[web]\nforward = echo\n", 21);
 	write_bytes(big, EVFDD_CONFIG_MAX_FILE);
-	CHECK(evfdd_config_load(path, &cfg, &errs) == 0, "1 MiB file refused");
+	TU_CHECK(evfdd_config_load(path, &cfg, &errs) == 0, "1 MiB file refused");
 	evfdd_config_free(cfg);
 	evfdd_config_errors_free(&errs);
 	write_bytes(big, EVFDD_CONFIG_MAX_FILE + 1);
-	CHECK(evfdd_config_load(path, &cfg, &errs) == -EINVAL && errs.count == 1, "large file");
+	TU_CHECK(evfdd_config_load(path, &cfg, &errs) == -EINVAL && errs.count == 1, "large file");
 	snprintf(want, sizeof(want), "%s: file too large (1048577 bytes, at most 1048576); is this the right file?",
 		 path);
-	CHECK(strcmp(errs.list[0].message, want) == 0, "%s", errs.list[0].message);
-	CHECK(errs.list[0].line == 0, "line");
+	TU_CHECK(strcmp(errs.list[0].message, want) == 0, "%s", errs.list[0].message);
+	TU_CHECK(errs.list[0].line == 0, "line");
 	evfdd_config_errors_free(&errs);
 	big[EVFDD_CONFIG_MAX_FILE + 1] = '\0';
-	CHECK(evfdd_config_load_string(big, "mem", &cfg, &errs) == -EINVAL, "large string");
-	CHECK(strcmp(errs.list[0].message,
-		     "mem: file too large (1048577 bytes, at most 1048576); is this the right file?") == 0,
-	      "%s", errs.list[0].message);
+	TU_CHECK(evfdd_config_load_string(big, "mem", &cfg, &errs) == -EINVAL, "large string");
+	TU_CHECK(strcmp(errs.list[0].message,
+		        "mem: file too large (1048577 bytes, at most 1048576); is this the right file?") == 0,
+	         "%s", errs.list[0].message);
 	evfdd_config_errors_free(&errs);
 	/* a pipe has no size, and is refused for what it is before anything is read from it */
 	f = popen("head -c 1048577 /dev/zero", "r");
-	CHECK(f, "popen");
+	TU_CHECK(f, "popen");
 	snprintf(want, sizeof(want), "/dev/fd/%d", fileno(f));
-	CHECK(evfdd_config_load(want, &cfg, &errs) == -EINVAL && errs.count == 1, "pipe");
-	CHECK(strstr(errs.list[0].message, ": a FIFO (named pipe), not a regular file;"), "%s", errs.list[0].message);
+	TU_CHECK(evfdd_config_load(want, &cfg, &errs) == -EINVAL && errs.count == 1, "pipe");
+	TU_CHECK(strstr(errs.list[0].message, ": a FIFO (named pipe), not a regular file;"), "%s", errs.list[0].message);
 	evfdd_config_errors_free(&errs);
 	pclose(f);
 	free(big);
 
 	/* more errors than are recorded: the rest are counted and printed as a count */
 	big = malloc(200 * 8 + 64);
-	CHECK(big, "malloc");
+	TU_CHECK(big, "malloc");
 	strcpy(big, "[web]\nforward = echo\n");
 	for (int i = 0; i < 150; i++)
 		strcat(big, "junk\n");
-	CHECK(evfdd_config_load(write_text(big), &cfg, &errs) == -EINVAL, "junk");
-	CHECK(errs.count == EVFDD_CONFIG_MAX_ERRORS && errs.omitted == 50, "%zu %zu", errs.count, errs.omitted);
-	CHECK(errs.list[99].line == 102, "%u", errs.list[99].line);
+	TU_CHECK(evfdd_config_load(write_text(big), &cfg, &errs) == -EINVAL, "junk");
+	TU_CHECK(errs.count == EVFDD_CONFIG_MAX_ERRORS && errs.omitted == 50, "%zu %zu", errs.count, errs.omitted);
+	TU_CHECK(errs.list[99].line == 102, "%u", errs.list[99].line);
 	f = tmpfile();
-	CHECK(f, "tmpfile");
+	TU_CHECK(f, "tmpfile");
 	evfdd_config_errors_print(f, &errs);
 	rewind(f);
 	{
@@ -830,7 +821,7 @@ static void test_bounded_input(void)
 			n++;
 			strcpy(last, line);
 		}
-		CHECK(n == 101 && strcmp(last, "(50 more errors not shown)\n") == 0, "%d %s", n, last);
+		TU_CHECK(n == 101 && strcmp(last, "(50 more errors not shown)\n") == 0, "%d %s", n, last);
 	}
 	fclose(f);
 	evfdd_config_errors_free(&errs);
@@ -844,22 +835,22 @@ static void test_file_errors(void)
 	char p[256], want[512];
 
 	snprintf(p, sizeof(p), "%s/does-not-exist.conf", tmpdir);
-	CHECK(evfdd_config_load(p, &cfg, &errs) == -EINVAL && cfg == NULL, "missing file");
-	CHECK(errs.count == 1, "%zu", errs.count);
+	TU_CHECK(evfdd_config_load(p, &cfg, &errs) == -EINVAL && cfg == NULL, "missing file");
+	TU_CHECK(errs.count == 1, "%zu", errs.count);
 	snprintf(want, sizeof(want), "%s: cannot open: No such file or directory (ENOENT); check the path", p);
-	CHECK(strcmp(errs.list[0].message, want) == 0, "%s", errs.list[0].message);
-	CHECK(strcmp(errs.list[0].file, p) == 0 && errs.list[0].line == 0, "fields");
+	TU_CHECK(strcmp(errs.list[0].message, want) == 0, "%s", errs.list[0].message);
+	TU_CHECK(strcmp(errs.list[0].file, p) == 0 && errs.list[0].line == 0, "fields");
 	evfdd_config_errors_free(&errs);
 
-	CHECK(evfdd_config_load(tmpdir, &cfg, &errs) == -EINVAL, "directory");
+	TU_CHECK(evfdd_config_load(tmpdir, &cfg, &errs) == -EINVAL, "directory");
 	snprintf(want, sizeof(want), "%s: a directory, not a regular file; evfdd reads its configuration only from "
 		 "a regular file (a symbolic link to one is fine): put the configuration in a regular file there",
 		 tmpdir);
-	CHECK(errs.count == 1 && strcmp(errs.list[0].message, want) == 0, "%s", errs.list[0].message);
+	TU_CHECK(errs.count == 1 && strcmp(errs.list[0].message, want) == 0, "%s", errs.list[0].message);
 	evfdd_config_errors_free(&errs);
 
 	/* without errs the result is the same, the messages are just not kept */
-	CHECK(evfdd_config_load(p, &cfg, NULL) == -EINVAL && cfg == NULL, "NULL errs");
+	TU_CHECK(evfdd_config_load(p, &cfg, NULL) == -EINVAL && cfg == NULL, "NULL errs");
 }
 
 /* Only a regular file is read. A FIFO with no writer would block open (without O_NONBLOCK) and read; a
@@ -881,39 +872,37 @@ static void test_file_types(void)
 	char p[256], want[512];
 	int fd;
 
-	/* Were the FIFO opened blocking, the test would hang: let it die instead. */
-	alarm(60);
+	/* Were the FIFO opened blocking, the test would hang until testutil's watchdog (EVFD_TEST_TIMEOUT). */
 	snprintf(p, sizeof(p), "%s/fifo", tmpdir);
-	CHECK(mkfifo(p, 0644) == 0, "mkfifo %s: %s", p, strerror(errno));
+	TU_CHECK(mkfifo(p, 0644) == 0, "mkfifo %s: %s", p, strerror(errno));
 	snprintf(p, sizeof(p), "%s/zero", tmpdir);
-	CHECK(symlink("/dev/zero", p) == 0, "symlink: %s", strerror(errno));
+	TU_CHECK(symlink("/dev/zero", p) == 0, "symlink: %s", strerror(errno));
 	snprintf(p, sizeof(p), "%s/null", tmpdir);
-	CHECK(symlink("/dev/null", p) == 0, "symlink: %s", strerror(errno));
+	TU_CHECK(symlink("/dev/null", p) == 0, "symlink: %s", strerror(errno));
 	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/sock", tmpdir);
 	fd = socket(AF_UNIX, SOCK_STREAM, 0);
-	CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0, "bind: %s", strerror(errno));
+	TU_CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0, "bind: %s", strerror(errno));
 	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
 		snprintf(p, sizeof(p), "%s/%s", tmpdir, kinds[i].name);
-		CHECK(evfdd_config_load(p, &cfg, &errs) == -EINVAL && cfg == NULL, "%s accepted", kinds[i].name);
+		TU_CHECK(evfdd_config_load(p, &cfg, &errs) == -EINVAL && cfg == NULL, "%s accepted", kinds[i].name);
 		snprintf(want, sizeof(want), "%s: %s, not a regular file; evfdd reads its configuration only from a "
 			 "regular file (a symbolic link to one is fine): put the configuration in a regular file there",
 			 p, kinds[i].type);
-		CHECK(errs.count == 1 && strcmp(errs.list[0].message, want) == 0, "%s", errs.list[0].message);
-		CHECK(strcmp(errs.list[0].file, p) == 0 && errs.list[0].line == 0, "fields");
+		TU_CHECK(errs.count == 1 && strcmp(errs.list[0].message, want) == 0, "%s", errs.list[0].message);
+		TU_CHECK(strcmp(errs.list[0].file, p) == 0 && errs.list[0].line == 0, "fields");
 		evfdd_config_errors_free(&errs);
-		CHECK(unlink(p) == 0, "unlink %s", p);
+		TU_CHECK(unlink(p) == 0, "unlink %s", p);
 	}
-	alarm(0);
 	close(fd);
 
 	/* a symbolic link to a regular file is read */
 	write_text("[web]\nforward = echo\n");
 	snprintf(p, sizeof(p), "%s/link.conf", tmpdir);
-	CHECK(symlink(path, p) == 0, "symlink: %s", strerror(errno));
-	CHECK(evfdd_config_load(p, &cfg, &errs) == 0 && cfg->nservices == 1, "link to a regular file");
+	TU_CHECK(symlink(path, p) == 0, "symlink: %s", strerror(errno));
+	TU_CHECK(evfdd_config_load(p, &cfg, &errs) == 0 && cfg->nservices == 1, "link to a regular file");
 	evfdd_config_free(cfg);
 	evfdd_config_errors_free(&errs);
-	CHECK(unlink(p) == 0, "unlink %s", p);
+	TU_CHECK(unlink(p) == 0, "unlink %s", p);
 }
 
 /* Fields of a recorded error, not only its text. */
@@ -923,21 +912,21 @@ static void test_error_fields(void)
 	struct evfdd_config *cfg;
 	const struct evfdd_config_error *e;
 
-	CHECK(evfdd_config_load(write_text("x = 1\n[web]\nforward = 127.0.0.1:99999\n"), &cfg, &errs) == -EINVAL,
-	      "accepted");
-	CHECK(errs.count == 2, "%zu", errs.count);
+	TU_CHECK(evfdd_config_load(write_text("x = 1\n[web]\nforward = 127.0.0.1:99999\n"), &cfg, &errs) == -EINVAL,
+	         "accepted");
+	TU_CHECK(errs.count == 2, "%zu", errs.count);
 	e = &errs.list[0];
-	CHECK(e->line == 1 && !e->section && strcmp(e->key, "x") == 0, "outside");
+	TU_CHECK(e->line == 1 && !e->section && strcmp(e->key, "x") == 0, "outside");
 	e = &errs.list[1];
-	CHECK(strcmp(e->file, path) == 0 && e->line == 3 && strcmp(e->section, "web") == 0 &&
-	      strcmp(e->key, "forward") == 0, "fields");
+	TU_CHECK(strcmp(e->file, path) == 0 && e->line == 3 && strcmp(e->section, "web") == 0 &&
+	         strcmp(e->key, "forward") == 0, "fields");
 	evfdd_config_errors_free(&errs);
 	evfdd_config_errors_free(&errs);	/* twice is harmless */
 }
 
 int main(void)
 {
-	CHECK(mkdtemp(tmpdir), "mkdtemp: %s", strerror(errno));
+	TU_CHECK(mkdtemp(tmpdir), "mkdtemp: %s", strerror(errno));
 
 	test_embedded_default();
 	test_example_file();
@@ -960,7 +949,7 @@ int main(void)
 		snprintf(path, sizeof(path), "%s/t%d.conf", tmpdir, i);
 		unlink(path);
 	}
-	CHECK(rmdir(tmpdir) == 0, "rmdir %s: %s", tmpdir, strerror(errno));
+	TU_CHECK(rmdir(tmpdir) == 0, "rmdir %s: %s", tmpdir, strerror(errno));
 	printf("test-config: all passed (%d files)\n", nfiles);
 	return 0;
 }

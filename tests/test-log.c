@@ -16,16 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "../daemon/log.h"
-
-#define CHECK(cond, ...)                                                                                 \
-	do {                                                                                             \
-		if (!(cond)) {                                                                           \
-			dprintf(saved_stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);            \
-			dprintf(saved_stderr, __VA_ARGS__);                                              \
-			dprintf(saved_stderr, "\n");                                                     \
-			exit(1);                                                                         \
-		}                                                                                        \
-	} while (0)
+#include "testutil.h"
 
 static int saved_stderr = STDERR_FILENO;
 static char capture_path[] = "/tmp/evfdd-test-log.XXXXXX";
@@ -34,9 +25,9 @@ static int capture_fd = -1;
 /* Point fd 2 at an empty capture file. */
 static void capture_start(void)
 {
-	CHECK(ftruncate(capture_fd, 0) == 0, "ftruncate");
-	CHECK(lseek(capture_fd, 0, SEEK_SET) == 0, "lseek");
-	CHECK(dup2(capture_fd, STDERR_FILENO) == STDERR_FILENO, "dup2");
+	TU_CHECK(ftruncate(capture_fd, 0) == 0, "ftruncate");
+	TU_CHECK(lseek(capture_fd, 0, SEEK_SET) == 0, "lseek");
+	TU_CHECK(dup2(capture_fd, STDERR_FILENO) == STDERR_FILENO, "dup2");
 }
 
 /* Restore fd 2 and return what was written (static buffer). */
@@ -45,16 +36,16 @@ static const char *capture_end(void)
 	static char buf[1 << 20];
 	ssize_t n;
 
-	CHECK(dup2(saved_stderr, STDERR_FILENO) == STDERR_FILENO, "dup2");
+	TU_CHECK(dup2(saved_stderr, STDERR_FILENO) == STDERR_FILENO, "dup2");
 	n = pread(capture_fd, buf, sizeof(buf) - 1, 0);
-	CHECK(n >= 0, "pread");
+	TU_CHECK(n >= 0, "pread");
 	buf[n] = '\0';
 	return buf;
 }
 
 static void expect(const char *got, const char *want)
 {
-	CHECK(strcmp(got, want) == 0, "got\n%swant\n%s", got, want);
+	TU_CHECK(strcmp(got, want) == 0, "got\n%swant\n%s", got, want);
 }
 
 static void test_plain(void)
@@ -70,7 +61,7 @@ static void test_plain(void)
 	log_notice("note");
 	errno = ENOENT;
 	log_warn("open %s", "x.conf");
-	CHECK(errno == ENOENT, "errno clobbered: %d", errno);
+	TU_CHECK(errno == ENOENT, "errno clobbered: %d", errno);
 	log_warnx("plain warning");
 	errno = EACCES;
 	log_err("bind");
@@ -102,16 +93,16 @@ static void test_journal(void)
 
 	/* filtering and clamping: err and worse always pass */
 	log_setlevel(LOG_WARNING);
-	CHECK(log_getlevel() == LOG_WARNING, "level");
+	TU_CHECK(log_getlevel() == LOG_WARNING, "level");
 	capture_start();
 	log_notice("no");
 	log_warnx("yes");
 	log_setlevel(LOG_EMERG);
-	CHECK(log_getlevel() == LOG_ERR, "clamp low: %d", log_getlevel());
+	TU_CHECK(log_getlevel() == LOG_ERR, "clamp low: %d", log_getlevel());
 	log_warnx("no");
 	log_errx("yes");
 	log_setlevel(99);
-	CHECK(log_getlevel() == LOG_DEBUG, "clamp high");
+	TU_CHECK(log_getlevel() == LOG_DEBUG, "clamp high");
 	expect(capture_end(), "<4>yes\n<3>yes\n");
 }
 
@@ -129,27 +120,27 @@ static void journal_child(void)
 	ssize_t n;
 	int fd;
 
-	CHECK(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0, "mount --make-rprivate /: %s", strerror(errno));
-	CHECK(mount("tmpfs", "/run", "tmpfs", 0, "mode=0755") == 0, "mount tmpfs /run: %s", strerror(errno));
-	CHECK(mkdir("/run/systemd", 0755) == 0 && mkdir("/run/systemd/journal", 0755) == 0, "mkdir: %s",
-	      strerror(errno));
+	TU_CHECK(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0, "mount --make-rprivate /: %s", strerror(errno));
+	TU_CHECK(mount("tmpfs", "/run", "tmpfs", 0, "mode=0755") == 0, "mount tmpfs /run: %s", strerror(errno));
+	TU_CHECK(mkdir("/run/systemd", 0755) == 0 && mkdir("/run/systemd/journal", 0755) == 0, "mkdir: %s",
+	         strerror(errno));
 	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	CHECK(fd >= 0, "socket: %s", strerror(errno));
+	TU_CHECK(fd >= 0, "socket: %s", strerror(errno));
 	memcpy(sa.sun_path, JOURNAL_SOCKET, sizeof(JOURNAL_SOCKET));
-	CHECK(bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0, "bind %s: %s", JOURNAL_SOCKET, strerror(errno));
+	TU_CHECK(bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0, "bind %s: %s", JOURNAL_SOCKET, strerror(errno));
 	log_init(LOG_DEBUG, true);
 	capture_start();
 	log_fields(LOG_NOTICE, fields, "[web] backend %s is up\x01", "/run/a b");
 	expect(capture_end(), "");   /* nothing on stderr: it went to the journal */
 	pfd = (struct pollfd){ .fd = fd, .events = POLLIN };
-	CHECK(poll(&pfd, 1, 5000) == 1, "no datagram on the journal's socket");
+	TU_CHECK(poll(&pfd, 1, 5000) == 1, "no datagram on the journal's socket");
 	n = recv(fd, dgram, sizeof(dgram) - 1, 0);
-	CHECK(n > 0, "recv: %s", strerror(errno));
+	TU_CHECK(n > 0, "recv: %s", strerror(errno));
 	dgram[n] = '\0';
-	CHECK(strstr(dgram, "MESSAGE=[web] backend /run/a b is up\\x01\n"), "MESSAGE, escaped: %s", dgram);
-	CHECK(strstr(dgram, "\nPRIORITY=5\n") && strstr(dgram, "\nSYSLOG_IDENTIFIER=evfdd\n") &&
-	      strstr(dgram, "\nSERVICE=web\n") && strstr(dgram, "\nBACKEND=/run/a b\n") && strstr(dgram, "\nSTATE=down"),
-	      "fields: %s", dgram);
+	TU_CHECK(strstr(dgram, "MESSAGE=[web] backend /run/a b is up\\x01\n"), "MESSAGE, escaped: %s", dgram);
+	TU_CHECK(strstr(dgram, "\nPRIORITY=5\n") && strstr(dgram, "\nSYSLOG_IDENTIFIER=evfdd\n") &&
+	         strstr(dgram, "\nSERVICE=web\n") && strstr(dgram, "\nBACKEND=/run/a b\n") && strstr(dgram, "\nSTATE=down"),
+	         "fields: %s", dgram);
 	close(fd);
 	unlink(JOURNAL_SOCKET);
 	/* sd_journal_sendv drops a message when the socket is missing; log_fields writes the line instead */
@@ -178,7 +169,7 @@ static void test_fields(void)
 		return;
 	}
 	pid = fork();
-	CHECK(pid >= 0, "fork: %s", strerror(errno));
+	TU_CHECK(pid >= 0, "fork: %s", strerror(errno));
 	if (pid == 0) {
 		if (unshare(CLONE_NEWNS) < 0) {
 			printf("test-log: the journal datagram is not checked: unshare(CLONE_NEWNS): %s\n",
@@ -187,8 +178,8 @@ static void test_fields(void)
 		}
 		journal_child();
 	}
-	CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
-	      "the journal check failed (status %d)", status);
+	TU_CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	         "the journal check failed (status %d)", status);
 }
 
 static void test_escaping_and_truncation(void)
@@ -209,8 +200,8 @@ static void test_escaping_and_truncation(void)
 	log_info("after");
 	got = capture_end();
 	len = strcspn(got, "\n") + 1;
-	CHECK(len == LOG_LINE_MAX, "line of %zu bytes", len);
-	CHECK(memcmp(got + len - 4, "...\n", 4) == 0, "no truncation mark");
+	TU_CHECK(len == LOG_LINE_MAX, "line of %zu bytes", len);
+	TU_CHECK(memcmp(got + len - 4, "...\n", 4) == 0, "no truncation mark");
 	expect(got + len, "<6>after\n");
 
 	/* a cut must never split an escape sequence */
@@ -219,8 +210,8 @@ static void test_escaping_and_truncation(void)
 	log_info("%s", big);
 	got = capture_end();
 	len = strlen(got);
-	CHECK(len <= LOG_LINE_MAX && memcmp(got + len - 4, "...\n", 4) == 0, "%zu", len);
-	CHECK((len - 3 - 4) % 4 == 0 && got[len - 8] == '\\', "split escape");
+	TU_CHECK(len <= LOG_LINE_MAX && memcmp(got + len - 4, "...\n", 4) == 0, "%zu", len);
+	TU_CHECK((len - 3 - 4) % 4 == 0 && got[len - 8] == '\\', "split escape");
 }
 
 static void test_level_names(void)
@@ -228,12 +219,12 @@ static void test_level_names(void)
 	static const char *const names[] = { "err", "warning", "notice", "info", "debug" };
 
 	for (int i = 0; i < 5; i++) {
-		CHECK(log_level_from_name(names[i]) == LOG_ERR + i, "%s", names[i]);
-		CHECK(strcmp(log_level_name(LOG_ERR + i), names[i]) == 0, "%d", i);
+		TU_CHECK(log_level_from_name(names[i]) == LOG_ERR + i, "%s", names[i]);
+		TU_CHECK(strcmp(log_level_name(LOG_ERR + i), names[i]) == 0, "%d", i);
 	}
-	CHECK(log_level_from_name("crit") == -1 && log_level_from_name("INFO") == -1, "only the five");
-	CHECK(log_level_from_name("") == -1 && strcmp(log_level_name(8), "?") == 0, "bad");
-	CHECK(strcmp(log_level_name(LOG_CRIT), "crit") == 0, "crit");
+	TU_CHECK(log_level_from_name("crit") == -1 && log_level_from_name("INFO") == -1, "only the five");
+	TU_CHECK(log_level_from_name("") == -1 && strcmp(log_level_name(8), "?") == 0, "bad");
+	TU_CHECK(strcmp(log_level_name(LOG_CRIT), "crit") == 0, "crit");
 }
 
 static void test_journal_stream(void)
@@ -241,7 +232,7 @@ static void test_journal_stream(void)
 	struct stat st;
 	char env[128];
 
-	CHECK(fstat(capture_fd, &st) == 0, "fstat");
+	TU_CHECK(fstat(capture_fd, &st) == 0, "fstat");
 	capture_start();	/* fd 2 is now the capture file */
 	snprintf(env, sizeof(env), "%ju:%ju", (uintmax_t)st.st_dev, (uintmax_t)st.st_ino);
 	setenv("JOURNAL_STREAM", env, 1);
@@ -263,8 +254,8 @@ static void test_journal_stream(void)
 	unsetenv("JOURNAL_STREAM");
 	bool unset = log_stderr_is_journal();
 	capture_end();
-	CHECK(yes && !other_inode && !junk && !empty && !unset, "%d %d %d %d %d", yes, other_inode, junk, empty,
-	      unset);
+	TU_CHECK(yes && !other_inode && !junk && !empty && !unset, "%d %d %d %d %d", yes, other_inode, junk, empty,
+	         unset);
 }
 
 static void test_fatal(void)
@@ -276,7 +267,7 @@ static void test_fatal(void)
 
 		capture_start();
 		pid = fork();
-		CHECK(pid >= 0, "fork");
+		TU_CHECK(pid >= 0, "fork");
 		if (pid == 0) {
 			log_init(LOG_ERR, false);
 			errno = EPERM;
@@ -284,8 +275,8 @@ static void test_fatal(void)
 				fatal("cannot %s", "start");
 			fatalx("bad %s", "config");
 		}
-		CHECK(waitpid(pid, &status, 0) == pid, "waitpid");
-		CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %d", status);
+		TU_CHECK(waitpid(pid, &status, 0) == pid, "waitpid");
+		TU_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %d", status);
 		snprintf(want, sizeof(want), x == 0 ? "evfdd[%ld]: crit: cannot start: Operation not permitted\n"
 						    : "evfdd[%ld]: crit: bad config\n", (long)pid);
 		expect(capture_end(), want);
@@ -312,7 +303,7 @@ static void test_threads(void)
 	log_init(LOG_INFO, true);
 	capture_start();
 	for (long i = 0; i < THREADS; i++)
-		CHECK(pthread_create(&t[i], NULL, logger, (void *)(intptr_t)i) == 0, "pthread_create");
+		TU_CHECK(pthread_create(&t[i], NULL, logger, (void *)(intptr_t)i) == 0, "pthread_create");
 	for (int i = 0; i < THREADS; i++)
 		pthread_join(t[i], NULL);
 	p = capture_end();
@@ -321,13 +312,13 @@ static void test_threads(void)
 		long th;
 		int line, used = 0;
 
-		CHECK(sscanf(p, "<6>thread %ld line %d padding padding padding padding padding padding padding "
-			     "padding\n%n", &th, &line, &used) == 2 && used > 0, "broken line %d: %.80s", n, p);
-		CHECK(th >= 0 && th < THREADS && line == seen[th], "thread %ld line %d", th, line);
+		TU_CHECK(sscanf(p, "<6>thread %ld line %d padding padding padding padding padding padding padding "
+			        "padding\n%n", &th, &line, &used) == 2 && used > 0, "broken line %d: %.80s", n, p);
+		TU_CHECK(th >= 0 && th < THREADS && line == seen[th], "thread %ld line %d", th, line);
 		seen[th]++;
 		p += used;
 	}
-	CHECK(*p == '\0', "trailing output");
+	TU_CHECK(*p == '\0', "trailing output");
 }
 
 static void sleep_ms(unsigned ms)
@@ -345,26 +336,26 @@ static void test_ratelimit(void)
 	unsigned long missed = 99;
 
 	for (int i = 0; i < 3; i++) {
-		CHECK(log_ratelimit(&rl, &missed), "burst %d refused", i);
-		CHECK(missed == 0, "missed %lu", missed);
+		TU_CHECK(log_ratelimit(&rl, &missed), "burst %d refused", i);
+		TU_CHECK(missed == 0, "missed %lu", missed);
 	}
 	for (int i = 0; i < 5; i++)
-		CHECK(!log_ratelimit(&rl, &missed), "over the burst let through");
+		TU_CHECK(!log_ratelimit(&rl, &missed), "over the burst let through");
 	sleep_ms(350);
-	CHECK(log_ratelimit(&rl, &missed) && missed == 5, "missed %lu", missed);
-	CHECK(log_ratelimit(&rl, &missed) && missed == 0, "reset %lu", missed);
-	CHECK(log_ratelimit(&rl, NULL), "NULL suppressed");
-	CHECK(!log_ratelimit(&rl, NULL), "4th in interval");
+	TU_CHECK(log_ratelimit(&rl, &missed) && missed == 5, "missed %lu", missed);
+	TU_CHECK(log_ratelimit(&rl, &missed) && missed == 0, "reset %lu", missed);
+	TU_CHECK(log_ratelimit(&rl, NULL), "NULL suppressed");
+	TU_CHECK(!log_ratelimit(&rl, NULL), "4th in interval");
 
 	log_ratelimit_init(&off, 0, 0);		/* interval 0: no limit */
 	for (int i = 0; i < 100; i++)
-		CHECK(log_ratelimit(&off, &missed) && missed == 0, "unlimited");
+		TU_CHECK(log_ratelimit(&off, &missed) && missed == 0, "unlimited");
 	log_ratelimit_destroy(&off);
 
 	log_ratelimit_init(&dyn, 60000, 1);
-	CHECK(log_ratelimit(&dyn, &missed) && missed == 0, "first");
+	TU_CHECK(log_ratelimit(&dyn, &missed) && missed == 0, "first");
 	for (int i = 0; i < 10; i++)
-		CHECK(!log_ratelimit(&dyn, &missed), "limited");
+		TU_CHECK(!log_ratelimit(&dyn, &missed), "limited");
 	log_ratelimit_destroy(&dyn);
 }
 
@@ -372,7 +363,8 @@ int main(void)
 {
 	saved_stderr = dup(STDERR_FILENO);
 	capture_fd = mkstemp(capture_path);
-	CHECK(saved_stderr >= 0 && capture_fd >= 0, "setup: %s", strerror(errno));
+	TU_CHECK(saved_stderr >= 0 && capture_fd >= 0, "setup: %s", strerror(errno));
+	tu_fail_fd = saved_stderr;	/* a failure is said where the runner reads it, not into the capture */
 	unsetenv("JOURNAL_STREAM");
 
 	test_plain();

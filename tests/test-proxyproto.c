@@ -16,16 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "../daemon/proxyproto.h"
-
-#define CHECK(cond, ...)                                                                                 \
-	do {                                                                                             \
-		if (!(cond)) {                                                                           \
-			fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                  \
-			fprintf(stderr, __VA_ARGS__);                                                    \
-			fputc('\n', stderr);                                                             \
-			exit(1);                                                                         \
-		}                                                                                        \
-	} while (0)
+#include "testutil.h"
 
 #define UN_OFF offsetof(struct sockaddr_un, sun_path)
 
@@ -37,7 +28,7 @@ static int parse_n(const void *b, size_t n, struct evfdd_proxy_info *out)
 	unsigned char *copy = malloc(n ? n : 1);
 	int r;
 
-	CHECK(copy, "malloc");
+	TU_CHECK(copy, "malloc");
 	memcpy(copy, b, n);
 	r = evfdd_proxy_parse(copy, n, out);
 	free(copy);
@@ -74,19 +65,19 @@ static void check_valid(const void *b, size_t n, struct evfdd_proxy_info *out)
 	for (size_t k = 0; k < n; k++) {
 		memset(&junk, 0xAB, sizeof(junk));
 		r = parse_n(b, k, &junk);
-		CHECK(r == 0, "prefix %zu of \"%s\": %d, want 0", k, show(b, n), r);
+		TU_CHECK(r == 0, "prefix %zu of \"%s\": %d, want 0", k, show(b, n), r);
 		for (size_t j = 0; j < sizeof(junk); j++)	/* untouched until complete */
-			CHECK(((unsigned char *)&junk)[j] == 0xAB, "prefix %zu wrote to out", k);
+			TU_CHECK(((unsigned char *)&junk)[j] == 0xAB, "prefix %zu wrote to out", k);
 	}
 	r = parse_n(b, n, out);
-	CHECK(r == (int)n, "\"%s\": %d, want %zu", show(b, n), r, n);
-	CHECK(parse_n(b, n, NULL) == (int)n, "out NULL");
+	TU_CHECK(r == (int)n, "\"%s\": %d, want %zu", show(b, n), r, n);
+	TU_CHECK(parse_n(b, n, NULL) == (int)n, "out NULL");
 	more = malloc(n + sizeof(after));
-	CHECK(more, "malloc");
+	TU_CHECK(more, "malloc");
 	memcpy(more, b, n);
 	memcpy(more + n, after, sizeof(after));
 	for (size_t k = n; k <= n + sizeof(after); k++)
-		CHECK(parse_n(more, k, NULL) == (int)n, "\"%s\" + %zu bytes of data", show(b, n), k - n);
+		TU_CHECK(parse_n(more, k, NULL) == (int)n, "\"%s\" + %zu bytes of data", show(b, n), k - n);
 	free(more);
 }
 
@@ -96,8 +87,8 @@ static void check_bad_at(const void *b, size_t n, size_t at, int err)
 	for (size_t k = 0; k <= n; k++) {
 		int r = parse_n(b, k, NULL);
 
-		CHECK(r == (k < at ? 0 : err), "\"%s\" (%zu bytes): prefix %zu gave %d, want %d from byte %zu",
-		      show(b, n), n, k, r, err, at);
+		TU_CHECK(r == (k < at ? 0 : err), "\"%s\" (%zu bytes): prefix %zu gave %d, want %d from byte %zu",
+		         show(b, n), n, k, r, err, at);
 	}
 }
 
@@ -110,12 +101,12 @@ static struct evfdd_sockaddr sa_in(const char *text, uint16_t port)
 	memset(&a, 0, sizeof(a));
 	if (strchr(text, ':')) {
 		a.u.in6.sin6_family = AF_INET6;
-		CHECK(inet_pton(AF_INET6, text, &a.u.in6.sin6_addr) == 1, "%s", text);
+		TU_CHECK(inet_pton(AF_INET6, text, &a.u.in6.sin6_addr) == 1, "%s", text);
 		a.u.in6.sin6_port = htons(port);
 		a.len = sizeof(a.u.in6);
 	} else {
 		a.u.in.sin_family = AF_INET;
-		CHECK(inet_pton(AF_INET, text, &a.u.in.sin_addr) == 1, "%s", text);
+		TU_CHECK(inet_pton(AF_INET, text, &a.u.in.sin_addr) == 1, "%s", text);
 		a.u.in.sin_port = htons(port);
 		a.len = sizeof(a.u.in);
 	}
@@ -157,15 +148,15 @@ static int build(int version, const struct evfdd_sockaddr *s, const struct evfdd
 {
 	int n = evfdd_proxy_build(version, s, d, out, EVFDD_PROXY_BUILD_MAX);
 
-	CHECK(n > 0 && n <= EVFDD_PROXY_BUILD_MAX, "build v%d: %d", version, n);
+	TU_CHECK(n > 0 && n <= EVFDD_PROXY_BUILD_MAX, "build v%d: %d", version, n);
 	/* every capacity short of the length is -ENOSPC, and nothing is written past it */
 	for (int cap = 0; cap < n; cap++) {
 		unsigned char g[EVFDD_PROXY_BUILD_MAX + 1];
 
 		memset(g, 0x5A, sizeof(g));
-		CHECK(evfdd_proxy_build(version, s, d, g, (size_t)cap) == -ENOSPC, "cap %d of %d", cap, n);
+		TU_CHECK(evfdd_proxy_build(version, s, d, g, (size_t)cap) == -ENOSPC, "cap %d of %d", cap, n);
 		for (size_t j = (size_t)cap; j < sizeof(g); j++)
-			CHECK(g[j] == 0x5A, "cap %d: byte %zu written", cap, j);
+			TU_CHECK(g[j] == 0x5A, "cap %d: byte %zu written", cap, j);
 	}
 	return n;
 }
@@ -180,12 +171,12 @@ static void round_trip(int version, const struct evfdd_sockaddr *s, const struct
 
 	check_valid(h, (size_t)n, &pi);
 	if (!ws) {
-		CHECK(is_local(&pi), "v%d \"%s\": want local", version, show(h, (size_t)n));
+		TU_CHECK(is_local(&pi), "v%d \"%s\": want local", version, show(h, (size_t)n));
 		return;
 	}
-	CHECK(!pi.local, "v%d: local", version);
-	CHECK(same(&pi.src, ws), "v%d \"%s\": source differs", version, show(h, (size_t)n));
-	CHECK(same(&pi.dst, wd), "v%d \"%s\": destination differs", version, show(h, (size_t)n));
+	TU_CHECK(!pi.local, "v%d: local", version);
+	TU_CHECK(same(&pi.src, ws), "v%d \"%s\": source differs", version, show(h, (size_t)n));
+	TU_CHECK(same(&pi.dst, wd), "v%d \"%s\": destination differs", version, show(h, (size_t)n));
 }
 
 static void test_round_trips(void)
@@ -238,8 +229,8 @@ static void test_round_trips(void)
 		bad.len = 8;
 		round_trip(2, &bad, &b4, NULL, NULL);
 	}
-	CHECK(evfdd_proxy_build(0, &a4, &b4, (unsigned char[256]){ 0 }, 256) == -EINVAL, "version 0");
-	CHECK(evfdd_proxy_build(3, NULL, NULL, (unsigned char[256]){ 0 }, 256) == -EINVAL, "version 3");
+	TU_CHECK(evfdd_proxy_build(0, &a4, &b4, (unsigned char[256]){ 0 }, 256) == -EINVAL, "version 0");
+	TU_CHECK(evfdd_proxy_build(3, NULL, NULL, (unsigned char[256]){ 0 }, 256) == -EINVAL, "version 3");
 	printf("ok round trips: v1 and v2 x TCP4, TCP6, Unix, LOCAL; -ENOSPC at every short capacity\n");
 }
 
@@ -251,7 +242,7 @@ static void expect_build(int version, const struct evfdd_sockaddr *s, const stru
 	unsigned char h[EVFDD_PROXY_BUILD_MAX];
 	int n = build(version, s, d, h);
 
-	CHECK((size_t)n == wlen && memcmp(h, want, wlen) == 0, "v%d: wrote \"%s\"", version, show(h, (size_t)n));
+	TU_CHECK((size_t)n == wlen && memcmp(h, want, wlen) == 0, "v%d: wrote \"%s\"", version, show(h, (size_t)n));
 }
 
 #define V2SIG "\r\n\r\n\0\r\nQUIT\n"
@@ -275,18 +266,18 @@ static void test_exact(void)
 	expect_build(2, NULL, NULL, v2_local, sizeof(v2_local) - 1);
 	/* v2 TCP6: family 0x21, length 36, addresses then ports */
 	n = build(2, &a6, &b6, h);
-	CHECK(n == 52 && h[12] == 0x21 && h[13] == 0x21 && h[14] == 0 && h[15] == 36, "v2 tcp6 head");
-	CHECK(memcmp(h + 16, &a6.u.in6.sin6_addr, 16) == 0 && memcmp(h + 32, &b6.u.in6.sin6_addr, 16) == 0 &&
-		      h[48] == 0 && h[49] == 1 && h[50] == 0xff && h[51] == 0xff, "v2 tcp6 body");
+	TU_CHECK(n == 52 && h[12] == 0x21 && h[13] == 0x21 && h[14] == 0 && h[15] == 36, "v2 tcp6 head");
+	TU_CHECK(memcmp(h + 16, &a6.u.in6.sin6_addr, 16) == 0 && memcmp(h + 32, &b6.u.in6.sin6_addr, 16) == 0 &&
+		         h[48] == 0 && h[49] == 1 && h[50] == 0xff && h[51] == 0xff, "v2 tcp6 body");
 	/* v2 Unix: family 0x31, length 216, NUL-padded paths */
 	{
 		struct evfdd_sockaddr p1 = sa_path("/run/a"), p2 = sa_path("/run/bb");
 
 		n = build(2, &p1, &p2, h);
-		CHECK(n == 232 && h[13] == 0x31 && h[14] == 0 && h[15] == 216, "v2 unix head");
-		CHECK(memcmp(h + 16, "/run/a", 7) == 0 && memcmp(h + 124, "/run/bb", 8) == 0, "v2 unix paths");
+		TU_CHECK(n == 232 && h[13] == 0x31 && h[14] == 0 && h[15] == 216, "v2 unix head");
+		TU_CHECK(memcmp(h + 16, "/run/a", 7) == 0 && memcmp(h + 124, "/run/bb", 8) == 0, "v2 unix paths");
 		for (int i = 23; i < 124; i++)
-			CHECK(h[i] == 0, "padding at %d", i);
+			TU_CHECK(h[i] == 0, "padding at %d", i);
 	}
 
 	/* mapped addresses: both mapped, or mapped with IPv4, are written as IPv4 */
@@ -307,7 +298,7 @@ static void test_exact(void)
 		static const char t[] = "PROXY TCP6 ::ffff:192.0.2.1 ::ffff:198.51.100.22 56324 443\r\n";
 
 		check_valid(t, sizeof(t) - 1, &pi);
-		CHECK(!pi.local && same(&pi.src, &m1) && same(&pi.dst, &m2), "mapped kept");
+		TU_CHECK(!pi.local && same(&pi.src, &m1) && same(&pi.dst, &m2), "mapped kept");
 	}
 	printf("ok exact bytes, IPv4-mapped IPv6 written as IPv4 and parsed as sent\n");
 }
@@ -365,14 +356,14 @@ static void test_valid_variants(void)
 
 	for (size_t i = 0; i < sizeof(v1) / sizeof(v1[0]); i++) {
 		check_valid(v1[i], strlen(v1[i]), &pi);
-		CHECK(pi.local == (strncmp(v1[i], "PROXY UNKNOWN", 13) == 0), "%s", v1[i]);
+		TU_CHECK(pi.local == (strncmp(v1[i], "PROXY UNKNOWN", 13) == 0), "%s", v1[i]);
 	}
-	CHECK(strlen(v1[12]) == 107, "the worst case is 107 bytes");
+	TU_CHECK(strlen(v1[12]) == 107, "the worst case is 107 bytes");
 	check_valid(v1[1], strlen(v1[1]), &pi);
 	{
 		struct evfdd_sockaddr s = sa_in("10.0.0.1", 1), d = sa_in("10.0.0.2", 9);
 
-		CHECK(same(&pi.src, &s) && same(&pi.dst, &d), "v1 addresses");
+		TU_CHECK(same(&pi.src, &s) && same(&pi.dst, &d), "v1 addresses");
 	}
 
 	/* v2 TCP4 with the TLVs real senders add: ALPN, AUTHORITY, NOOP, UNIQUE_ID, SSL with sub-TLVs,
@@ -396,7 +387,7 @@ static void test_valid_variants(void)
 	{
 		struct evfdd_sockaddr s = sa_in("10.0.0.1", 12345), d = sa_in("10.0.0.2", 80);
 
-		CHECK(!pi.local && same(&pi.src, &s) && same(&pi.dst, &d), "v2 with TLVs");
+		TU_CHECK(!pi.local && same(&pi.src, &s) && same(&pi.dst, &d), "v2 with TLVs");
 	}
 	/* AWS NLB style: TCP6 with only the 0xEA TLV */
 	memcpy(h, V2SIG "\x21\x21\x00\x24", 16);
@@ -405,22 +396,22 @@ static void test_valid_variants(void)
 	n = 52;
 	tlv(h, &n, 0xEA, "\x01vpce-0123456789abcdef0", 23);
 	check_valid(h, n, &pi);
-	CHECK(!pi.local && pi.src.u.sa.sa_family == AF_INET6 && ntohs(pi.src.u.in6.sin6_port) == 80 &&
-		      ntohs(pi.dst.u.in6.sin6_port) == 81, "v2 tcp6");
+	TU_CHECK(!pi.local && pi.src.u.sa.sa_family == AF_INET6 && ntohs(pi.src.u.in6.sin6_port) == 80 &&
+		         ntohs(pi.dst.u.in6.sin6_port) == 81, "v2 tcp6");
 	/* LOCAL with TLVs (a health check through a load balancer) */
 	memcpy(h, V2SIG "\x20\x00\x00\x00", 16);
 	n = 16;
 	tlv(h, &n, 0x04, "\0\0\0", 3);
 	check_valid(h, n, &pi);
-	CHECK(is_local(&pi), "LOCAL with a TLV");
+	TU_CHECK(is_local(&pi), "LOCAL with a TLV");
 	/* LOCAL with addresses: skipped, not used */
 	memcpy(h, V2SIG "\x20\x11\x00\x0c\x0a\x00\x00\x01\x0a\x00\x00\x02\x30\x39\x00\x50", 28);
 	check_valid(h, 28, &pi);
-	CHECK(is_local(&pi), "LOCAL TCP4");
+	TU_CHECK(is_local(&pi), "LOCAL TCP4");
 	/* PROXY with UNSPEC: unknown protocol, no address */
 	memcpy(h, V2SIG "\x21\x00\x00\x00", 16);
 	check_valid(h, 16, &pi);
-	CHECK(is_local(&pi), "PROXY UNSPEC");
+	TU_CHECK(is_local(&pi), "PROXY UNSPEC");
 	/* Unix: garbage after the path's NUL is the sender's uninitialised sun_path; an all-zero block is an
 	 * unnamed socket; an abstract name keeps its 108 bytes */
 	memcpy(h, V2SIG "\x21\x31\x00\xd8", 16);
@@ -432,23 +423,23 @@ static void test_valid_variants(void)
 	{
 		struct evfdd_sockaddr s = sa_path("/run/a.sock");
 
-		CHECK(!pi.local && same(&pi.src, &s), "unix path");
-		CHECK(pi.dst.u.un.sun_family == AF_UNIX && pi.dst.len == UN_OFF, "unnamed");
+		TU_CHECK(!pi.local && same(&pi.src, &s), "unix path");
+		TU_CHECK(pi.dst.u.un.sun_family == AF_UNIX && pi.dst.len == UN_OFF, "unnamed");
 	}
 	memset(h + 16, 0, 216);
 	memcpy(h + 124, "\0abstract\0name", 14);
 	check_valid(h, n, &pi);
-	CHECK(pi.dst.len == UN_OFF + 108 && memcmp(pi.dst.u.un.sun_path, "\0abstract\0name", 14) == 0,
-	      "abstract");
+	TU_CHECK(pi.dst.len == UN_OFF + 108 && memcmp(pi.dst.u.un.sun_path, "\0abstract\0name", 14) == 0,
+	         "abstract");
 
 	/* the largest header: exactly EVFDD_PROXY_MAX bytes */
 	memcpy(h, V2SIG "\x21\x11\x3f\xf0", 16);
 	memset(h + 16, 0, 12);
 	h[28] = 0xEE, h[29] = (EVFDD_PROXY_MAX - 31) >> 8, h[30] = (EVFDD_PROXY_MAX - 31) & 0xff;
 	memset(h + 31, 'v', EVFDD_PROXY_MAX - 31);
-	CHECK(parse_n(h, EVFDD_PROXY_MAX, &pi) == EVFDD_PROXY_MAX && !pi.local, "largest");
+	TU_CHECK(parse_n(h, EVFDD_PROXY_MAX, &pi) == EVFDD_PROXY_MAX && !pi.local, "largest");
 	for (size_t k = 0; k < EVFDD_PROXY_MAX; k += 97)
-		CHECK(parse_n(h, k, NULL) == 0, "largest, prefix %zu", k);
+		TU_CHECK(parse_n(h, k, NULL) == 0, "largest, prefix %zu", k);
 	printf("ok valid headers: v1 edge cases, v2 TLVs (ALPN, SSL, AWS 0xEA, CRC32C), LOCAL, UNSPEC, Unix, "
 	       "%d bytes\n", EVFDD_PROXY_MAX);
 }
@@ -677,18 +668,18 @@ static void test_junk(void)
 	unsigned char *m = mmap(NULL, JUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	unsigned char *r;
 
-	CHECK(m != MAP_FAILED, "mmap");
-	CHECK(mprotect(m + readable, JUNK - readable, PROT_NONE) == 0, "mprotect");
+	TU_CHECK(m != MAP_FAILED, "mmap");
+	TU_CHECK(mprotect(m + readable, JUNK - readable, PROT_NONE) == 0, "mprotect");
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		memset(m, cases[i].fill, readable);
 		memcpy(m, cases[i].head, cases[i].headlen);
-		CHECK(evfdd_proxy_parse(m, JUNK, NULL) == cases[i].want, "%s", cases[i].name);
+		TU_CHECK(evfdd_proxy_parse(m, JUNK, NULL) == cases[i].want, "%s", cases[i].name);
 	}
 	munmap(m, JUNK);
 	/* 10 MB of pseudo-random bytes, all readable, behind each possible first byte */
 	r = malloc(JUNK);
-	CHECK(r, "malloc");
+	TU_CHECK(r, "malloc");
 	srand(14);
 	for (size_t i = 0; i < JUNK; i++)
 		r[i] = (unsigned char)rand();
@@ -697,14 +688,14 @@ static void test_junk(void)
 
 		r[0] = (unsigned char)first;
 		rc = evfdd_proxy_parse(r, JUNK, NULL);
-		CHECK(rc == -EBADMSG, "random after 0x%02x: %d", first, rc);
+		TU_CHECK(rc == -EBADMSG, "random after 0x%02x: %d", first, rc);
 	}
 	memcpy(r, "PROXY ", 6);
-	CHECK(evfdd_proxy_parse(r, JUNK, NULL) == -EBADMSG, "random after PROXY");
+	TU_CHECK(evfdd_proxy_parse(r, JUNK, NULL) == -EBADMSG, "random after PROXY");
 	memcpy(r, V2SIG, 12);
-	CHECK(evfdd_proxy_parse(r, JUNK, NULL) < 0, "random after the v2 signature");
+	TU_CHECK(evfdd_proxy_parse(r, JUNK, NULL) < 0, "random after the v2 signature");
 	free(r);
-	CHECK(elapsed_ms(&t0) < 5000, "junk took %.0f ms", elapsed_ms(&t0));
+	TU_CHECK(elapsed_ms(&t0) < 5000, "junk took %.0f ms", elapsed_ms(&t0));
 	printf("ok 10 MB of junk refused after a few bytes (%zu cases, the rest unreadable)\n",
 	       sizeof(cases) / sizeof(cases[0]) + 258);
 }
@@ -757,12 +748,12 @@ static void test_address_forms(void)
 	for (int i = 0; i < 3000; i++) {
 		random_v6_text(a, sizeof(a));
 		random_v6_text(b, sizeof(b));
-		CHECK(inet_pton(AF_INET6, a, bin) == 1 && inet_pton(AF_INET6, b, bin) == 1, "%s %s", a, b);
+		TU_CHECK(inet_pton(AF_INET6, a, bin) == 1 && inet_pton(AF_INET6, b, bin) == 1, "%s %s", a, b);
 		n = snprintf(line, sizeof(line), "PROXY TCP6 %s %s %d %d\r\n", a, b, rand() % 65536, rand() % 10);
 		if (n > EVFDD_PROXY_V1_MAX)
 			continue;
 		check_valid(line, (size_t)n, &pi);
-		CHECK(!pi.local && pi.src.u.sa.sa_family == AF_INET6, "%s", line);
+		TU_CHECK(!pi.local && pi.src.u.sa.sa_family == AF_INET6, "%s", line);
 		checked++;
 	}
 	for (int i = 0; i < 1000; i++, checked++) {
@@ -787,12 +778,12 @@ static void check_consistent(const unsigned char *b, size_t n)
 		int r = evfdd_proxy_parse(b, k, NULL);
 
 		if (first == 0) {
-			CHECK(r == 0 || r < 0 || (size_t)r == k, "\"%s\": prefix %zu gave %d", show(b, n), k, r);
+			TU_CHECK(r == 0 || r < 0 || (size_t)r == k, "\"%s\": prefix %zu gave %d", show(b, n), k, r);
 			first = r, at = k;
 		} else {
-			CHECK(r == first, "\"%s\": prefix %zu gave %d, prefix %zu %d", show(b, n), k, r, at, first);
+			TU_CHECK(r == first, "\"%s\": prefix %zu gave %d, prefix %zu %d", show(b, n), k, r, at, first);
 		}
-		CHECK(r == 0 || r == -EBADMSG || r == -EMSGSIZE || r > 0, "%d", r);
+		TU_CHECK(r == 0 || r == -EBADMSG || r == -EMSGSIZE || r > 0, "%d", r);
 	}
 }
 

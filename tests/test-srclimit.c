@@ -11,16 +11,7 @@
 #include <string.h>
 #include "../daemon/addr.h"
 #include "../daemon/srclimit.h"
-
-#define CHECK(cond, ...)                                                                                 \
-	do {                                                                                             \
-		if (!(cond)) {                                                                           \
-			fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                  \
-			fprintf(stderr, __VA_ARGS__);                                                    \
-			fputc('\n', stderr);                                                             \
-			exit(1);                                                                         \
-		}                                                                                        \
-	} while (0)
+#include "testutil.h"
 
 /* Sanitizer builds set EVFD_TEST_SCALE to divide iteration counts. */
 static unsigned long scaled(unsigned long n, unsigned long min)
@@ -47,34 +38,34 @@ static void test_limit(void)
 	struct evfdd_srclimit *t = evfdd_srclimit_new();
 	struct evfdd_source_key a = key(4, 1), b = key(4, 2), a6 = key(6, 1);
 
-	CHECK(t, "new");
-	CHECK(evfdd_srclimit_sources(t) == 0, "empty");
+	TU_CHECK(t, "new");
+	TU_CHECK(evfdd_srclimit_sources(t) == 0, "empty");
 	for (int i = 0; i < 3; i++)
-		CHECK(evfdd_srclimit_take(t, &a, 3), "take %d", i);
-	CHECK(!evfdd_srclimit_take(t, &a, 3), "a 4th over the limit");
-	CHECK(!evfdd_srclimit_take(t, &a, 2), "a lower limit (after a reload) refuses too");
-	CHECK(evfdd_srclimit_take(t, &a, 4), "a higher limit takes one more");
-	CHECK(evfdd_srclimit_sources(t) == 1, "one source: %zu", evfdd_srclimit_sources(t));
+		TU_CHECK(evfdd_srclimit_take(t, &a, 3), "take %d", i);
+	TU_CHECK(!evfdd_srclimit_take(t, &a, 3), "a 4th over the limit");
+	TU_CHECK(!evfdd_srclimit_take(t, &a, 2), "a lower limit (after a reload) refuses too");
+	TU_CHECK(evfdd_srclimit_take(t, &a, 4), "a higher limit takes one more");
+	TU_CHECK(evfdd_srclimit_sources(t) == 1, "one source: %zu", evfdd_srclimit_sources(t));
 	/* another key, and the same bytes under another family tag, are other sources */
-	CHECK(evfdd_srclimit_take(t, &b, 1) && !evfdd_srclimit_take(t, &b, 1), "b");
-	CHECK(evfdd_srclimit_take(t, &a6, 1), "a6");
-	CHECK(evfdd_srclimit_sources(t) == 3, "three sources: %zu", evfdd_srclimit_sources(t));
+	TU_CHECK(evfdd_srclimit_take(t, &b, 1) && !evfdd_srclimit_take(t, &b, 1), "b");
+	TU_CHECK(evfdd_srclimit_take(t, &a6, 1), "a6");
+	TU_CHECK(evfdd_srclimit_sources(t) == 3, "three sources: %zu", evfdd_srclimit_sources(t));
 	evfdd_srclimit_give(t, &a);
-	CHECK(evfdd_srclimit_take(t, &a, 4) && !evfdd_srclimit_take(t, &a, 4), "given back, taken again");
+	TU_CHECK(evfdd_srclimit_take(t, &a, 4) && !evfdd_srclimit_take(t, &a, 4), "given back, taken again");
 	for (int i = 0; i < 4; i++)
 		evfdd_srclimit_give(t, &a);
 	evfdd_srclimit_give(t, &b);
-	CHECK(evfdd_srclimit_sources(t) == 1, "a and b freed at zero: %zu", evfdd_srclimit_sources(t));
+	TU_CHECK(evfdd_srclimit_sources(t) == 1, "a and b freed at zero: %zu", evfdd_srclimit_sources(t));
 	/* a key with no count is ignored, and does not disturb another */
 	evfdd_srclimit_give(t, &a);
 	evfdd_srclimit_give(t, &b);
-	CHECK(evfdd_srclimit_sources(t) == 1, "%zu", evfdd_srclimit_sources(t));
-	CHECK(evfdd_srclimit_take(t, &a, 1) && !evfdd_srclimit_take(t, &a, 1), "a from zero again");
+	TU_CHECK(evfdd_srclimit_sources(t) == 1, "%zu", evfdd_srclimit_sources(t));
+	TU_CHECK(evfdd_srclimit_take(t, &a, 1) && !evfdd_srclimit_take(t, &a, 1), "a from zero again");
 	/* 0: no limit, but counted */
 	for (int i = 0; i < 1000; i++)
-		CHECK(evfdd_srclimit_take(t, &b, 0), "no limit %d", i);
-	CHECK(!evfdd_srclimit_take(t, &b, 1000), "counted while unlimited");
-	CHECK(evfdd_srclimit_take(t, &b, 1001), "1001");
+		TU_CHECK(evfdd_srclimit_take(t, &b, 0), "no limit %d", i);
+	TU_CHECK(!evfdd_srclimit_take(t, &b, 1000), "counted while unlimited");
+	TU_CHECK(evfdd_srclimit_take(t, &b, 1001), "1001");
 	evfdd_srclimit_free(t);   /* with entries left: freed (ASan's leak check) */
 	evfdd_srclimit_free(NULL);
 	printf("ok limits\n");
@@ -85,34 +76,34 @@ static void test_many(void)
 	struct evfdd_srclimit *t = evfdd_srclimit_new();
 	unsigned long n = scaled(100000, 5000);
 
-	CHECK(t, "new");
+	TU_CHECK(t, "new");
 	for (unsigned long i = 0; i < n; i++) {
 		struct evfdd_source_key k = key(6, i * 0x10000);
 
-		CHECK(evfdd_srclimit_take(t, &k, 2), "take %lu", i);
-		CHECK(evfdd_srclimit_take(t, &k, 2), "take %lu again", i);
+		TU_CHECK(evfdd_srclimit_take(t, &k, 2), "take %lu", i);
+		TU_CHECK(evfdd_srclimit_take(t, &k, 2), "take %lu again", i);
 	}
-	CHECK(evfdd_srclimit_sources(t) == n, "%zu sources, want %lu", evfdd_srclimit_sources(t), n);
+	TU_CHECK(evfdd_srclimit_sources(t) == n, "%zu sources, want %lu", evfdd_srclimit_sources(t), n);
 	for (unsigned long i = 0; i < n; i++) {
 		struct evfdd_source_key k = key(6, i * 0x10000);
 
-		CHECK(!evfdd_srclimit_take(t, &k, 2), "over the limit %lu", i);
+		TU_CHECK(!evfdd_srclimit_take(t, &k, 2), "over the limit %lu", i);
 		evfdd_srclimit_give(t, &k);
 	}
-	CHECK(evfdd_srclimit_sources(t) == n, "one left each: %zu", evfdd_srclimit_sources(t));
+	TU_CHECK(evfdd_srclimit_sources(t) == n, "one left each: %zu", evfdd_srclimit_sources(t));
 	for (unsigned long i = 0; i < n; i++) {
 		struct evfdd_source_key k = key(6, i * 0x10000);
 
 		evfdd_srclimit_give(t, &k);
 	}
-	CHECK(evfdd_srclimit_sources(t) == 0, "all gone: %zu", evfdd_srclimit_sources(t));
+	TU_CHECK(evfdd_srclimit_sources(t) == 0, "all gone: %zu", evfdd_srclimit_sources(t));
 	/* after shrinking, the table still works */
 	for (unsigned long i = 0; i < 100; i++) {
 		struct evfdd_source_key k = key(4, i);
 
-		CHECK(evfdd_srclimit_take(t, &k, 1) && !evfdd_srclimit_take(t, &k, 1), "%lu", i);
+		TU_CHECK(evfdd_srclimit_take(t, &k, 1) && !evfdd_srclimit_take(t, &k, 1), "%lu", i);
 	}
-	CHECK(evfdd_srclimit_sources(t) == 100, "%zu", evfdd_srclimit_sources(t));
+	TU_CHECK(evfdd_srclimit_sources(t) == 100, "%zu", evfdd_srclimit_sources(t));
 	evfdd_srclimit_free(t);
 	printf("ok %lu sources\n", n);
 }
@@ -127,7 +118,7 @@ static struct evfdd_sockaddr sockaddr(const char *ip, uint16_t port)
 		a.u.in.sin_port = htons(port);
 		a.len = sizeof(a.u.in);
 	} else {
-		CHECK(inet_pton(AF_INET6, ip, &a.u.in6.sin6_addr) == 1, "%s", ip);
+		TU_CHECK(inet_pton(AF_INET6, ip, &a.u.in6.sin6_addr) == 1, "%s", ip);
 		a.u.in6.sin6_family = AF_INET6;
 		a.u.in6.sin6_port = htons(port);
 		a.len = sizeof(a.u.in6);
@@ -145,22 +136,22 @@ static void test_addr_keys(void)
 	struct evfdd_srclimit *t = evfdd_srclimit_new();
 	struct evfdd_source_key k1, k2;
 
-	CHECK(t, "new");
+	TU_CHECK(t, "new");
 	for (size_t i = 0; i < sizeof(same) / sizeof(same[0]); i++) {
 		struct evfdd_sockaddr a = sockaddr(same[i][0], 1000), b = sockaddr(same[i][1], 2000);
 
-		CHECK(evfdd_addr_source_key(&a, &k1) && evfdd_addr_source_key(&b, &k2), "%s", same[i][0]);
-		CHECK(evfdd_srclimit_take(t, &k1, 2) && evfdd_srclimit_take(t, &k2, 2), "%s", same[i][0]);
-		CHECK(!evfdd_srclimit_take(t, &k1, 2) && !evfdd_srclimit_take(t, &k2, 2), "%s and %s are one source",
-		      same[i][0], same[i][1]);
+		TU_CHECK(evfdd_addr_source_key(&a, &k1) && evfdd_addr_source_key(&b, &k2), "%s", same[i][0]);
+		TU_CHECK(evfdd_srclimit_take(t, &k1, 2) && evfdd_srclimit_take(t, &k2, 2), "%s", same[i][0]);
+		TU_CHECK(!evfdd_srclimit_take(t, &k1, 2) && !evfdd_srclimit_take(t, &k2, 2), "%s and %s are one source",
+		         same[i][0], same[i][1]);
 	}
 	{
 		struct evfdd_sockaddr a = sockaddr("2001:db8:1:3::1", 1), b = sockaddr("192.0.2.8", 1);
 
-		CHECK(evfdd_addr_source_key(&a, &k1) && evfdd_srclimit_take(t, &k1, 1), "another /64");
-		CHECK(evfdd_addr_source_key(&b, &k2) && evfdd_srclimit_take(t, &k2, 1), "another IPv4 address");
+		TU_CHECK(evfdd_addr_source_key(&a, &k1) && evfdd_srclimit_take(t, &k1, 1), "another /64");
+		TU_CHECK(evfdd_addr_source_key(&b, &k2) && evfdd_srclimit_take(t, &k2, 1), "another IPv4 address");
 	}
-	CHECK(evfdd_srclimit_sources(t) == 4, "%zu", evfdd_srclimit_sources(t));
+	TU_CHECK(evfdd_srclimit_sources(t) == 4, "%zu", evfdd_srclimit_sources(t));
 	evfdd_srclimit_free(t);
 	printf("ok source keys from addresses\n");
 }
@@ -196,7 +187,7 @@ static void *hammer(void *arg)
 			if (evfdd_srclimit_take(shared, &k, MAX)) {
 				int h = atomic_fetch_add(&holders[kx], 1) + 1;
 
-				CHECK(h <= MAX, "key %d held %d times, limit %d", kx, h, MAX);
+				TU_CHECK(h <= MAX, "key %d held %d times, limit %d", kx, h, MAX);
 				held[nheld++] = kx;
 			} else {
 				refused++;
@@ -218,19 +209,19 @@ static void test_threads(void)
 	pthread_t th[THREADS];
 
 	shared = evfdd_srclimit_new();
-	CHECK(shared, "new");
+	TU_CHECK(shared, "new");
 	for (long i = 0; i < THREADS; i++)
-		CHECK(pthread_create(&th[i], NULL, hammer, (void *)(intptr_t)i) == 0, "pthread_create");
+		TU_CHECK(pthread_create(&th[i], NULL, hammer, (void *)(intptr_t)i) == 0, "pthread_create");
 	for (int i = 0; i < THREADS; i++)
 		pthread_join(th[i], NULL);
-	CHECK(evfdd_srclimit_sources(shared) == 0, "%zu sources left", evfdd_srclimit_sources(shared));
-	CHECK(atomic_load(&refused_total) > 0, "the limit was never reached: the test tests nothing");
+	TU_CHECK(evfdd_srclimit_sources(shared) == 0, "%zu sources left", evfdd_srclimit_sources(shared));
+	TU_CHECK(atomic_load(&refused_total) > 0, "the limit was never reached: the test tests nothing");
 	for (int i = 0; i < KEYS; i++) {
 		struct evfdd_source_key k = key(4, (uint64_t)i);
 
-		CHECK(atomic_load(&holders[i]) == 0, "holders[%d]", i);
+		TU_CHECK(atomic_load(&holders[i]) == 0, "holders[%d]", i);
 		for (int j = 0; j < MAX; j++)
-			CHECK(evfdd_srclimit_take(shared, &k, MAX), "key %d: count leaked", i);
+			TU_CHECK(evfdd_srclimit_take(shared, &k, MAX), "key %d: count leaked", i);
 	}
 	evfdd_srclimit_free(shared);
 	printf("ok %d threads, %lu refused\n", THREADS, atomic_load(&refused_total));

@@ -21,16 +21,7 @@
 #include <string.h>
 #include "../daemon/sni.h"
 #include "../daemon/tlshello.h"
-
-#define CHECK(cond, ...)                                                                                 \
-	do {                                                                                             \
-		if (!(cond)) {                                                                           \
-			fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                  \
-			fprintf(stderr, __VA_ARGS__);                                                    \
-			fputc('\n', stderr);                                                             \
-			exit(1);                                                                         \
-		}                                                                                        \
-	} while (0)
+#include "testutil.h"
 
 #define MAXBUF 70000
 
@@ -42,7 +33,7 @@ static int parse_exact(const unsigned char *b, size_t len, size_t limit, char *n
 	unsigned char *copy = malloc(len ? len : 1);
 	int rc;
 
-	CHECK(copy, "malloc");
+	TU_CHECK(copy, "malloc");
 	memcpy(copy, b, len);
 	rc = evfdd_tls_hello_sni(copy, len, limit, name, 256);
 	free(copy);
@@ -59,10 +50,10 @@ static void check_prefixes(const unsigned char *b, size_t len, int full, const c
 		int rc = parse_exact(b, p, EVFDD_TLS_HELLO_MAX, name);
 
 		if (full > 0)	/* complete from its last record on, whatever follows */
-			CHECK(rc == (p < (size_t)full ? 0 : full), "%s: prefix %zu of %zu: %d", what, p, len, rc);
+			TU_CHECK(rc == (p < (size_t)full ? 0 : full), "%s: prefix %zu of %zu: %d", what, p, len, rc);
 		else
-			CHECK(rc == 0 || rc == full, "%s: prefix %zu: %d, whole %d", what, p, rc, full);
-		CHECK(rc > 0 || name[0] == '\0', "%s: prefix %zu: name \"%s\"", what, p, name);
+			TU_CHECK(rc == 0 || rc == full, "%s: prefix %zu: %d, whole %d", what, p, rc, full);
+		TU_CHECK(rc > 0 || name[0] == '\0', "%s: prefix %zu: name \"%s\"", what, p, name);
 	}
 }
 
@@ -74,9 +65,9 @@ static size_t read_file(const char *file, unsigned char *b, size_t cap)
 
 	snprintf(path, sizeof(path), "%s/%s", corpus, file);
 	f = fopen(path, "rb");
-	CHECK(f, "%s: %s", path, strerror(errno));
+	TU_CHECK(f, "%s: %s", path, strerror(errno));
 	n = fread(b, 1, cap, f);
-	CHECK(!ferror(f) && n < cap, "%s: read", path);
+	TU_CHECK(!ferror(f) && n < cap, "%s: read", path);
 	fclose(f);
 	return n;
 }
@@ -89,7 +80,7 @@ static size_t unframe(const unsigned char *b, size_t len, unsigned char *hs)
 	for (size_t i = 0; i < len;) {
 		size_t rl = (size_t)b[i + 3] << 8 | b[i + 4];
 
-		CHECK(b[i] == 22 && i + 5 + rl <= len, "fixture framing at %zu", i);
+		TU_CHECK(b[i] == 22 && i + 5 + rl <= len, "fixture framing at %zu", i);
 		memcpy(hs + n, b + i + 5, rl);
 		n += rl;
 		i += 5 + rl;
@@ -140,23 +131,23 @@ static void test_fixture(const struct fixture *fx)
 	int rc;
 
 	rc = parse_exact(b, len, EVFDD_TLS_HELLO_MAX, name);
-	CHECK(rc == (int)len && strcmp(name, fx->name) == 0, "%s: %d \"%s\", want %zu \"%s\"", fx->file, rc, name,
-	      len, fx->name);
+	TU_CHECK(rc == (int)len && strcmp(name, fx->name) == 0, "%s: %d \"%s\", want %zu \"%s\"", fx->file, rc, name,
+	         len, fx->name);
 	check_prefixes(b, len, rc, fx->file);
 
 	/* the client's next bytes after the hello are not the parser's: a ChangeCipherSpec, early data, junk */
 	memcpy(b + len, "\x14\x03\x03\x00\x01\x01\x17\x03\x03\x00\x02hi", 13);
-	CHECK(evfdd_tls_hello_sni(b, len + 13, EVFDD_TLS_HELLO_MAX, name, sizeof(name)) == (int)len &&
-	      strcmp(name, fx->name) == 0, "%s: with data after it", fx->file);
+	TU_CHECK(evfdd_tls_hello_sni(b, len + 13, EVFDD_TLS_HELLO_MAX, name, sizeof(name)) == (int)len &&
+	         strcmp(name, fx->name) == 0, "%s: with data after it", fx->file);
 	memset(b + len, 0xff, 100);
-	CHECK(evfdd_tls_hello_sni(b, len + 100, EVFDD_TLS_HELLO_MAX, name, sizeof(name)) == (int)len,
-	      "%s: with junk after it", fx->file);
+	TU_CHECK(evfdd_tls_hello_sni(b, len + 100, EVFDD_TLS_HELLO_MAX, name, sizeof(name)) == (int)len,
+	         "%s: with junk after it", fx->file);
 
 	/* the limit counts the records' bytes */
-	CHECK(parse_exact(b, len, len, name) == (int)len, "%s: limit = its length", fx->file);
-	CHECK(parse_exact(b, len, len - 1, name) == -EMSGSIZE, "%s: limit one below", fx->file);
-	CHECK(parse_exact(b, len, 40000, name) == (int)len, "%s: limit above the maximum", fx->file);
-	CHECK(evfdd_tls_hello_sni(b, len, EVFDD_TLS_HELLO_MAX, name, 255) == -EINVAL, "%s: cap 255", fx->file);
+	TU_CHECK(parse_exact(b, len, len, name) == (int)len, "%s: limit = its length", fx->file);
+	TU_CHECK(parse_exact(b, len, len - 1, name) == -EMSGSIZE, "%s: limit one below", fx->file);
+	TU_CHECK(parse_exact(b, len, 40000, name) == (int)len, "%s: limit above the maximum", fx->file);
+	TU_CHECK(evfdd_tls_hello_sni(b, len, EVFDD_TLS_HELLO_MAX, name, 255) == -EINVAL, "%s: cap 255", fx->file);
 
 	/* the same handshake message in other records: 100 bytes (spec), 1 byte (the handshake header itself
 	 * spans four records), 7, and one big one */
@@ -165,15 +156,15 @@ static void test_fixture(const struct fixture *fx)
 		rlen = frame(hs, n, sizes[s], 1, re);
 		rc = parse_exact(re, rlen, EVFDD_TLS_HELLO_MAX, name);
 		if (rlen > EVFDD_TLS_HELLO_MAX) {
-			CHECK(rc == -EMSGSIZE, "%s in %zu-byte records (%zu bytes): %d", fx->file, sizes[s], rlen, rc);
+			TU_CHECK(rc == -EMSGSIZE, "%s in %zu-byte records (%zu bytes): %d", fx->file, sizes[s], rlen, rc);
 			continue;
 		}
-		CHECK(rc == (int)rlen && strcmp(name, fx->name) == 0, "%s in %zu-byte records: %d \"%s\"", fx->file,
-		      sizes[s], rc, name);
+		TU_CHECK(rc == (int)rlen && strcmp(name, fx->name) == 0, "%s in %zu-byte records: %d \"%s\"", fx->file,
+		         sizes[s], rc, name);
 		if (sizes[s] == 100 || sizes[s] == 7)
 			check_prefixes(re, rlen, rc, fx->file);
-		CHECK(parse_exact(re, rlen, rlen - 1, name) == -EMSGSIZE, "%s in %zu-byte records: limit", fx->file,
-		      sizes[s]);
+		TU_CHECK(parse_exact(re, rlen, rlen - 1, name) == -EMSGSIZE, "%s in %zu-byte records: limit", fx->file,
+		         sizes[s]);
 	}
 	printf("ok - %s: \"%s\", %zu bytes, every prefix, re-framed in 100/7/1-byte records\n", fx->file,
 	       fx->name, len);
@@ -188,7 +179,7 @@ struct msg {
 
 static void put(struct msg *m, const void *p, size_t n)
 {
-	CHECK(m->n + n <= sizeof(m->b), "builder overflow");
+	TU_CHECK(m->n + n <= sizeof(m->b), "builder overflow");
 	memcpy(m->b + m->n, p, n);
 	m->n += n;
 }
@@ -265,8 +256,8 @@ static void expect_at(int line, const struct msg *hs, size_t size, int want, con
 
 	if (want == 1)
 		want = (int)rlen;
-	CHECK(rc == want, "line %d: %d, want %d", line, rc, want);
-	CHECK(strcmp(got, want > 0 ? name : "") == 0, "line %d: name \"%s\"", line, got);
+	TU_CHECK(rc == want, "line %d: %d, want %d", line, rc, want);
+	TU_CHECK(strcmp(got, want > 0 ? name : "") == 0, "line %d: name \"%s\"", line, got);
 	check_prefixes(re, rlen, rc, "built");
 }
 #define expect(hs, size, want, name) expect_at(__LINE__, hs, size, want, name)
@@ -471,7 +462,7 @@ static void expect_early(const unsigned char *b, size_t len, size_t at, size_t l
 	for (size_t p = 0; p <= len; p++) {
 		int rc = parse_exact(b, p, limit, name);
 
-		CHECK(rc == (p < at ? 0 : want), "%s: at %zu bytes: %d", what, p, rc);
+		TU_CHECK(rc == (p < at ? 0 : want), "%s: at %zu bytes: %d", what, p, rc);
 	}
 }
 
@@ -488,7 +479,7 @@ static void test_records(void)
 	/* record versions 3.0-3.4 are all fine, 3.5 and 2.x are not */
 	for (unsigned minor = 0; minor <= 4; minor++) {
 		rlen = frame(h.b, h.n, 16384, minor, re);
-		CHECK(parse_exact(re, rlen, EVFDD_TLS_HELLO_MAX, name) == (int)rlen, "record version 3.%u", minor);
+		TU_CHECK(parse_exact(re, rlen, EVFDD_TLS_HELLO_MAX, name) == (int)rlen, "record version 3.%u", minor);
 	}
 	rlen = frame(h.b, h.n, 16384, 5, re);
 	expect_early(re, rlen, 3, EVFDD_TLS_HELLO_MAX, -EBADMSG, "record version 3.5");
@@ -510,7 +501,7 @@ static void test_records(void)
 	expect_early(re, 6, 5, EVFDD_TLS_HELLO_MAX, -EBADMSG, "record of 16385");
 	rlen = frame(h.b, h.n, 50, 1, re);
 	re[4]++;					/* the first record takes one byte of the second's header */
-	CHECK(parse_exact(re, rlen, EVFDD_TLS_HELLO_MAX, name) == -EBADMSG, "overlapping records");
+	TU_CHECK(parse_exact(re, rlen, EVFDD_TLS_HELLO_MAX, name) == -EBADMSG, "overlapping records");
 	put(&h, "\x01\x00\x00\x00", 4);			/* a second handshake message in the hello's record */
 	rlen = frame(h.b, h.n, 16384, 1, re);
 	expect_early(re, rlen, 9, EVFDD_TLS_HELLO_MAX, -EBADMSG, "record longer than the message");
@@ -522,7 +513,7 @@ static void test_records(void)
 		     "SSLv2 hello");
 	expect_early((const unsigned char *)"\x15\x03\x03\x00\x02\x02\x28", 7, 1, EVFDD_TLS_HELLO_MAX, -EBADMSG,
 		     "alert");
-	CHECK(evfdd_tls_hello_sni(NULL, 0, EVFDD_TLS_HELLO_MAX, name, sizeof(name)) == 0, "nothing yet");
+	TU_CHECK(evfdd_tls_hello_sni(NULL, 0, EVFDD_TLS_HELLO_MAX, name, sizeof(name)) == 0, "nothing yet");
 	printf("ok - records: versions, types inside, lengths 0/16385/overlapping, junk decided on byte 1\n");
 }
 
@@ -551,13 +542,13 @@ static void test_limits(void)
 		put_ext(&e, 21, big, sizeof(big));
 	hello(&h, &e, 0x0303);
 	rlen = frame(h.b, h.n, 100, 1, re);
-	CHECK(parse_exact(re, rlen, EVFDD_TLS_HELLO_MAX, name) == (int)rlen && strcmp(name, "big.example") == 0,
-	      "2 KB hello");
+	TU_CHECK(parse_exact(re, rlen, EVFDD_TLS_HELLO_MAX, name) == (int)rlen && strcmp(name, "big.example") == 0,
+	         "2 KB hello");
 	expect_early(re, rlen, 9, 1024, -EMSGSIZE, "2 KB hello, limit 1 KiB");
-	CHECK(parse_exact(re, rlen, rlen, name) == (int)rlen, "limit exactly its size");
+	TU_CHECK(parse_exact(re, rlen, rlen, name) == (int)rlen, "limit exactly its size");
 	/* the lower bound counts headers of full records: with this one's 100-byte records, the sum goes over
 	 * only at the last record's header */
-	CHECK(parse_exact(re, rlen, rlen - 1, name) == -EMSGSIZE, "limit one below");
+	TU_CHECK(parse_exact(re, rlen, rlen - 1, name) == -EMSGSIZE, "limit one below");
 	printf("ok - limits: decided on the handshake header or on the record header that goes past\n");
 }
 
@@ -571,7 +562,7 @@ static void test_corpus(void)
 	char name[256];
 	int files = 0;
 
-	CHECK(d, "%s: %s", corpus, strerror(errno));
+	TU_CHECK(d, "%s: %s", corpus, strerror(errno));
 	while ((de = readdir(d))) {
 		const char *f = de->d_name;
 		size_t len;
@@ -582,22 +573,22 @@ static void test_corpus(void)
 		len = read_file(f, b, sizeof(b));
 		rc = parse_exact(b, len, EVFDD_TLS_HELLO_MAX, name);
 		if (!strncmp(f, "bad-", 4) || !strncmp(f, "junk-", 5))
-			CHECK(rc == -EBADMSG, "%s: %d", f, rc);
+			TU_CHECK(rc == -EBADMSG, "%s: %d", f, rc);
 		else if (!strncmp(f, "trunc-", 6) || !strcmp(f, "empty.bin"))
-			CHECK(rc == 0, "%s: %d", f, rc);
+			TU_CHECK(rc == 0, "%s: %d", f, rc);
 		else if (!strncmp(f, "big-", 4))
-			CHECK(rc == -EMSGSIZE, "%s: %d", f, rc);
+			TU_CHECK(rc == -EMSGSIZE, "%s: %d", f, rc);
 		else if (!strncmp(f, "trailing-", 9))
-			CHECK(rc > 0 && (size_t)rc < len, "%s: %d", f, rc);
+			TU_CHECK(rc > 0 && (size_t)rc < len, "%s: %d", f, rc);
 		else if (!strncmp(f, "ok-", 3) || !strncmp(f, "openssl-", 8) || !strncmp(f, "python-", 7) ||
 			 !strncmp(f, "reframed-", 9))
-			CHECK(rc == (int)len, "%s: %d of %zu", f, rc, len);
+			TU_CHECK(rc == (int)len, "%s: %d of %zu", f, rc, len);
 		/* anything else (an input the fuzzer found, by its hash) only has to be consistent */
 		check_prefixes(b, len, rc, f);
 		files++;
 	}
 	closedir(d);
-	CHECK(files >= 20, "only %d files in %s", files, corpus);
+	TU_CHECK(files >= 20, "only %d files in %s", files, corpus);
 	printf("ok - corpus: %d files as their names say\n", files);
 }
 
@@ -607,8 +598,8 @@ static void expect_name_error(const char *name, const char *want)
 {
 	char err[512] = "";
 
-	CHECK(evfdd_sni_name_check(name, err, sizeof(err)) == -EINVAL, "\"%s\" accepted", name);
-	CHECK(strcmp(err, want) == 0, "\"%s\": \"%s\"\n  want \"%s\"", name, err, want);
+	TU_CHECK(evfdd_sni_name_check(name, err, sizeof(err)) == -EINVAL, "\"%s\" accepted", name);
+	TU_CHECK(strcmp(err, want) == 0, "\"%s\": \"%s\"\n  want \"%s\"", name, err, want);
 }
 
 static void test_sni_names(void)
@@ -618,7 +609,7 @@ static void test_sni_names(void)
 	char label64[80], long_name[300];
 
 	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
-		CHECK(evfdd_sni_name_check(good[i], NULL, 0) == 0, "%s", good[i]);
+		TU_CHECK(evfdd_sni_name_check(good[i], NULL, 0) == 0, "%s", good[i]);
 	expect_name_error("", "an empty server name; write a name such as www.example.com or *.example.com");
 	expect_name_error("*", "\"*\" alone is not a route; use sni_default for every other name");
 	expect_name_error("*.", "\"*.\": a wildcard is \"*.\" followed by a name, as in *.example.com");
@@ -640,18 +631,18 @@ static void test_sni_names(void)
 	expect_name_error("a\nb", "a server name has only a-z, 0-9, '-', '_' and dots, not byte 0x0a");
 	memset(label64, 'l', 64);
 	strcpy(label64 + 64, ".example");
-	CHECK(evfdd_sni_name_check(label64, NULL, 0) == -EINVAL, "64-byte label");
+	TU_CHECK(evfdd_sni_name_check(label64, NULL, 0) == -EINVAL, "64-byte label");
 	strcpy(label64 + 63, ".example");
-	CHECK(evfdd_sni_name_check(label64, NULL, 0) == 0, "63-byte label");
+	TU_CHECK(evfdd_sni_name_check(label64, NULL, 0) == 0, "63-byte label");
 	memset(long_name, 'a', sizeof(long_name));
 	for (int i = 50; i < 300; i += 50)
 		long_name[i] = '.';
 	long_name[255] = '\0';
-	CHECK(evfdd_sni_name_check(long_name, NULL, 0) == 0, "255 bytes");
+	TU_CHECK(evfdd_sni_name_check(long_name, NULL, 0) == 0, "255 bytes");
 	long_name[255] = 'a';
 	long_name[256] = '\0';
-	CHECK(evfdd_sni_name_check(long_name, NULL, 0) == -EINVAL, "256 bytes");
-	CHECK(evfdd_sni_name_check(NULL, NULL, 0) == -EINVAL, "NULL");
+	TU_CHECK(evfdd_sni_name_check(long_name, NULL, 0) == -EINVAL, "256 bytes");
+	TU_CHECK(evfdd_sni_name_check(NULL, NULL, 0) == -EINVAL, "NULL");
 	printf("ok - sni_route names: exact and wildcard, every error's message\n");
 }
 
@@ -661,20 +652,20 @@ static void test_sni_match(void)
 					      "*.c.example.com", "*.b.example.com", NULL, "other.org" };
 	const size_t n = sizeof(routes) / sizeof(routes[0]);
 
-	CHECK(evfdd_sni_match(routes, n, "a.example.com") == 1, "exact over wildcard");
-	CHECK(evfdd_sni_match(routes, n, "example.com") == 3, "exact, wildcard does not cover its own base");
-	CHECK(evfdd_sni_match(routes, n, "x.example.com") == 0, "wildcard");
-	CHECK(evfdd_sni_match(routes, n, "x.y.z.example.com") == 0, "wildcard at any depth");
-	CHECK(evfdd_sni_match(routes, n, "x.b.example.com") == 2, "longest suffix, first of equals");
-	CHECK(evfdd_sni_match(routes, n, "b.example.com") == 0, "*.b.example.com does not cover b.example.com");
-	CHECK(evfdd_sni_match(routes, n, "y.x.c.example.com") == 4, "longest suffix, deep");
-	CHECK(evfdd_sni_match(routes, n, "xexample.com") == -1, "suffix at a label boundary only");
-	CHECK(evfdd_sni_match(routes, n, "other.org") == 7, "after a NULL entry");
-	CHECK(evfdd_sni_match(routes, n, "example.org") == -1, "none");
-	CHECK(evfdd_sni_match(routes, n, "") == -1, "no name");
-	CHECK(evfdd_sni_match(routes, n, NULL) == -1, "NULL name");
-	CHECK(evfdd_sni_match(routes, 0, "a.example.com") == -1, "no routes");
-	CHECK(evfdd_sni_match(routes + 3, 1, "a.example.com") == -1, "exact only");
+	TU_CHECK(evfdd_sni_match(routes, n, "a.example.com") == 1, "exact over wildcard");
+	TU_CHECK(evfdd_sni_match(routes, n, "example.com") == 3, "exact, wildcard does not cover its own base");
+	TU_CHECK(evfdd_sni_match(routes, n, "x.example.com") == 0, "wildcard");
+	TU_CHECK(evfdd_sni_match(routes, n, "x.y.z.example.com") == 0, "wildcard at any depth");
+	TU_CHECK(evfdd_sni_match(routes, n, "x.b.example.com") == 2, "longest suffix, first of equals");
+	TU_CHECK(evfdd_sni_match(routes, n, "b.example.com") == 0, "*.b.example.com does not cover b.example.com");
+	TU_CHECK(evfdd_sni_match(routes, n, "y.x.c.example.com") == 4, "longest suffix, deep");
+	TU_CHECK(evfdd_sni_match(routes, n, "xexample.com") == -1, "suffix at a label boundary only");
+	TU_CHECK(evfdd_sni_match(routes, n, "other.org") == 7, "after a NULL entry");
+	TU_CHECK(evfdd_sni_match(routes, n, "example.org") == -1, "none");
+	TU_CHECK(evfdd_sni_match(routes, n, "") == -1, "no name");
+	TU_CHECK(evfdd_sni_match(routes, n, NULL) == -1, "NULL name");
+	TU_CHECK(evfdd_sni_match(routes, 0, "a.example.com") == -1, "no routes");
+	TU_CHECK(evfdd_sni_match(routes + 3, 1, "a.example.com") == -1, "exact only");
 	printf("ok - sni_route matching: exact first, then the longest wildcard suffix\n");
 }
 

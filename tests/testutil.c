@@ -13,16 +13,18 @@
 #include <unistd.h>
 #include "testutil.h"
 
+int tu_fail_fd = STDERR_FILENO;
+
 void tu_fail(const char *file, int line, const char *cond, const char *fmt, ...)
 {
 	va_list ap;
 
-	fprintf(stderr, "FAIL %s:%d: %s: ", file, line, cond);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
 	fflush(NULL);
+	dprintf(tu_fail_fd, "FAIL %s:%d: %s: ", file, line, cond);
+	va_start(ap, fmt);
+	vdprintf(tu_fail_fd, fmt, ap);
+	va_end(ap);
+	dprintf(tu_fail_fd, "\n");
 	_exit(1);
 }
 

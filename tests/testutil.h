@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* Helpers shared by libevfd's tests: failing loudly, skipping honestly, waiting with a deadline, running a
+/* Helpers shared by the C tests (libevfd's and the daemon's): failing loudly, skipping honestly, waiting with a deadline, running a
  * function on a loop's thread and waiting for it. */
 #ifndef EVFD_TESTUTIL_H
 #define EVFD_TESTUTIL_H
@@ -12,7 +12,8 @@
 
 #define TU_SKIP 77
 
-/* Fail the whole test process at once, from any thread, naming the place. */
+/* Fail the whole test process at once, from any thread, naming the place: on tu_fail_fd (standard error
+ * unless a test that redirects it saves a copy there). */
 #define TU_CHECK(cond, ...)                                                              \
 	do {                                                                             \
 		if (!(cond))                                                             \
@@ -21,6 +22,7 @@
 
 __attribute__((noreturn, format(printf, 4, 5)))
 void tu_fail(const char *file, int line, const char *cond, const char *fmt, ...);
+extern int tu_fail_fd;
 
 /* Exit 77 with the reason when this machine cannot run io_uring at all (no kernel support, disabled by
  * sysctl, blocked by seccomp): the only case in which these tests may skip. */
