@@ -651,13 +651,14 @@ static int metrics_open(struct daemon *d)
  * describes the configuration in force (a failed one would keep an alert firing). */
 static void carry_last_reload(struct daemon *d, uint32_t kind)
 {
+	const struct evfdd_config *cfg = d->plane.cfg;
 	struct evfdd_reload_result r = { .ok = true };
 	char *summary = NULL;
 
 	if (asprintf(&summary, "%s %llu: the new image read %s: %u service%s, %u worker%s, %u ring%s",
-		     kind == EVFDD_CARRY_RESTART ? "restart" : "upgrade", (unsigned long long)d->upgrades,
-		     d->plane.cfg->source, d->plane.nsvcs, d->plane.nsvcs == 1 ? "" : "s", d->plane.cfg->workers,
-		     d->plane.cfg->workers == 1 ? "" : "s", d->plane.cfg->rings, d->plane.cfg->rings == 1 ? "" : "s") < 0) {
+		     kind == EVFDD_CARRY_RESTART ? "restart" : "upgrade", (unsigned long long)d->upgrades, cfg->source,
+		     d->plane.nsvcs, d->plane.nsvcs == 1 ? "" : "s", cfg->workers, cfg->workers == 1 ? "" : "s",
+		     cfg->rings, cfg->rings == 1 ? "" : "s") < 0) {
 		log_warnx("out of memory: Status goes on showing the reload before the %s",
 			  kind == EVFDD_CARRY_RESTART ? "restart" : "upgrade");
 		return;

@@ -1349,8 +1349,8 @@ def case_usr2():
     d.stop()
     s.close()
     print("ok SIGUSR2 upgraded 3 times, alternating builds, every stream carried on; the metrics say what Status "
-          "says; after a failed reload, the last reload is the upgrade's reading of the mended file; a socket_mode changed afterwards is not applied to the carried Unix listener, with a warning",
-          flush=True)
+          "says; after a failed reload, the last reload is the upgrade's reading of the mended file; a "
+          "socket_mode changed afterwards is not applied to the carried Unix listener, with a warning", flush=True)
 
 
 def scrape(port, what):

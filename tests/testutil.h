@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* Helpers shared by the C tests (libevfd's and the daemon's): failing loudly, skipping honestly, waiting with a deadline, running a
- * function on a loop's thread and waiting for it. */
+/* Helpers shared by the C tests (libevfd's and the daemon's): failing loudly, skipping honestly, waiting with a
+ * deadline, running a function on a loop's thread and waiting for it. */
 #ifndef EVFD_TESTUTIL_H
 #define EVFD_TESTUTIL_H
 
