@@ -1,10 +1,10 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""The load the end-to-end tests of reloads and upgrades (test-reload.py, test-upgrade.py) put through evfdd,
-and what checks it: long-lived streams with every byte checked against a pattern (Load), a client opening
-and closing connections without pause (Churn), a Python echo backend (Echo), single round trips; what evfdd
-says against what the clients saw (its counters, its loops and rings); and a thread of evfdd frozen with
-ptrace (Frozen). Each test hands its own way of failing to use() first; its
-clients join CLIENTS, which the test's failure stops."""
+"""The load the end-to-end tests of reloads, upgrades and backends (test-reload.py, test-upgrade.py,
+test-backends.py) put through evfdd, and what checks it: long-lived streams with every byte checked against
+a pattern (Load), a client opening and closing connections without pause (Churn), a Python echo backend
+(Echo), single round trips; what evfdd says against what the clients saw (its counters, its loops and
+rings); and a thread of evfdd frozen with ptrace (Frozen). Each test hands its own way of failing to use()
+first; its clients join CLIENTS, which the test's failure stops."""
 import ctypes
 import errno
 import json
@@ -262,13 +262,16 @@ class Load:
 class Churn:
     """Opens and closes connections without pause, each a small half-close round trip, checked. Counts every
     connection it opened (by address) and every failure by kind: a reset, an empty EOF (the reply never
-    came), a short or corrupted reply, another error."""
+    came), a short or corrupted reply, another error. With @tags, each reply is one of those bytes (the
+    backend that answered says who it is) and then the echo; replies are counted by tag too (by_tag)."""
 
-    def __init__(self, addrs, seed=7, stall=10, deadline=30, extra=0):
+    def __init__(self, addrs, seed=7, stall=10, deadline=30, extra=0, tags=None):
         self.addrs = addrs
         self.extra = extra      # payloads are 64 bytes and up to @extra more
         self.stall, self.deadline = stall * SLOW, deadline * SLOW
+        self.tags = tags
         self.ok = 0
+        self.by_tag = {}
         self.opened = {}
         self.failures = []
         self.kinds = {"reset": 0, "eof": 0, "short": 0, "other": 0}
@@ -321,14 +324,18 @@ class Churn:
                     if not d:
                         break
                     got += d
-                if got == payload:
+                want = len(payload) + (1 if self.tags else 0)
+                tag = got[:1] if self.tags and got[:1] in self.tags else b""
+                if got[len(tag):] == payload and (tag or not self.tags):
                     self.ok += 1
+                    if tag:
+                        self.by_tag[tag] = self.by_tag.get(tag, 0) + 1
                 elif not got:
                     self._fail("eof", "via %s: an empty EOF instead of the reply" % (addr,))
                 else:
-                    self._fail("short", "via %s: %d of %d bytes back%s" % (addr, len(got), len(payload),
-                                                                        ", corrupted" if len(got) ==
-                                                                        len(payload) else ""))
+                    self._fail("short", "via %s: %d of %d bytes back%s" % (addr, len(got), want,
+                                                                        ", corrupted" if len(got) == want
+                                                                        else ""))
             except (ConnectionResetError, BrokenPipeError) as e:
                 self._fail("reset", "via %s: %s" % (addr, e))
             except OSError as e:
@@ -342,11 +349,15 @@ class Churn:
                  % (what, len(self.failures), self.ok + len(self.failures), self.kinds, self.failures[0],
                     "\n" + self.diagnosis if self.diagnosis else ""))
 
-    def finish(self, what):
+    def stop(self, what):
+        """Stop, leaving the failures to the caller (a test where some are allowed)."""
         self.stopping = True
         self.thread.join(60 * SLOW)
         if self.thread.is_alive():
             fail("%s: the churn client hung in a round trip" % what)
+
+    def finish(self, what):
+        self.stop(what)
         self.check(what)
         if self.ok == 0:
             fail("%s: the churn client completed no round trip" % what)

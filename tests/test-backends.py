@@ -22,14 +22,14 @@ import threading
 import time
 import traceback
 
+import evfddload
 import evfddtest
-from evfddtest import EVFDCTL, EVFDD, SCALE, DaemonCtl, ThreadedServer, free_port, sanitizer_report, with_control
+from evfddload import SLOW, Churn, check_sanitizers
+from evfddtest import EVFDCTL, EVFDD, SCALE, DaemonCtl, ThreadedServer, free_port, with_control
 
 TMP = tempfile.mkdtemp(prefix="evfdd-backends-")
 # Every evfdd serves a control socket; these get their own directory (make check runs tests in parallel).
 os.environ["RUNTIME_DIRECTORY"] = TMP
-# Sanitizer builds run everything several times slower: waits that only guard against a hang grow with it.
-SLOW = 1 if SCALE == 1 else 3
 DAEMONS = []
 STOPPABLE = []   # client threads and busy processes, stopped when a case fails so the next runs undisturbed
 IP_BIND_ADDRESS_NO_PORT = 24
@@ -41,14 +41,12 @@ def fail(msg):
     for d in DAEMONS:
         if d.proc.poll() is None:
             d.proc.kill()
-    for c in STOPPABLE:
+    for c in STOPPABLE + evfddload.CLIENTS:
         c.abandon()
     sys.exit(1)
 
 
-def check_sanitizers(text, who="evfdd"):
-    if sanitizer_report(text):
-        fail("sanitizer report from %s:\n%s" % (who, text))
+evfddload.use(fail)
 
 
 class Daemon(DaemonCtl):
@@ -421,66 +419,6 @@ class Held:
         self.sock.close()
 
 
-class Churn:
-    """Short connections one after another from a thread of its own, each a request checked in its answer: the
-    backend's tag, the request echoed, a clean end. Counts them by backend, and every failure by kind."""
-
-    def __init__(self, addr, tags, seed):
-        self.addr, self.tags, self.seed = addr, tags, seed
-        self.opened = self.ok = 0
-        self.by_tag = {}
-        self.failures = []
-        self.kinds = {"reset": 0, "eof": 0, "short": 0, "other": 0}
-        self.stopping = False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        STOPPABLE.append(self)
-
-    def abandon(self):
-        self.stopping = True
-
-    def _fail(self, kind, what):
-        self.kinds[kind] += 1
-        self.failures.append(what)
-
-    def _run(self):
-        rnd = random.Random(self.seed)
-        n = 0
-        while not self.stopping:
-            n += 1
-            payload = b"%08d" % n + rnd.randbytes(56)
-            try:
-                s = connect(self.addr, timeout=30)
-            except OSError as e:
-                self._fail("other", "connect: %s" % e)
-                continue
-            self.opened += 1
-            try:
-                s.sendall(payload)
-                s.shutdown(socket.SHUT_WR)
-                got = read_to_end(s)
-                if got[:1] in self.tags and got[1:] == payload:
-                    self.ok += 1
-                    self.by_tag[got[:1]] = self.by_tag.get(got[:1], 0) + 1
-                elif not got:
-                    self._fail("eof", "connection %d: an empty EOF instead of the answer" % n)
-                else:
-                    self._fail("short", "connection %d: %d bytes back instead of %d" % (n, len(got),
-                                                                                      len(payload) + 1))
-            except (ConnectionResetError, BrokenPipeError) as e:
-                self._fail("reset", "connection %d: %s" % (n, e))
-            except OSError as e:
-                self._fail("other", "connection %d: %s" % (n, e))
-            finally:
-                s.close()
-
-    def finish(self, what):
-        self.stopping = True
-        self.thread.join(60 * SLOW)
-        if self.thread.is_alive():
-            fail("%s: a client hung in a round trip" % what)
-
-
 def head(workers=2, rings=4):
     return "[evfdd]\nworkers = %d\nrings = %d\nshutdown_timeout = 5s\n" % (workers, rings)
 
@@ -750,7 +688,7 @@ def case_failure():
     busy = Busy()
     nclients = 2
     try:
-        churns = [Churn(("127.0.0.1", port), {x.tag for x in backs}, seed) for seed in range(nclients)]
+        churns = [Churn([("127.0.0.1", port)], seed=seed, tags={x.tag for x in backs}) for seed in range(nclients)]
 
         def wait_served(tag, more, what):
             start = sum(ch.by_tag.get(tag, 0) for ch in churns)
@@ -800,10 +738,10 @@ def case_failure():
             fail("B after going down and up: %s" % json.dumps(info))
         wait_served(b.tag, 50, "B back")
         for ch in churns:
-            ch.finish("backend killed and restarted")
+            ch.stop("backend killed and restarted")   # the failures B's kill may cause are judged below
     finally:
         busy.stop()
-    opened = sum(ch.opened for ch in churns)
+    opened = sum(sum(ch.opened.values()) for ch in churns)
     ok = sum(ch.ok for ch in churns)
     failures = [f for ch in churns for f in ch.failures]
     bk = d.wait_idle("fo")
@@ -1271,15 +1209,15 @@ def main():
                 if d.proc.poll() is None:
                     d.proc.kill()
                     d.proc.wait()
-            for c in STOPPABLE:
+            for c in STOPPABLE + evfddload.CLIENTS:
                 c.abandon()
-            del DAEMONS[:], STOPPABLE[:]
+            del DAEMONS[:], STOPPABLE[:], evfddload.CLIENTS[:]
             print("   (%s: %.1f s)" % (case.__name__, time.monotonic() - t0), flush=True)
     finally:
         for d in DAEMONS:
             if d.proc.poll() is None:
                 d.proc.kill()
-        for c in STOPPABLE:
+        for c in STOPPABLE + evfddload.CLIENTS:
             c.abandon()
         shutil.rmtree(TMP, ignore_errors=True)
     print("   (all: %.1f s)" % (time.monotonic() - t_all), flush=True)
