@@ -1178,7 +1178,8 @@ static void pre_recv_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, 
 	conn_pre_parse(c);
 }
 
-static void pre_timeout_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
+/* A linked timeout (the preamble's deadline, the connect's timeout) is back: what it cut reports for itself. */
+static void link_timeout_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
 {
 	struct conn *c = arg;
 
@@ -1217,7 +1218,7 @@ static void conn_pre_recv(struct conn *c)
 		goto fail;
 	memset(&sqe, 0, sizeof(sqe));
 	io_uring_prep_link_timeout(&sqe, &c->pre_deadline, IORING_TIMEOUT_ABS);
-	if (conn_submit(c, &sqe, pre_timeout_cb, c, NULL) < 0)
+	if (conn_submit(c, &sqe, link_timeout_cb, c, NULL) < 0)
 		goto fail;
 	return;
 fail:
@@ -1379,14 +1380,6 @@ static void connect_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, v
 	}
 	/* Refused, unreachable or timed out (-ECANCELED from the linked timeout). */
 	conn_connect_failed(c, cqe->res == -ECANCELED ? -ETIMEDOUT : cqe->res);
-}
-
-static void link_timeout_cb(struct evfd_ring *ring, const struct io_uring_cqe *cqe, void *arg)
-{
-	struct conn *c = arg;
-
-	conn_op_back(c);
-	conn_settle(c);
 }
 
 /* Connect to address c->addr_k of the backend. May free @c. */
