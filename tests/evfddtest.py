@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""What the evfdd end-to-end tests (test-evfdd.py, test-control.py, test-reload.py) share: where the
-programs are, free ports, backends that serve each connection in a thread, following evfdd's log (waiting
-for a line, spotting a sanitizer report), and asking it through evfdctl (DaemonCtl).
+"""What the evfdd end-to-end tests share: where the programs are, free ports, backends that serve each
+connection in a thread, following evfdd's log (waiting for a line, spotting a sanitizer report), asking it
+through evfdctl (DaemonCtl), and the main loop of a test made of cases (run_cases).
 Each test keeps its own way of failing, which it hands to DaemonLog as `fail`."""
 import json
 import os
@@ -221,3 +221,75 @@ class Busy:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+class Skip(Exception):
+    """A case that cannot run on this machine (raised with the reason, which the case printed)."""
+
+
+def run_cases(cases, after_case, at_end, before=None):
+    """The main loop of a test made of cases: runs those named on the command line (every one when none is;
+    an unknown name exits 2), one after another, after before() (checks of what the test needs). A case fails through SystemExit (its fail() said why) or
+    any other exception (printed here), and is skipped through Skip. After each, after_case() cleans up what
+    the case left (its daemons, its clients) and returns why it failed after all (a sanitizer report in a
+    log), or None; at_end() runs last, whatever happened. Exits 1 naming the failed cases, 77 when every
+    case that ran was skipped; returns when all passed."""
+    import traceback
+    names = sys.argv[1:]
+    unknown = [n for n in names if n not in {c.__name__ for c in cases}]
+    if unknown:
+        print("unknown case %s; cases: %s" % (unknown[0], " ".join(c.__name__ for c in cases)))
+        sys.exit(2)
+    failed, skipped, ran = [], [], 0
+    t_all = time.monotonic()
+    try:
+        if before:
+            before()
+        for case in cases:
+            if names and case.__name__ not in names:
+                continue
+            t0 = time.monotonic()
+            try:
+                case()
+                ran += 1
+            except Skip:
+                skipped.append(case.__name__)
+            except SystemExit:
+                failed.append(case.__name__)
+            except Exception:
+                traceback.print_exc()
+                print("FAIL: %s raised" % case.__name__, flush=True)
+                failed.append(case.__name__)
+            why = after_case()
+            if why and case.__name__ not in failed:
+                print("FAIL: " + why, flush=True)
+                failed.append(case.__name__)
+            print("   (%s: %.1f s)" % (case.__name__, time.monotonic() - t0), flush=True)
+    finally:
+        at_end()
+    print("   (all: %.1f s)" % (time.monotonic() - t_all), flush=True)
+    if failed:
+        print("FAIL: %d cases failed: %s" % (len(failed), " ".join(failed)), flush=True)
+        sys.exit(1)
+    if skipped and not ran:
+        sys.exit(77)
+
+
+def kill_all(procs):
+    """Kill what is still running of @procs (Popen objects, or objects with a .proc) and reap it."""
+    for p in procs:
+        proc = getattr(p, "proc", p)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def end_daemons(daemons):
+    """After a case: kill what still runs of @daemons (DaemonLog objects) and reap it. Returns why the case
+    failed after all, when an evfdd's log holds a sanitizer report (also one killed after a failure), or
+    None."""
+    kill_all(daemons)
+    for d in daemons:
+        if sanitizer_report(d.text()):
+            return "sanitizer report from evfdd:\n" + d.text()
+    return None

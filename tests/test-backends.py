@@ -20,12 +20,12 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 
 import evfddload
 import evfddtest
 from evfddload import SLOW, Churn, check_sanitizers
-from evfddtest import EVFDCTL, EVFDD, SCALE, DaemonCtl, ThreadedServer, free_port, with_control
+from evfddtest import (EVFDCTL, EVFDD, SCALE, DaemonCtl, ThreadedServer, end_daemons, free_port, kill_all, run_cases,
+                       with_control)
 
 TMP = tempfile.mkdtemp(prefix="evfdd-backends-")
 # Every evfdd serves a control socket; these get their own directory (make check runs tests in parallel).
@@ -1185,45 +1185,21 @@ def main():
         if not os.access(prog, os.X_OK):
             fail("%s not built" % prog)
     random.seed(1)
-    names = sys.argv[1:]
-    unknown = [n for n in names if n not in {c.__name__ for c in CASES}]
-    if unknown:
-        print("unknown case %s; cases: %s" % (unknown[0], " ".join(c.__name__ for c in CASES)))
-        sys.exit(2)
-    failed = []
-    t_all = time.monotonic()
-    try:
-        for case in CASES:
-            if names and case.__name__ not in names:
-                continue
-            t0 = time.monotonic()
-            try:
-                case()
-            except SystemExit:
-                failed.append(case.__name__)
-            except Exception:
-                traceback.print_exc()
-                print("FAIL: %s raised" % case.__name__, flush=True)
-                failed.append(case.__name__)
-            for d in DAEMONS:
-                if d.proc.poll() is None:
-                    d.proc.kill()
-                    d.proc.wait()
-            for c in STOPPABLE + evfddload.CLIENTS:
-                c.abandon()
-            del DAEMONS[:], STOPPABLE[:], evfddload.CLIENTS[:]
-            print("   (%s: %.1f s)" % (case.__name__, time.monotonic() - t0), flush=True)
-    finally:
-        for d in DAEMONS:
-            if d.proc.poll() is None:
-                d.proc.kill()
+
+    def after_case():
+        why = end_daemons(DAEMONS)
+        for c in STOPPABLE + evfddload.CLIENTS:
+            c.abandon()
+        del DAEMONS[:], STOPPABLE[:], evfddload.CLIENTS[:]
+        return why
+
+    def at_end():
+        kill_all(DAEMONS)
         for c in STOPPABLE + evfddload.CLIENTS:
             c.abandon()
         shutil.rmtree(TMP, ignore_errors=True)
-    print("   (all: %.1f s)" % (time.monotonic() - t_all), flush=True)
-    if failed:
-        print("FAIL: %d cases failed: %s" % (len(failed), " ".join(failed)), flush=True)
-        sys.exit(1)
+
+    run_cases(CASES, after_case, at_end)
 
 
 main()

@@ -25,9 +25,9 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 
-from evfddtest import EVFDCTL, EVFDD, SCALE, DaemonCtl, closed_by_peer, free_port, sanitizer_report, with_control
+from evfddtest import (EVFDCTL, EVFDD, SCALE, DaemonCtl, Skip, closed_by_peer, end_daemons, free_port, kill_all,
+                       run_cases, sanitizer_report, with_control)
 
 TMP = tempfile.mkdtemp(prefix="evfdd-edge-")
 os.environ["RUNTIME_DIRECTORY"] = TMP
@@ -53,10 +53,6 @@ def skip_case(why):
     """A case that cannot run here: main() counts it as skipped."""
     print("SKIP: " + why, flush=True)
     raise Skip(why)
-
-
-class Skip(Exception):
-    pass
 
 
 def check_sanitizers(text, who="evfdd"):
@@ -1531,54 +1527,18 @@ def main():
         print("SKIP: test-edge needs haproxy and openssl (haproxy %s, openssl %s)" % (HAPROXY, OPENSSL))
         sys.exit(77)
     random.seed(1)
-    names = sys.argv[1:]
-    unknown = [n for n in names if n not in {c.__name__ for c in CASES}]
-    if unknown:
-        print("unknown case %s; cases: %s" % (unknown[0], " ".join(c.__name__ for c in CASES)))
-        sys.exit(2)
-    failed, skipped, ran = [], [], 0
-    t_all = time.monotonic()
-    try:
-        for case in CASES:
-            if names and case.__name__ not in names:
-                continue
-            t0 = time.monotonic()
-            try:
-                case()
-                ran += 1
-            except Skip:
-                skipped.append(case.__name__)
-            except SystemExit:
-                failed.append(case.__name__)
-            except Exception:
-                traceback.print_exc()
-                print("FAIL: %s raised" % case.__name__, flush=True)
-                failed.append(case.__name__)
-            for d in DAEMONS:
-                if d.proc.poll() is None:
-                    d.proc.kill()
-                    d.proc.wait()
-                if sanitizer_report(d.text()):
-                    print("FAIL: sanitizer report from evfdd in %s:\n%s" % (case.__name__, d.text()), flush=True)
-                    if case.__name__ not in failed:
-                        failed.append(case.__name__)
-            for p in PROCS:
-                p.kill()
-            del DAEMONS[:], PROCS[:]
-            print("   (%s: %.1f s)" % (case.__name__, time.monotonic() - t0), flush=True)
-    finally:
-        for d in DAEMONS:
-            if d.proc.poll() is None:
-                d.proc.kill()
-        for p in PROCS:
-            p.kill()
+
+    def after_case():
+        why = end_daemons(DAEMONS)
+        kill_all(PROCS)
+        del DAEMONS[:], PROCS[:]
+        return why
+
+    def at_end():
+        kill_all(DAEMONS + PROCS)
         shutil.rmtree(TMP, ignore_errors=True)
-    print("   (all: %.1f s)" % (time.monotonic() - t_all), flush=True)
-    if failed:
-        print("FAIL: %d cases failed: %s" % (len(failed), " ".join(failed)), flush=True)
-        sys.exit(1)
-    if skipped and not ran:
-        sys.exit(77)
+
+    run_cases(CASES, after_case, at_end)
 
 
 main()

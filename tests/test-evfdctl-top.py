@@ -9,7 +9,6 @@ Cases may be named on the command line."""
 import fcntl
 import json
 import os
-import pty
 import re
 import select
 import shutil

@@ -18,11 +18,11 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 import urllib.parse
 import urllib.request
 
-from evfddtest import EVFDCTL, EVFDD, SA_ENV, SCALE, Busy, DaemonLog, free_port, metric_samples, sanitizer_report
+from evfddtest import (EVFDCTL, EVFDD, SA_ENV, SCALE, Busy, DaemonLog, end_daemons, free_port, kill_all, metric_samples,
+                       run_cases)
 
 TMP = tempfile.mkdtemp(prefix="evfdd-metrics-")
 os.environ["RUNTIME_DIRECTORY"] = TMP
@@ -412,28 +412,18 @@ def main():
     if not PROMTOOL:
         print("SKIP: promtool not found (tools/install-deps installs the prometheus package)")
         sys.exit(77)
-    names = sys.argv[1:]
-    failed = []
-    for case in CASES:
-        if names and case.__name__ not in names:
-            continue
-        try:
-            case()
-        except SystemExit:
-            failed.append(case.__name__)
-        except Exception:
-            traceback.print_exc()
-            failed.append(case.__name__)
-        for p in DAEMONS + PROCS:
-            proc = p.proc if hasattr(p, "proc") else p
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+
+    def after_case():
+        why = end_daemons(DAEMONS)
+        kill_all(PROCS)
         del DAEMONS[:], PROCS[:]
-    shutil.rmtree(TMP, ignore_errors=True)
-    if failed:
-        print("FAIL: %d cases failed: %s" % (len(failed), " ".join(failed)))
-        sys.exit(1)
+        return why
+
+    def at_end():
+        kill_all(DAEMONS + PROCS)
+        shutil.rmtree(TMP, ignore_errors=True)
+
+    run_cases(CASES, after_case, at_end)
 
 
 if __name__ == "__main__":

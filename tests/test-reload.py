@@ -21,7 +21,8 @@ import time
 import evfddload
 from evfddload import (CLIENTS, SLOW, Churn, Echo, Frozen, Load, check_round_trip, connect, expect_counters,
                        raise_nofile, recv_exact, wait_topology)
-from evfddtest import EVFDCTL, EVFDD, SCALE, Busy, DaemonCtl, closed_by_peer, expected_features, free_port
+from evfddtest import (EVFDCTL, EVFDD, SCALE, Busy, DaemonCtl, closed_by_peer, end_daemons, expected_features, free_port,
+                       kill_all, run_cases)
 
 TMP = tempfile.mkdtemp(prefix="evfdd-reload-")
 DAEMONS = []
@@ -848,33 +849,18 @@ CASES = (case_reload_under_load, case_retire_queue, case_rings_up_down, case_ser
 
 
 def main():
-    ensure_tools()
     random.seed(1)
-    names = sys.argv[1:]
-    unknown = [n for n in names if n not in {c.__name__ for c in CASES}]
-    if unknown:
-        print("unknown case %s; cases: %s" % (unknown[0], " ".join(c.__name__ for c in CASES)))
-        sys.exit(2)
-    failed = []
-    try:
-        for case in CASES:
-            if names and case.__name__ not in names:
-                continue
-            t0 = time.monotonic()
-            try:
-                case()
-            except SystemExit:
-                failed.append(case.__name__)
-            print("   (%s: %.1f s)" % (case.__name__, time.monotonic() - t0), flush=True)
-            del CLIENTS[:]
-    finally:
-        for d in DAEMONS:
-            if d.proc.poll() is None:
-                d.proc.kill()
+
+    def after_case():
+        why = end_daemons(DAEMONS)
+        del DAEMONS[:], CLIENTS[:]
+        return why
+
+    def at_end():
+        kill_all(DAEMONS)
         shutil.rmtree(TMP, ignore_errors=True)
-    if failed:
-        print("FAIL: %d cases failed: %s" % (len(failed), " ".join(failed)), flush=True)
-        sys.exit(1)
+
+    run_cases(CASES, after_case, at_end, before=ensure_tools)
 
 
 main()

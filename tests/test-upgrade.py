@@ -30,8 +30,8 @@ import evfddload
 from evfddload import (CLIENTS, PATTERN, PATTERN_LEN, PTRACE_DETACH, PTRACE_SEIZE, RECV_MAX, SLOW, WALL, Churn, Echo,
                        Frozen, Load, check_round_trip, check_sanitizers, connect, expect_counters, raise_nofile,
                        recv_all, recv_exact, wait_topology)
-from evfddtest import (EVFDCTL, EVFDD, SCALE, TOP_BUILDDIR, Busy, DaemonCtl, closed_by_peer, free_port,
-                       metric_samples, sanitizer_report)
+from evfddtest import (EVFDCTL, EVFDD, SCALE, TOP_BUILDDIR, Busy, DaemonCtl, closed_by_peer, end_daemons, free_port,
+                       kill_all, metric_samples, run_cases)
 
 TMP = tempfile.mkdtemp(prefix="evfdd-upgrade-")   # 0700: evfdd executes only what sits in a safe directory
 DAEMONS = []
@@ -1499,43 +1499,18 @@ CASES = (case_upgrade_streams, case_upgrade_changes_shape, case_upgrade_pending_
 
 
 def main():
-    names = sys.argv[1:]
-    unknown = [n for n in names if n not in {c.__name__ for c in CASES}]
-    if unknown:
-        print("unknown case %s; cases: %s" % (unknown[0], " ".join(c.__name__ for c in CASES)))
-        sys.exit(2)
     random.seed(1)
-    failed = []
-    try:
-        ensure_tools()
-        for case in CASES:
-            if names and case.__name__ not in names:
-                continue
-            t0 = time.monotonic()
-            try:
-                case()
-            except SystemExit:
-                failed.append(case.__name__)
-            # Whatever happened, no sanitizer report in any evfdd's log (also one killed after a failure).
-            for d in DAEMONS:
-                if sanitizer_report(d.text()) and case.__name__ not in failed:
-                    print("FAIL: sanitizer report from evfdd:\n" + d.text(), flush=True)
-                    failed.append(case.__name__)
-            print("   (%s: %.1f s)" % (case.__name__, time.monotonic() - t0), flush=True)
-            for d in DAEMONS:
-                if d.proc.poll() is None:
-                    d.proc.kill()
-                    d.proc.wait()
-            del DAEMONS[:]
-            del CLIENTS[:]
-    finally:
-        for d in DAEMONS:
-            if d.proc.poll() is None:
-                d.proc.kill()
+
+    def after_case():
+        why = end_daemons(DAEMONS)
+        del DAEMONS[:], CLIENTS[:]
+        return why
+
+    def at_end():
+        kill_all(DAEMONS)
         shutil.rmtree(TMP, ignore_errors=True)
-    if failed:
-        print("FAIL: %d cases failed: %s" % (len(failed), " ".join(failed)), flush=True)
-        sys.exit(1)
+
+    run_cases(CASES, after_case, at_end, before=ensure_tools)
 
 
 main()
