@@ -208,25 +208,26 @@ void evfdd_handover_takeover(struct evfdd_inherit *in, struct evfdd_takeover *t)
 {
 	struct fd_id *ids = NULL;
 	size_t i, k, n, nids;
+	int memfd = -1;
 
 	memset(t, 0, sizeof(*t));
-	t->memfd = -1;
 	t->restart = in->restart;
 	if (!in->ncarried)
 		goto out;
 	for (i = 0; i < in->ncarried; i++)
-		if (t->memfd < 0 && evfdd_carry_is_state(in->carried[i])) {
-			t->memfd = in->carried[i];
+		if (memfd < 0 && evfdd_carry_is_state(in->carried[i])) {
+			memfd = in->carried[i];
 			in->carried[i] = -1;
 		}
-	if (t->memfd < 0)
+	if (memfd < 0) {
 		snprintf(t->why, sizeof(t->why), "%zu descriptors were carried over but no state with them",
 			 in->ncarried);
-	else if (evfdd_carry_open(t->memfd, &t->st, t->why, sizeof(t->why)) < 0) {
-		/* Refused: its bytes are of no use, and they may be megabytes. */
-		t->st = NULL;
-		close(t->memfd);
-		t->memfd = -1;
+	} else {
+		if (evfdd_carry_open(memfd, &t->st, t->why, sizeof(t->why)) < 0)
+			t->st = NULL;
+		/* Read or refused, the descriptor is done with: a state lives on in its mapping, and a refused
+		 * one's bytes (megabytes, maybe) are of no use. */
+		close(memfd);
 	}
 	if (t->st) {
 		n = evfdd_carry_nfds(t->st);
@@ -291,10 +292,7 @@ void evfdd_takeover_clear(struct evfdd_takeover *t)
 	free(t->map);
 	free(t->listeners);
 	evfdd_carry_close(t->st);
-	if (t->memfd >= 0)
-		close(t->memfd);
 	memset(t, 0, sizeof(*t));
-	t->memfd = -1;
 }
 
 /* ---- the binary ----------------------------------------------------------------------------------- */

@@ -46,8 +46,8 @@ void evfdd_inherit_clear(struct evfdd_inherit *in);
 
 /* What the carried descriptors turned out to be. */
 struct evfdd_takeover {
-	struct evfdd_carry_state *st;    /* NULL: nothing carried, or the state was refused (why) */
-	int memfd;
+	struct evfdd_carry_state *st;    /* NULL: nothing carried, or the state was refused (why); its memfd is
+					  * closed once read (the state lives in its mapping) */
 	int *map;                        /* the state's fd table: index -> descriptor here, -1 when missing */
 	size_t nmap;
 	int *listeners;                  /* carried listening sockets: listeners evfdd had bound itself */
