@@ -227,18 +227,35 @@ class Skip(Exception):
     """A case that cannot run on this machine (raised with the reason, which the case printed)."""
 
 
-def run_cases(cases, after_case, at_end, before=None):
+def run_cases(cases, daemons, tmp, procs=(), clients=(), before=None):
     """The main loop of a test made of cases: runs those named on the command line (every one when none is;
-    an unknown name exits 2), one after another, after before() (checks of what the test needs). A case fails through SystemExit (its fail() said why) or
-    any other exception (printed here), and is skipped through Skip. After each, after_case() cleans up what
-    the case left (its daemons, its clients) and returns why it failed after all (a sanitizer report in a
-    log), or None; at_end() runs last, whatever happened. Exits 1 naming the failed cases, 77 when every
-    case that ran was skipped; returns when all passed."""
+    an unknown name exits 2), one after another, after before() (checks of what the test needs). A case fails
+    through SystemExit (its fail() said why) or any other exception (printed here), and is skipped through
+    Skip. What a case started is registered in the test's lists, which are emptied after each case: @daemons
+    (DaemonLog objects: those still running are killed, and a sanitizer report in any log fails the case),
+    @procs (other programs, killed) and @clients (lists of client threads, abandoned). @tmp is removed at the
+    end, whatever happened. Exits 1 naming the failed cases, 77 when every case that ran was skipped;
+    returns when all passed."""
+    import shutil
     import traceback
+
+    def clean_up():
+        why = end_daemons(daemons)
+        kill_all(procs)
+        for group in clients:
+            for c in group:
+                c.abandon()
+            del group[:]
+        del daemons[:]
+        if procs:
+            del procs[:]
+        return why
+
     names = sys.argv[1:]
     unknown = [n for n in names if n not in {c.__name__ for c in cases}]
     if unknown:
         print("unknown case %s; cases: %s" % (unknown[0], " ".join(c.__name__ for c in cases)))
+        shutil.rmtree(tmp, ignore_errors=True)
         sys.exit(2)
     failed, skipped, ran = [], [], 0
     t_all = time.monotonic()
@@ -260,13 +277,14 @@ def run_cases(cases, after_case, at_end, before=None):
                 traceback.print_exc()
                 print("FAIL: %s raised" % case.__name__, flush=True)
                 failed.append(case.__name__)
-            why = after_case()
+            why = clean_up()
             if why and case.__name__ not in failed:
                 print("FAIL: " + why, flush=True)
                 failed.append(case.__name__)
             print("   (%s: %.1f s)" % (case.__name__, time.monotonic() - t0), flush=True)
     finally:
-        at_end()
+        clean_up()
+        shutil.rmtree(tmp, ignore_errors=True)
     print("   (all: %.1f s)" % (time.monotonic() - t_all), flush=True)
     if failed:
         print("FAIL: %d cases failed: %s" % (len(failed), " ".join(failed)), flush=True)

@@ -24,7 +24,7 @@ import time
 import evfddload
 import evfddtest
 from evfddload import SLOW, Churn, check_sanitizers
-from evfddtest import (EVFDCTL, EVFDD, SCALE, DaemonCtl, ThreadedServer, end_daemons, free_port, kill_all, run_cases,
+from evfddtest import (EVFDCTL, EVFDD, SCALE, DaemonCtl, ThreadedServer, free_port, run_cases,
                        with_control)
 
 TMP = tempfile.mkdtemp(prefix="evfdd-backends-")
@@ -1185,21 +1185,7 @@ def main():
         if not os.access(prog, os.X_OK):
             fail("%s not built" % prog)
     random.seed(1)
-
-    def after_case():
-        why = end_daemons(DAEMONS)
-        for c in STOPPABLE + evfddload.CLIENTS:
-            c.abandon()
-        del DAEMONS[:], STOPPABLE[:], evfddload.CLIENTS[:]
-        return why
-
-    def at_end():
-        kill_all(DAEMONS)
-        for c in STOPPABLE + evfddload.CLIENTS:
-            c.abandon()
-        shutil.rmtree(TMP, ignore_errors=True)
-
-    run_cases(CASES, after_case, at_end)
+    run_cases(CASES, DAEMONS, TMP, clients=(STOPPABLE, evfddload.CLIENTS))
 
 
 main()

@@ -26,8 +26,8 @@ import tempfile
 import threading
 import time
 
-from evfddtest import (EVFDCTL, EVFDD, SCALE, DaemonCtl, Skip, closed_by_peer, end_daemons, free_port, kill_all,
-                       run_cases, sanitizer_report, with_control)
+from evfddtest import (EVFDCTL, EVFDD, SCALE, DaemonCtl, Skip, closed_by_peer, free_port, run_cases,
+                       sanitizer_report, with_control)
 
 TMP = tempfile.mkdtemp(prefix="evfdd-edge-")
 os.environ["RUNTIME_DIRECTORY"] = TMP
@@ -1527,18 +1527,7 @@ def main():
         print("SKIP: test-edge needs haproxy and openssl (haproxy %s, openssl %s)" % (HAPROXY, OPENSSL))
         sys.exit(77)
     random.seed(1)
-
-    def after_case():
-        why = end_daemons(DAEMONS)
-        kill_all(PROCS)
-        del DAEMONS[:], PROCS[:]
-        return why
-
-    def at_end():
-        kill_all(DAEMONS + PROCS)
-        shutil.rmtree(TMP, ignore_errors=True)
-
-    run_cases(CASES, after_case, at_end)
+    run_cases(CASES, DAEMONS, TMP, procs=PROCS)
 
 
 main()

@@ -21,7 +21,7 @@ import time
 import urllib.parse
 import urllib.request
 
-from evfddtest import (EVFDCTL, EVFDD, SA_ENV, SCALE, Busy, DaemonLog, end_daemons, free_port, kill_all, metric_samples,
+from evfddtest import (EVFDCTL, EVFDD, SA_ENV, SCALE, Busy, DaemonLog, free_port, metric_samples,
                        run_cases)
 
 TMP = tempfile.mkdtemp(prefix="evfdd-metrics-")
@@ -412,18 +412,7 @@ def main():
     if not PROMTOOL:
         print("SKIP: promtool not found (tools/install-deps installs the prometheus package)")
         sys.exit(77)
-
-    def after_case():
-        why = end_daemons(DAEMONS)
-        kill_all(PROCS)
-        del DAEMONS[:], PROCS[:]
-        return why
-
-    def at_end():
-        kill_all(DAEMONS + PROCS)
-        shutil.rmtree(TMP, ignore_errors=True)
-
-    run_cases(CASES, after_case, at_end)
+    run_cases(CASES, DAEMONS, TMP, procs=PROCS)
 
 
 if __name__ == "__main__":

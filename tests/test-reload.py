@@ -9,7 +9,6 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,8 +20,8 @@ import time
 import evfddload
 from evfddload import (CLIENTS, SLOW, Churn, Echo, Frozen, Load, check_round_trip, connect, expect_counters,
                        raise_nofile, recv_exact, wait_topology)
-from evfddtest import (EVFDCTL, EVFDD, SCALE, Busy, DaemonCtl, closed_by_peer, end_daemons, expected_features, free_port,
-                       kill_all, run_cases)
+from evfddtest import (EVFDCTL, EVFDD, SCALE, Busy, DaemonCtl, closed_by_peer, expected_features, free_port,
+                       run_cases)
 
 TMP = tempfile.mkdtemp(prefix="evfdd-reload-")
 DAEMONS = []
@@ -850,17 +849,7 @@ CASES = (case_reload_under_load, case_retire_queue, case_rings_up_down, case_ser
 
 def main():
     random.seed(1)
-
-    def after_case():
-        why = end_daemons(DAEMONS)
-        del DAEMONS[:], CLIENTS[:]
-        return why
-
-    def at_end():
-        kill_all(DAEMONS)
-        shutil.rmtree(TMP, ignore_errors=True)
-
-    run_cases(CASES, after_case, at_end, before=ensure_tools)
+    run_cases(CASES, DAEMONS, TMP, clients=(CLIENTS,), before=ensure_tools)
 
 
 main()

@@ -30,8 +30,8 @@ import evfddload
 from evfddload import (CLIENTS, PATTERN, PATTERN_LEN, PTRACE_DETACH, PTRACE_SEIZE, RECV_MAX, SLOW, WALL, Churn, Echo,
                        Frozen, Load, check_round_trip, check_sanitizers, connect, expect_counters, raise_nofile,
                        recv_all, recv_exact, wait_topology)
-from evfddtest import (EVFDCTL, EVFDD, SCALE, TOP_BUILDDIR, Busy, DaemonCtl, closed_by_peer, end_daemons, free_port,
-                       kill_all, metric_samples, run_cases)
+from evfddtest import (EVFDCTL, EVFDD, SCALE, TOP_BUILDDIR, Busy, DaemonCtl, closed_by_peer, free_port,
+                       metric_samples, run_cases)
 
 TMP = tempfile.mkdtemp(prefix="evfdd-upgrade-")   # 0700: evfdd executes only what sits in a safe directory
 DAEMONS = []
@@ -1500,17 +1500,7 @@ CASES = (case_upgrade_streams, case_upgrade_changes_shape, case_upgrade_pending_
 
 def main():
     random.seed(1)
-
-    def after_case():
-        why = end_daemons(DAEMONS)
-        del DAEMONS[:], CLIENTS[:]
-        return why
-
-    def at_end():
-        kill_all(DAEMONS)
-        shutil.rmtree(TMP, ignore_errors=True)
-
-    run_cases(CASES, after_case, at_end, before=ensure_tools)
+    run_cases(CASES, DAEMONS, TMP, clients=(CLIENTS,), before=ensure_tools)
 
 
 main()
